@@ -1,0 +1,84 @@
+"""Which engine serves which model, decided once per stage from `spec.serving`.
+
+- `transformers` (and the tiny profile): models load in-process from a local directory;
+- `openai`: `spec.serving.endpoints[model]` is an OpenAI-compatible base URL;
+- `vllm`: the operator's vLLM servers; their URLs reach the stage Job in the `SELFMOA_ENDPOINTS`
+  environment variable (JSON: model id -> base URL).
+Engines are created on first use and cached, so a stage that asks twice gets one model load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, ServingEngine
+from selfmoa.engines.base import Engine
+
+ENDPOINTS_ENV = "SELFMOA_ENDPOINTS"
+
+
+def cache_dir() -> Path:
+    """Where built and downloaded models are cached (`SELFMOA_CACHE`, default ~/.cache/selfmoa)."""
+    return Path(os.environ.get("SELFMOA_CACHE") or Path.home() / ".cache" / "selfmoa")
+
+
+class EngineProvider:
+    def __init__(self, spec: AlignmentRunSpec, *, batch_size: int = 32) -> None:
+        self.spec = spec
+        self.batch_size = batch_size
+        self._engines: dict[str, Engine] = {}
+
+    def endpoints(self) -> dict[str, str]:
+        if self.spec.serving.engine == ServingEngine.openai:
+            return dict(self.spec.serving.endpoints)
+        if self.spec.serving.engine == ServingEngine.vllm:
+            raw = os.environ.get(ENDPOINTS_ENV, "")
+            return dict(json.loads(raw)) if raw else {}
+        return {}
+
+    def model_path(self, model: str) -> Path:
+        """A local directory holding the model's weights and tokenizer."""
+        if model == TINY_MODEL:
+            from selfmoa.tiny import ensure_base
+
+            return ensure_base(cache_dir())
+        if model.startswith("s3://"):
+            from selfmoa.store import open_store
+
+            dest = cache_dir() / "models" / model.removeprefix("s3://").replace("/", "__")
+            if not (dest / "config.json").exists():
+                store = open_store(model, endpoint=self.spec.storage.endpoint, region=self.spec.storage.region)
+                store.download_dir("", dest)
+            return dest
+        p = Path(model).expanduser()
+        if p.exists():
+            return p
+        # A hub id: resolved by transformers from its own cache (the image may pre-fetch it).
+        return Path(model)
+
+    def for_model(self, model: str) -> Engine:
+        if model not in self._engines:
+            endpoint = self.endpoints().get(model)
+            if endpoint:
+                from selfmoa.engines.openai_engine import OpenAIEngine
+
+                self._engines[model] = OpenAIEngine(
+                    endpoint, model=model, max_concurrency=self.spec.serving.max_concurrency
+                )
+            else:
+                from selfmoa.engines.transformers_engine import TransformersEngine
+
+                self._engines[model] = TransformersEngine(
+                    self.model_path(model), model=model, batch_size=self.batch_size
+                )
+        return self._engines[model]
+
+    def policy(self) -> Engine:
+        return self.for_model(self.spec.policy.model)
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()

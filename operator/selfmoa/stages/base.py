@@ -1,0 +1,150 @@
+"""What every stage shares: its context, its output, and the manifest that says it is done.
+
+A stage is a function `run(ctx, out) -> summary`. It reads inputs through `ctx.store` (the run's
+root in the artifact store) and writes every output through `out`, which records what was
+written. `execute` makes stages idempotent: a stage whose `_manifest.json` exists is skipped; a
+stage without one has its directory cleared and is redone from scratch, and the manifest
+(counts, sha256 of each file, timings, versions) is written last, after every file it lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from selfmoa import __version__, layout
+from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.store import Store
+
+if TYPE_CHECKING:
+    from selfmoa.engines.provider import EngineProvider
+
+
+class Progress(Protocol):
+    """Progress of the work inside a stage: `(done, total, description)`."""
+
+    def __call__(self, done: int, total: int, description: str = "") -> None: ...
+
+
+def no_progress(done: int, total: int, description: str = "") -> None:
+    return None
+
+
+class StageError(RuntimeError):
+    """A stage can't run (missing input, bad configuration): one clear line, no traceback."""
+
+
+@dataclass
+class StageContext:
+    spec: AlignmentRunSpec
+    #: The run's root in the artifact store (`<storage>/<namespace>/<run>/`).
+    store: Store
+    iteration: int
+    #: Local scratch space (model downloads, adapters being trained).
+    workdir: Path
+    engines: EngineProvider
+    progress: Progress = no_progress
+
+    def key(self, stage: str, name: str, iteration: int | None = None) -> str:
+        k = self.iteration if iteration is None else iteration
+        return layout.stage_file(k, stage, name)
+
+    def require(self, stage: str, iteration: int | None = None) -> dict[str, Any]:
+        """The manifest of an input stage; `StageError` when that stage has not finished."""
+        k = self.iteration if iteration is None else iteration
+        try:
+            manifest: dict[str, Any] = self.store.read_json(layout.manifest_key(k, stage))
+        except FileNotFoundError:
+            raise StageError(
+                f"input missing: stage '{stage}' of iteration {k} has not finished "
+                f"(no {layout.manifest_key(k, stage)} in {self.store.uri})"
+            ) from None
+        return manifest
+
+    def read_jsonl(self, stage: str, name: str, iteration: int | None = None) -> list[dict[str, Any]]:
+        self.require(stage, iteration)
+        return self.store.read_jsonl(self.key(stage, name, iteration))
+
+
+@dataclass
+class StageOutput:
+    """Writes a stage's files under its directory and remembers them for the manifest."""
+
+    store: Store
+    prefix: str
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def _record(self, name: str, data: bytes, rows: int | None = None) -> None:
+        entry: dict[str, Any] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if rows is not None:
+            entry["rows"] = rows
+        self.files[name] = entry
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.store.write_bytes(f"{self.prefix}/{name}", data)
+        self._record(name, data)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        key = f"{self.prefix}/{name}"
+        self.store.write_json(key, obj)
+        self._record(name, self.store.read_bytes(key))
+
+    def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> int:
+        key = f"{self.prefix}/{name}"
+        n = self.store.write_jsonl(key, rows)
+        self._record(name, self.store.read_bytes(key), rows=n)
+        return n
+
+    def upload_dir(self, name: str, local: Path) -> None:
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            self.write_bytes(f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
+
+
+StageFn = Callable[[StageContext, StageOutput], dict[str, Any]]
+
+
+def versions() -> dict[str, str]:
+    """Versions that matter for reproducing an artifact (only of modules already imported)."""
+    import sys
+
+    out = {"selfmoa": __version__, "python": platform.python_version()}
+    for mod in ("torch", "transformers", "trl", "peft", "vllm"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+def is_done(store: Store, iteration: int, stage: str) -> bool:
+    return store.exists(layout.manifest_key(iteration, stage))
+
+
+def execute(name: str, fn: StageFn, ctx: StageContext) -> tuple[dict[str, Any], bool]:
+    """Run a stage unless its manifest exists. Returns (manifest, ran)."""
+    mkey = layout.manifest_key(ctx.iteration, name)
+    if ctx.store.exists(mkey):
+        return ctx.store.read_json(mkey), False
+    prefix = layout.stage_dir(ctx.iteration, name)
+    # No manifest: whatever a previous attempt left is not trusted.
+    ctx.store.delete_prefix(prefix + "/")
+    out = StageOutput(ctx.store, prefix)
+    started = time.time()
+    summary = fn(ctx, out)
+    finished = time.time()
+    manifest = {
+        "stage": name,
+        "iteration": ctx.iteration,
+        "files": out.files,
+        "summary": summary,
+        "started": started,
+        "finished": finished,
+        "seconds": round(finished - started, 3),
+        "versions": versions(),
+    }
+    ctx.store.write_json(mkey, manifest)
+    return manifest, True
