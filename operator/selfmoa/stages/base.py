@@ -48,7 +48,29 @@ class StageContext:
     #: Local scratch space (model downloads, adapters being trained).
     workdir: Path
     engines: EngineProvider
+    #: The iteration whose adapter this stage starts from (the planner's decision).
+    parent: int = 0
     progress: Progress = no_progress
+
+    def adapter_key(self, k: int) -> str | None:
+        """Store key of the adapter that iteration k ended with (None: the base model)."""
+        if k >= 1:
+            return layout.stage_file(k, "train", layout.ADAPTER)
+        if self.spec.safety_reset.enabled:
+            return layout.stage_file(0, "reset", layout.ADAPTER)
+        return None
+
+    def fetch_adapter(self, key: str | None) -> Path | None:
+        """A local directory holding the adapter stored at `key` (downloaded once per workdir)."""
+        if key is None:
+            return self.spec.policy.adapter and Path(self.spec.policy.adapter) or None
+        local = self.store.local_path(key)
+        if local is not None and local.is_dir():
+            return local
+        dest = self.workdir / "adapters" / key.replace("/", "__")
+        if not (dest / "adapter_config.json").exists():
+            self.store.download_dir(key, dest)
+        return dest
 
     def key(self, stage: str, name: str, iteration: int | None = None) -> str:
         k = self.iteration if iteration is None else iteration
