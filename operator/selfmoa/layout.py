@@ -55,3 +55,8 @@ def stages_of(k: int, *, reset: bool) -> tuple[str, ...]:
     if k == 0:
         return ("reset", "evaluate") if reset else ("evaluate",)
     return LOOP_STAGES
+
+
+def run_uri(storage_uri: str, namespace: str, name: str) -> str:
+    """The run's root URI: `<storage>/<namespace>/<run>`."""
+    return f"{storage_uri.rstrip('/')}/{run_prefix(namespace, name)}"

@@ -1,0 +1,64 @@
+# Everything a user or CI does, from a fresh clone: `make run`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PYTEST_ARGS ?=
+
+.PHONY: help install install-run run test lint format bench crd manifests images e2e clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip
+
+# Stamps re-run the install when pyproject.toml changes.
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+$(VENV)/.run: pyproject.toml | $(PY)
+	$(PIP) install -e '.[train,s3]'
+	touch $@
+
+install: $(VENV)/.dev  ## create .venv with every extra (train, operator, s3, dev)
+
+install-run: $(VENV)/.run
+
+run: install-run  ## the tiny Self-MOA loop on CPU: reset + 3 iterations (resumable)
+	$(VENV)/bin/selfmoa run manifests/examples/tiny.yaml --store ./runs
+
+test: install  ## the whole test suite
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff + mypy (strict) on the package
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format operator tests
+	$(VENV)/bin/ruff check --fix operator tests
+
+bench: install  ## benchmarks: ratios measured side by side in one run
+	@set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+
+crd: install  ## regenerate manifests/crd.yaml and the chart's copy from the pydantic model
+	$(VENV)/bin/selfmoa crd
+	cp manifests/crd.yaml charts/selfmoa/crds/alignmentruns.yaml
+
+manifests: crd  ## regenerate manifests/install.yaml from the chart's defaults
+	$(PY) -m tests.chart.render
+
+images:  ## build the operator and worker images (needs Docker)
+	docker build -f images/operator/Dockerfile -t selfmoa/operator:dev .
+	docker build -f images/worker/Dockerfile -t selfmoa/worker:dev .
+
+e2e:  ## end to end on kind (needs Docker and kind)
+	bash tests/e2e/run_kind.sh
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

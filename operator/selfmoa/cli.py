@@ -1,0 +1,265 @@
+"""`selfmoa`: the command line.
+
+    selfmoa run FILE [--store URI]        the whole loop on this machine (resumable)
+    selfmoa validate FILE                 check a run file against the spec
+    selfmoa stage NAME --run-uri URI -k K one stage (what the operator's Jobs run)
+    selfmoa operator ...                  the Kubernetes operator
+    selfmoa serve --model M               an OpenAI-compatible server (CPU clusters, tests)
+    selfmoa crd [--output PATH]           write the CustomResourceDefinition
+
+Bad input ends with one line on stderr and exit code 2; a failed stage with exit code 1. Heavy
+libraries (torch, transformers, kopf) load only in the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"selfmoa: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="selfmoa", description="Self-MOA: closed-loop safety alignment with weak supervision.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("run", help="run (or resume) the whole loop on this machine", description=(
+        "Run the Self-MOA loop of an AlignmentRun file on this machine. Running the same command "
+        "again resumes at the first unfinished stage."))
+    r.add_argument("file", help="AlignmentRun YAML file")
+    r.add_argument("--store", help="artifact store URI (file://PATH, a path, or s3://BUCKET/PREFIX); overrides spec.storage.uri")
+    r.add_argument("--name", help="run name (default: metadata.name)")
+    r.add_argument("--namespace", help="namespace part of the artifact path (default: metadata.namespace or 'default')")
+    r.add_argument("--quiet", "-q", action="store_true", help="no live progress, only the final table")
+
+    v = sub.add_parser("validate", help="check a run file", description="Validate an AlignmentRun file against the spec.")
+    v.add_argument("file")
+
+    s = sub.add_parser("stage", help="run one stage (used by the operator's Jobs)", description=(
+        "Run one stage of one iteration against the run's artifact store. The spec comes from "
+        "--spec, the SELFMOA_SPEC environment variable (JSON), or the run's run.json."))
+    s.add_argument("name", help="reset, redteam, respond, judge, pairs, train or evaluate")
+    s.add_argument("--run-uri", required=True, help="the run's root: <storage>/<namespace>/<run>")
+    s.add_argument("--iteration", "-k", type=int, required=True, help="iteration (0 = the starting point)")
+    s.add_argument("--parent", type=int, help="iteration whose adapter to start from (default: from the metrics so far)")
+    s.add_argument("--spec", help="AlignmentRun or spec file (YAML/JSON)")
+
+    for name, helptext in (
+        ("operator", "run the Kubernetes operator"),
+        ("serve", "serve a model over an OpenAI-compatible HTTP API"),
+        ("crd", "write the CustomResourceDefinition generated from the spec"),
+    ):
+        d = sub.add_parser(name, help=helptext, add_help=False)
+        d.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _version() -> str:
+    from selfmoa import __version__
+
+    return f"selfmoa {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Delegated commands parse their own flags (their --help must reach them).
+    if argv and argv[0] in ("operator", "serve", "crd"):
+        return _delegate(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "stage":
+            return cmd_stage(args)
+    except UsageError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("\nselfmoa: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    raise AssertionError(args.command)
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    if command == "operator":
+        from selfmoa.controller.entry import main as operator_main
+
+        return int(operator_main(rest))
+    if command == "serve":
+        from selfmoa.engines.server import main as serve_main
+
+        return int(serve_main(rest))
+    from selfmoa.api.crd import main as crd_main
+
+    return int(crd_main(rest))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"selfmoa: error: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str) -> Any:
+    from selfmoa.api.errors import SpecError, load_run
+
+    try:
+        return load_run(path)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    run = _load(args.file)
+    print(f"{args.file}: ok (AlignmentRun {run.namespace}/{run.name}, {run.spec.iterations} iteration(s))")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from selfmoa.api.errors import SpecError
+    from selfmoa.console import RichDisplay, print_summary, write_report
+    from selfmoa.local import StageFailed, run_local
+    from selfmoa.store import StoreError
+
+    run = _load(args.file)
+    if args.name:
+        run.metadata["name"] = args.name
+    if args.namespace:
+        run.metadata["namespace"] = args.namespace
+    storage = _store_uri(args.store) if args.store else None
+    display = RichDisplay(quiet=args.quiet)
+    try:
+        with display:
+            result = run_local(run, storage_uri=storage, display=display, report=write_report)
+    except (SpecError, StoreError) as e:
+        raise UsageError(str(e)) from None
+    except StageFailed as e:
+        return _fail(str(e), EXIT_FAILED)
+    print_summary(run, result)
+    return EXIT_OK if result.status.phase.value == "Succeeded" else EXIT_FAILED
+
+
+def _store_uri(value: str) -> str:
+    if value.startswith(("file://", "s3://")):
+        return value
+    if "://" in value:
+        raise UsageError(f"--store: unsupported scheme in {value!r} (use file:// or s3://)")
+    return f"file://{Path(value).expanduser().resolve()}"
+
+
+def _spec_for_stage(args: argparse.Namespace) -> Any:
+    from selfmoa.api.errors import SpecError, parse_run
+
+    try:
+        if args.spec:
+            return _load(args.spec)
+        raw = os.environ.get("SELFMOA_SPEC")
+        if raw:
+            obj = json.loads(raw)
+            return parse_run(obj if "spec" in obj else {"spec": obj})
+    except json.JSONDecodeError as e:
+        raise UsageError(f"SELFMOA_SPEC: not valid JSON ({e.msg})") from None
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+    return None
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from selfmoa import layout, planner, runstate
+    from selfmoa.api.errors import SpecError, parse_run
+    from selfmoa.console import LogProgress
+    from selfmoa.engines.provider import EngineProvider
+    from selfmoa.stages import StageContext, StageError, execute, get_stage
+    from selfmoa.store import StoreError, open_store
+
+    if args.name not in layout.ALL_STAGES:
+        raise UsageError(f"unknown stage '{args.name}' (one of: {', '.join(layout.ALL_STAGES)})")
+    if args.iteration < 0:
+        raise UsageError("--iteration: must be 0 or more")
+    given = _spec_for_stage(args)
+    try:
+        probe = given.spec if given is not None else None
+        store = open_store(
+            args.run_uri,
+            endpoint=probe.storage.endpoint if probe else None,
+            region=probe.storage.region if probe else None,
+        )
+        if given is not None:
+            spec = given.spec
+            if not store.exists(layout.RUN_JSON):
+                name = args.run_uri.rstrip("/").rsplit("/", 2)
+                store.write_json(layout.RUN_JSON, {
+                    "apiVersion": given.api_version, "kind": given.kind,
+                    "metadata": {"namespace": name[-2] if len(name) > 2 else "default", "name": name[-1]},
+                    "spec": spec.wire(),
+                })
+        else:
+            try:
+                spec = parse_run(store.read_json(layout.RUN_JSON)).spec
+            except FileNotFoundError:
+                raise UsageError(f"{args.run_uri}: no run.json; pass --spec or SELFMOA_SPEC") from None
+        if args.iteration > spec.iterations:
+            raise UsageError(f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})")
+        if args.name not in layout.stages_of(args.iteration, reset=spec.safety_reset.enabled):
+            raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")
+        parent = args.parent
+        if parent is None:
+            done = runstate.finished_stages(store, spec)
+            parent = planner.parent_of(spec, runstate.read_metrics(store, done), args.iteration)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="selfmoa-stage-") as tmp:
+            provider = EngineProvider(spec)
+            progress = LogProgress(f"iter {args.iteration} {args.name}")
+            ctx = StageContext(spec=spec, store=store, iteration=args.iteration, workdir=Path(tmp),
+                               engines=provider, parent=parent, progress=progress)
+            try:
+                manifest, ran = execute(args.name, get_stage(args.name), ctx)
+            finally:
+                provider.close()
+    except (SpecError, StoreError) as e:
+        raise UsageError(str(e)) from None
+    except StageError as e:
+        _termination_message(str(e))
+        return _fail(str(e), EXIT_FAILED)
+    except Exception as e:  # a stage bug: say it in one line, keep the traceback in the log
+        import traceback
+
+        traceback.print_exc()
+        msg = f"stage {args.name} failed: {type(e).__name__}: {e}".splitlines()[0]
+        _termination_message(msg)
+        return _fail(msg, EXIT_FAILED)
+    state = "done" if ran else "already done (manifest exists), skipped"
+    print(f"stage {args.name} of iteration {args.iteration}: {state} in {manifest.get('seconds', 0)}s")
+    return EXIT_OK
+
+
+def _termination_message(message: str) -> None:
+    """Kubernetes shows this file's content as the pod's termination message."""
+    path = Path(os.environ.get("SELFMOA_TERMINATION_LOG", "/dev/termination-log"))
+    try:
+        if path.parent.is_dir() and (path.exists() or os.access(path.parent, os.W_OK)):
+            path.write_text(message[:4000])
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

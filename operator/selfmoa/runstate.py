@@ -1,0 +1,35 @@
+"""Reading a run's progress back from the artifact store (the source of truth for both executors).
+
+A stage is finished when its `_manifest.json` exists; an iteration's metrics are its evaluate
+stage's `metrics.json`. Both executors build the planner's `Observed` from these reads, so a
+restarted executor sees exactly what was done before it stopped.
+"""
+
+from __future__ import annotations
+
+from selfmoa import layout
+from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.metrics import Metrics
+from selfmoa.store import Store
+
+
+def finished_stages(store: Store, spec: AlignmentRunSpec) -> frozenset[tuple[int, str]]:
+    """(iteration, stage) pairs whose manifest exists; one listing, not one request per stage."""
+    keys = set(store.list("iter-"))
+    done = set()
+    for k in range(0, spec.iterations + 1):
+        for stage in layout.stages_of(k, reset=spec.safety_reset.enabled):
+            if layout.manifest_key(k, stage) in keys:
+                done.add((k, stage))
+    return frozenset(done)
+
+
+def read_metrics(store: Store, done: frozenset[tuple[int, str]]) -> dict[int, Metrics]:
+    """Metrics of every iteration whose evaluate stage is finished."""
+    out = {}
+    for k, stage in sorted(done):
+        if stage == "evaluate":
+            out[k] = Metrics.model_validate(
+                store.read_json(layout.stage_file(k, "evaluate", layout.METRICS))
+            )
+    return out

@@ -1,0 +1,160 @@
+"""The planner's transitions, table-driven, without any cluster or model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from selfmoa import layout
+from selfmoa.api import Phase, parse_run
+from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.metrics import Metrics
+from selfmoa.planner import Finish, Observed, RunStage, StageFailure, Wait, gate, next_action, parent_of, status
+
+
+def make_spec(**spec: Any) -> AlignmentRunSpec:
+    return parse_run({"spec": {"policy": {"model": "selfmoa/tiny"}, **spec}}).spec
+
+
+def m(k: int, asr: float, helpfulness: float = 0.8) -> Metrics:
+    return Metrics(iteration=k, safety=1 - asr, helpfulness=helpfulness, attack_success_rate=asr, over_refusal=0.1)
+
+
+def done_through(spec: AlignmentRunSpec, last: int, extra: tuple[tuple[int, str], ...] = ()) -> frozenset[tuple[int, str]]:
+    out = {(k, s) for k in range(last + 1) for s in layout.stages_of(k, reset=spec.safety_reset.enabled)}
+    return frozenset(out | set(extra))
+
+
+def test_fresh_run_starts_with_the_baseline_evaluation() -> None:
+    assert next_action(make_spec(), Observed()) == RunStage(0, "evaluate", 0)
+
+
+def test_reset_comes_before_the_baseline() -> None:
+    spec = make_spec(safetyReset={"enabled": True})
+    assert next_action(spec, Observed()) == RunStage(0, "reset", 0)
+    assert next_action(spec, Observed(done=frozenset({(0, "reset")}))) == RunStage(0, "evaluate", 0)
+
+
+@pytest.mark.parametrize("stage_index", range(len(layout.LOOP_STAGES)))
+def test_iteration_stages_run_in_order(stage_index: int) -> None:
+    spec = make_spec()
+    done = done_through(spec, 0, tuple((1, s) for s in layout.LOOP_STAGES[:stage_index]))
+    action = next_action(spec, Observed(done=done, metrics={0: m(0, 0.8)}))
+    assert action == RunStage(1, layout.LOOP_STAGES[stage_index], 0)
+
+
+def test_runs_all_iterations_then_succeeds() -> None:
+    spec = make_spec(iterations=3)
+    metrics = {0: m(0, 0.8), 1: m(1, 0.6), 2: m(2, 0.4)}
+    action = next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics))
+    assert action == RunStage(3, "redteam", 2)
+    metrics[3] = m(3, 0.2)
+    action = next_action(spec, Observed(done=done_through(spec, 3), metrics=metrics))
+    assert isinstance(action, Finish) and action.phase == Phase.succeeded and action.reason == "Completed"
+
+
+def test_stops_when_target_reached() -> None:
+    spec = make_spec(iterations=5, stopWhen={"attackSuccessRateBelow": 0.3})
+    metrics = {0: m(0, 0.8), 1: m(1, 0.25)}
+    action = next_action(spec, Observed(done=done_through(spec, 1), metrics=metrics))
+    assert isinstance(action, Finish) and action.reason == "TargetReached"
+
+
+def test_target_not_reached_by_a_rolled_back_iteration() -> None:
+    # Below target but helpfulness collapsed: rolled back, so the loop goes on.
+    spec = make_spec(iterations=5, stopWhen={"attackSuccessRateBelow": 0.3})
+    metrics = {0: m(0, 0.8, 0.8), 1: m(1, 0.1, 0.4)}
+    action = next_action(spec, Observed(done=done_through(spec, 1), metrics=metrics))
+    assert action == RunStage(2, "redteam", 0)
+
+
+def test_rollback_when_attack_success_rises() -> None:
+    spec = make_spec(iterations=4)
+    metrics = {0: m(0, 0.8), 1: m(1, 0.5), 2: m(2, 0.7)}
+    g = gate(spec, metrics)
+    assert g.accepted == {1: True, 2: False}
+    assert g.parent[3] == 1  # iteration 3 starts again from iteration 1's adapter
+    assert next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics)) == RunStage(3, "redteam", 1)
+    assert parent_of(spec, metrics, 3) == 1
+    assert parent_of(spec, metrics, 2) == 1
+
+
+def test_rollback_when_helpfulness_drops_too_much() -> None:
+    spec = make_spec(iterations=4, stopWhen={"maxHelpfulnessDrop": 0.05})
+    metrics = {0: m(0, 0.8, 0.80), 1: m(1, 0.5, 0.70)}
+    assert gate(spec, metrics).accepted == {1: False}
+    ok = {0: m(0, 0.8, 0.80), 1: m(1, 0.5, 0.77)}
+    assert gate(spec, ok).accepted == {1: True}
+
+
+def test_no_progress_patience() -> None:
+    spec = make_spec(iterations=6, stopWhen={"patience": 2})
+    metrics = {0: m(0, 0.5), 1: m(1, 0.5), 2: m(2, 0.5)}
+    action = next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics))
+    assert isinstance(action, Finish) and action.reason == "NoProgress"
+    # One improvement resets the count.
+    metrics = {0: m(0, 0.5), 1: m(1, 0.5), 2: m(2, 0.4)}
+    assert next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics)) == RunStage(3, "redteam", 2)
+
+
+def test_min_improvement() -> None:
+    spec = make_spec(iterations=6, stopWhen={"patience": 1, "minImprovement": 0.05})
+    metrics = {0: m(0, 0.5), 1: m(1, 0.48)}
+    action = next_action(spec, Observed(done=done_through(spec, 1), metrics=metrics))
+    assert isinstance(action, Finish) and action.reason == "NoProgress"
+
+
+def test_stage_failure_fails_the_run_naming_the_stage() -> None:
+    spec = make_spec()
+    failure = StageFailure(1, "train", "CUDA out of memory")
+    action = next_action(spec, Observed(done=done_through(spec, 0), metrics={0: m(0, 0.8)}, failure=failure))
+    assert isinstance(action, Finish) and action.phase == Phase.failed
+    assert "train" in action.message and "CUDA out of memory" in action.message
+
+
+def test_invalid_spec_fails() -> None:
+    action = next_action(make_spec(), Observed(invalid="spec.judges[0].model: not served"))
+    assert isinstance(action, Finish) and action.reason == "InvalidSpec"
+
+
+def test_running_stage_means_wait() -> None:
+    action = next_action(make_spec(), Observed(running=(0, "evaluate")))
+    assert isinstance(action, Wait) and action.reason == "StageRunning"
+
+
+def test_suspend_waits_between_stages() -> None:
+    spec = make_spec(suspend=True)
+    action = next_action(spec, Observed(done=done_through(spec, 0), metrics={0: m(0, 0.8)}))
+    assert isinstance(action, Wait) and action.reason == "Suspended"
+
+
+def test_planner_is_pure_and_repeatable() -> None:
+    spec = make_spec()
+    obs = Observed(done=done_through(spec, 1), metrics={0: m(0, 0.8), 1: m(1, 0.6)})
+    assert next_action(spec, obs) == next_action(spec, obs)
+
+
+def test_status_conditions_and_metrics() -> None:
+    spec = make_spec(iterations=2)
+    obs = Observed(done=done_through(spec, 1), metrics={0: m(0, 0.8), 1: m(1, 0.9)})
+    action = next_action(spec, obs)
+    st = status(spec, obs, action, now="2026-01-01T00:00:00Z")
+    assert st.phase == Phase.running and st.iteration == 2 and st.stage == "redteam"
+    assert [i.accepted for i in st.iterations] == [True, False]
+    cond = {c.type: c for c in st.conditions}
+    assert cond["Progressing"].status == "True" and cond["Succeeded"].status == "False"
+    # The best accepted iteration is what the printer columns show.
+    assert st.safety == pytest.approx(0.2)
+    # A later call keeps the transition time of an unchanged condition.
+    later = status(spec, obs, action, now="2026-01-02T00:00:00Z", previous=st)
+    assert {c.type: c.last_transition_time for c in later.conditions}["Progressing"] == "2026-01-01T00:00:00Z"
+
+
+def test_status_when_finished() -> None:
+    spec = make_spec(iterations=1)
+    obs = Observed(done=done_through(spec, 1), metrics={0: m(0, 0.8), 1: m(1, 0.4)})
+    action = next_action(spec, obs)
+    st = status(spec, obs, action, now="t")
+    cond = {c.type: c.status for c in st.conditions}
+    assert st.phase == Phase.succeeded and cond == {"Progressing": "False", "Succeeded": "True", "Failed": "False"}
