@@ -7,6 +7,7 @@ half an object. Whether a *stage* is complete is decided by its `_manifest.json`
 
 from __future__ import annotations
 
+import builtins
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,8 @@ class Store(ABC):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under `prefix`; the number deleted."""
 
-    def upload_dir(self, local: Path, prefix: str) -> list[str]:
+    # `builtins.list`: inside the class body `list` is the method above, not the type.
+    def upload_dir(self, local: Path, prefix: str) -> builtins.list[str]:
         """Copy a local directory tree under `prefix`; the keys written."""
         keys = []
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -75,7 +77,7 @@ class Store(ABC):
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
-    def read_jsonl(self, key: str) -> list[dict[str, Any]]:
+    def read_jsonl(self, key: str) -> builtins.list[dict[str, Any]]:
         return list(iter_jsonl(self.read_bytes(key)))
 
     def write_jsonl(self, key: str, rows: Iterable[dict[str, Any]]) -> int:

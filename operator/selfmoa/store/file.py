@@ -45,36 +45,42 @@ class FileStore(Store):
     def exists(self, key: str) -> bool:
         return self._p(key).is_file()
 
+    def _matches(self, prefix: str) -> list[Path]:
+        """Files and directories whose keys start with `prefix`, read as a plain string like S3
+        does: "iter-0" matches "iter-000/..." and "iter-001/..."; "a/b" matches "a/b/..." and
+        "a/bc.txt"; "a/b/" matches only what is inside "a/b"."""
+        if not prefix:
+            return [self.root]
+        base = self._p(prefix)
+        if prefix.endswith("/"):
+            return [base] if base.is_dir() else []
+        parent = base.parent
+        if not parent.is_dir():
+            return []
+        return [p for p in parent.iterdir() if p.name.startswith(base.name)]
+
+    @staticmethod
+    def _is_temp(p: Path) -> bool:
+        return p.name.startswith(".") and p.name.endswith(".tmp")
+
     def list(self, prefix: str = "") -> list[str]:
-        base = self._p(prefix) if prefix else self.root
-        if base.is_file():
-            return [prefix]
-        if not base.is_dir():
-            # A prefix that ends mid-name ("iter-0") still matches like S3 does.
-            parent = base.parent
-            if not parent.is_dir():
-                return []
-            cands = [p for p in parent.iterdir() if p.name.startswith(base.name)]
-        else:
-            cands = [base]
         out: list[str] = []
-        for c in cands:
+        for c in self._matches(prefix):
             files = [c] if c.is_file() else [p for p in c.rglob("*") if p.is_file()]
-            out += [
-                p.relative_to(self.root).as_posix()
-                for p in files
-                if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-            ]
+            out += [p.relative_to(self.root).as_posix() for p in files if not self._is_temp(p)]
         return sorted(out)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
-        base = self._p(prefix) if prefix else self.root
-        if base.is_dir() and base != self.root:
-            shutil.rmtree(base)
-        else:
-            for k in keys:
-                self._p(k).unlink(missing_ok=True)
+        for c in self._matches(prefix):
+            if c == self.root:
+                # Keep the root itself: the store stays usable (and other processes may hold it).
+                for child in c.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+            elif c.is_dir():
+                shutil.rmtree(c)  # also takes half-written temp files of a crashed writer
+            else:
+                c.unlink(missing_ok=True)
         return len(keys)
 
     def local_path(self, key: str) -> Path | None:

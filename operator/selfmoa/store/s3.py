@@ -1,0 +1,266 @@
+"""`s3://bucket/prefix` store on boto3 (AWS S3, MinIO and other S3-compatible stores).
+
+boto3 is imported here only; `selfmoa.store.open_store` imports this module lazily, so the CLI's
+`--help` and the operator never pay for it. The bucket is checked once, on first use, with a
+client that has short timeouts and a single retry: a wrong endpoint fails in seconds with one
+clear line instead of minutes of botocore back-off.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from selfmoa.store.base import Store, StoreError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+#: Payloads above this go through a multipart upload (S3 caps a single PUT at 5 GiB; smaller
+#: parts also keep memory spikes in botocore's signing/retry buffers bounded).
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+#: S3 refuses parts below 5 MiB (except the last one).
+MIN_PART_SIZE = 5 * 1024 * 1024
+#: delete_objects takes at most this many keys per call.
+DELETE_BATCH = 1000
+#: Keys per list_objects_v2 page (S3's maximum; tests lower it to exercise paging cheaply).
+LIST_PAGE_SIZE = 1000
+
+_MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
+_DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"})
+_BAD_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b/` -> ("bucket", "a/b")."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r} (expected s3://BUCKET/PREFIX)")
+    return bucket, prefix.strip("/")
+
+
+_LOADER_LOCK = threading.Lock()
+_loader: Any = None
+
+
+def _new_session() -> Any:
+    """A boto3 session sharing one botocore data loader: a fresh loader re-reads the service
+    models (~80 ms per client, 18 ms with the shared one). Each store still gets its own session,
+    so credentials are resolved from the environment as it is when the store is first used."""
+    global _loader
+    import boto3
+    import botocore.session
+
+    with _LOADER_LOCK:
+        core = botocore.session.Session()
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        core.register_component("data_loader", _loader)
+        return boto3.session.Session(botocore_session=core)
+
+
+def resolve_region(region: str | None) -> str:
+    return (
+        region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
+
+
+class S3Store(Store):
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunksize: int | None = None,
+    ) -> None:
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self.endpoint = endpoint or None
+        self.region = resolve_region(region)
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = max(
+            MIN_PART_SIZE, multipart_chunksize or min(multipart_threshold, MULTIPART_THRESHOLD)
+        )
+        self._client: S3Client | None = None
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    # Connection ---------------------------------------------------------------------------
+
+    def _make_client(self, *, connect: float, read: float, attempts: int) -> S3Client:
+        from botocore.config import Config
+
+        config = Config(
+            region_name=self.region,
+            connect_timeout=connect,
+            read_timeout=read,
+            retries={"total_max_attempts": attempts, "mode": "standard"},
+            # MinIO and most S3-compatible stores don't do virtual-hosted bucket names.
+            s3={"addressing_style": "path"} if self.endpoint else {},
+        )
+        if self._session is None:
+            self._session = _new_session()
+        client: S3Client = self._session.client("s3", endpoint_url=self.endpoint, config=config)
+        return client
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.endpoint or f"https://s3.{self.region}.amazonaws.com"
+
+    @property
+    def client(self) -> S3Client:
+        """The working client; the bucket is checked the first time it is asked for."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._check_bucket()
+                    self._client = self._make_client(connect=5, read=60, attempts=4)
+        return self._client
+
+    def _check_bucket(self) -> None:
+        probe = self._make_client(connect=2, read=5, attempts=2)
+        with self._errors(None):
+            probe.head_bucket(Bucket=self.bucket)
+
+    @contextmanager
+    def _errors(self, key: str | None) -> Iterator[None]:
+        """Turn botocore's exceptions into one clear StoreError line (or FileNotFoundError)."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+        )
+
+        where = f"{self.uri}/{key}" if key is not None else self.uri
+        try:
+            yield
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise StoreError(
+                f"cannot reach S3 endpoint {self.endpoint_url}: {_one_line(exc)} (store {self.uri})"
+            ) from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreError(
+                f"no usable S3 credentials for {self.uri}: {_one_line(exc)}; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or role)"
+            ) from None
+        except ClientError as exc:
+            err: dict[str, Any] = dict(exc.response.get("Error", {}))
+            code = str(err.get("Code", ""))
+            if code in _MISSING_BUCKET_CODES or (key is None and code in _MISSING_KEY_CODES):
+                raise StoreError(
+                    f"bucket {self.bucket} does not exist (store {self.uri}, endpoint "
+                    f"{self.endpoint_url})"
+                ) from None
+            if code in _MISSING_KEY_CODES:
+                raise FileNotFoundError(f"{where}: not found") from None
+            if code in _BAD_CREDENTIAL_CODES:
+                raise StoreError(
+                    f"S3 rejected the credentials for {where} ({code}): check AWS_ACCESS_KEY_ID "
+                    "and AWS_SECRET_ACCESS_KEY"
+                ) from None
+            if code in _DENIED_CODES:
+                raise StoreError(
+                    f"access denied to {where} ({code}): check the credentials "
+                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy"
+                ) from None
+            raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
+
+    # Keys ---------------------------------------------------------------------------------
+
+    def _k(self, key: str) -> str:
+        key = key.lstrip("/")
+        # Same rule as the file store: a key never climbs out of the store's root.
+        if ".." in key.split("/"):
+            raise ValueError(f"key escapes the store: {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    # Store --------------------------------------------------------------------------------
+
+    def read_bytes(self, key: str) -> bytes:
+        client = self.client
+        with self._errors(key):
+            body = client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        client = self.client
+        full = self._k(key)
+        with self._errors(key):
+            if len(data) <= self.multipart_threshold:
+                client.put_object(Bucket=self.bucket, Key=full, Body=data)  # one PUT: atomic
+                return
+            from boto3.s3.transfer import TransferConfig
+
+            # A multipart object only appears on CompleteMultipartUpload; s3transfer aborts the
+            # upload on failure, so readers never see part of it either.
+            config = TransferConfig(
+                multipart_threshold=self.multipart_threshold,
+                multipart_chunksize=self.multipart_chunksize,
+            )
+            client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=config)
+
+    def exists(self, key: str) -> bool:
+        client = self.client
+        try:
+            with self._errors(key):
+                client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        client = self.client
+        full = self._k(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        keys: list[str] = []
+        with self._errors(prefix):
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+            ):
+                keys += [self._rel(obj["Key"]) for obj in page.get("Contents", []) if "Key" in obj]
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        client = self.client
+        with self._errors(prefix):
+            for i in range(0, len(keys), DELETE_BATCH):
+                batch = keys[i : i + DELETE_BATCH]
+                resp = client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self._k(k)} for k in batch], "Quiet": True},
+                )
+                errors = resp.get("Errors", [])
+                if errors:
+                    first = errors[0]
+                    raise StoreError(
+                        f"could not delete {len(errors)} object(s) under {self.uri}/{prefix}: "
+                        f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                    )
+        return len(keys)
