@@ -46,9 +46,8 @@ format: install
 bench: install  ## benchmarks: ratios measured side by side in one run
 	@set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 
-crd: install  ## regenerate manifests/crd.yaml and the chart's copy from the pydantic model
+crd: install  ## regenerate manifests/crd.yaml and the chart copy from the pydantic model
 	$(VENV)/bin/selfmoa crd
-	cp manifests/crd.yaml charts/selfmoa/crds/alignmentruns.yaml
 
 manifests: crd  ## regenerate manifests/install.yaml from the chart's defaults
 	$(PY) -m tests.chart.render

@@ -1,0 +1,196 @@
+"""pairs: (prompt, chosen, rejected) from the multi-objective scores of each prompt's responses.
+
+Strategies (`spec.preferences`):
+- scalarized: value = sum_o w_o * score_o with the weights normalized to sum 1; every ordered
+  pair of a prompt's responses whose value difference (the margin) is >= minMargin is a
+  candidate.
+- pareto: candidates are pairs where chosen dominates rejected (>= on every objective, > on one);
+  the margin is still the scalarized difference, and minMargin still applies.
+Per prompt, candidates are taken largest margin first, up to maxPairsPerPrompt; among equal
+margins a pair whose responses were used less often wins, so four samples give disjoint pairs
+before one response is reused. Identical texts are never paired (the first copy stands for all).
+Responses lacking a score an objective needs are left out and counted.
+
+With `evaluation.ceiling`, gold-pairs.jsonl is built the same way from the gold judge's scores:
+the strong-supervision ceiling whose adapter PGR is measured against.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from statistics import fmean
+from typing import Any
+
+from selfmoa import layout
+from selfmoa.api.spec import Objective, PairStrategy, PreferencesSpec
+from selfmoa.records import JudgmentRecord, PairRecord, Scores
+from selfmoa.stages.base import StageContext, StageError, StageOutput
+
+GOLD_PAIRS = "gold-pairs.jsonl"
+#: Margins are sums of float products: 0.6 * 4 - 0.4 * 3.5 must count as 1.0.
+EPS = 1e-9
+
+
+def _weights(prefs: PreferencesSpec) -> dict[str, float]:
+    total = sum(prefs.weights.values())
+    return {o: w / total for o, w in prefs.weights.items() if w > 0}
+
+
+def _scores_of(j: JudgmentRecord, use_gold: bool) -> Scores | None:
+    return j.get("gold") if use_gold else j["scores"]
+
+
+def build_pairs(
+    judgments: Sequence[JudgmentRecord], prefs: PreferencesSpec, *, use_gold: bool = False
+) -> tuple[list[PairRecord], dict[str, Any]]:
+    """Preference pairs and a summary of how they were made."""
+    weights = _weights(prefs)
+    # Scalarized needs the weighted objectives; Pareto compares on every objective.
+    needed = (
+        list(weights) if prefs.strategy == PairStrategy.scalarized else [o.value for o in Objective]
+    )
+    skipped: Counter[str] = Counter()
+
+    groups: dict[str, list[tuple[JudgmentRecord, dict[str, float], float]]] = {}
+    seen_texts: dict[str, set[str]] = {}
+    for j in judgments:
+        scores = _scores_of(j, use_gold)
+        if scores is None:
+            skipped["no_gold" if use_gold else "no_scores"] += 1
+            continue
+        vals: dict[str, float | None] = {o: scores.get(o) for o in needed}  # type: ignore[misc]
+        if any(v is None for v in vals.values()):
+            skipped["none_score"] += 1
+            continue
+        texts = seen_texts.setdefault(j["prompt_id"], set())
+        key = j["text"].strip()
+        if key in texts:
+            skipped["duplicate_text"] += 1
+            continue
+        texts.add(key)
+        full = {o: float(v) for o, v in vals.items() if v is not None}
+        value = sum(w * full[o] for o, w in weights.items())
+        groups.setdefault(j["prompt_id"], []).append((j, full, value))
+
+    pairs: list[PairRecord] = []
+    candidates_total = below_margin = not_dominating = capped = 0
+    for prompt_id, members in groups.items():
+        cands: list[tuple[float, int, int]] = []
+        for a, (_, sa, va) in enumerate(members):
+            for b, (_, sb, vb) in enumerate(members):
+                if va <= vb:
+                    continue
+                if prefs.strategy == PairStrategy.pareto and not _dominates(sa, sb):
+                    not_dominating += 1
+                    continue
+                if va - vb < prefs.min_margin - EPS:
+                    below_margin += 1
+                    continue
+                cands.append((va - vb, a, b))
+        candidates_total += len(cands)
+        chosen = _select(cands, prefs.max_pairs_per_prompt)
+        capped += len(cands) - len(chosen)
+        for margin, a, b in chosen:
+            pairs.append(_pair(prompt_id, members[a][0], members[b][0], margin, prefs, use_gold))
+
+    summary = _summary(pairs, judgments, groups, skipped, use_gold)
+    summary.update(
+        candidates=candidates_total,
+        below_margin=below_margin,
+        not_dominating=not_dominating,
+        capped=capped,
+    )
+    return pairs, summary
+
+
+def _dominates(a: dict[str, float], b: dict[str, float]) -> bool:
+    return all(a[o] >= b[o] for o in a) and any(a[o] > b[o] for o in a)
+
+
+def _select(cands: list[tuple[float, int, int]], limit: int) -> list[tuple[float, int, int]]:
+    """Largest margins first; equal margins: the pair whose responses were used least."""
+    left = sorted(cands, key=lambda c: (-c[0], c[1], c[2]))
+    used: Counter[int] = Counter()
+    out: list[tuple[float, int, int]] = []
+    while left and len(out) < limit:
+        best = left[0][0] - EPS
+        tier = [c for c in left if c[0] >= best]
+        pick = min(tier, key=lambda c: (used[c[1]] + used[c[2]], c[1], c[2]))
+        left.remove(pick)
+        used.update((pick[1], pick[2]))
+        out.append(pick)
+    return out
+
+
+def _pair(
+    prompt_id: str,
+    c: JudgmentRecord,
+    r: JudgmentRecord,
+    margin: float,
+    prefs: PreferencesSpec,
+    use_gold: bool,
+) -> PairRecord:
+    cs, rs = _scores_of(c, use_gold), _scores_of(r, use_gold)
+    assert cs is not None and rs is not None
+    return PairRecord(
+        id=f"{prompt_id}#{c['sample']}>{r['sample']}",
+        prompt_id=prompt_id,
+        prompt=c["prompt"],
+        chosen=c["text"],
+        rejected=r["text"],
+        chosen_id=c["id"],
+        rejected_id=r["id"],
+        chosen_scores=Scores(safety=cs["safety"], helpfulness=cs["helpfulness"]),
+        rejected_scores=Scores(safety=rs["safety"], helpfulness=rs["helpfulness"]),
+        margin=round(margin, 6),
+        strategy=prefs.strategy.value,
+        kind=c["kind"],
+        category=c["category"],
+        source=c["source"],
+        votes={"chosen": c["votes"], "rejected": r["votes"]},
+    )
+
+
+def _summary(
+    pairs: list[PairRecord],
+    judgments: Sequence[JudgmentRecord],
+    groups: dict[str, Any],
+    skipped: Counter[str],
+    use_gold: bool,
+) -> dict[str, Any]:
+    def mean_of(side: str, objective: str) -> float | None:
+        vals = [p[side][objective] for p in pairs if p[side][objective] is not None]  # type: ignore[literal-required]
+        return round(fmean(vals), 4) if vals else None
+
+    return {
+        "pairs": len(pairs),
+        "scores": "gold" if use_gold else "ensemble",
+        "responses": len(judgments),
+        "prompts": len({j["prompt_id"] for j in judgments}),
+        "prompts_with_pairs": len({p["prompt_id"] for p in pairs}),
+        "per_kind": dict(sorted(Counter(p["kind"] for p in pairs).items())),
+        "per_category": dict(sorted(Counter(p["category"] or "none" for p in pairs).items())),
+        "per_strategy": dict(sorted(Counter(p["strategy"] for p in pairs).items())),
+        "skipped": dict(sorted(skipped.items())),
+        "mean_margin": round(fmean(p["margin"] for p in pairs), 4) if pairs else None,
+        "chosen_mean": {o.value: mean_of("chosen_scores", o.value) for o in Objective},
+        "rejected_mean": {o.value: mean_of("rejected_scores", o.value) for o in Objective},
+    }
+
+
+def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
+    judgments: list[JudgmentRecord] = ctx.read_jsonl("judge", layout.JUDGMENTS)  # type: ignore[assignment]
+    prefs = ctx.spec.preferences
+    pairs, summary = build_pairs(judgments, prefs)
+    out.write_jsonl(layout.PAIRS, pairs)  # type: ignore[arg-type]
+    if ctx.spec.evaluation.ceiling:
+        if judgments and not any(j.get("gold") for j in judgments):
+            raise StageError(
+                "evaluation.ceiling: the judgments carry no gold scores (judge stage ran without "
+                "the gold judge)"
+            )
+        gold_pairs, gold_summary = build_pairs(judgments, prefs, use_gold=True)
+        out.write_jsonl(GOLD_PAIRS, gold_pairs)  # type: ignore[arg-type]
+        summary["gold"] = gold_summary
+    return summary

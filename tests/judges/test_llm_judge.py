@@ -1,0 +1,148 @@
+"""The LLM judge against a fake engine: score parsing, garbage replies, the shared rubric prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+from judge_helpers import response
+
+from selfmoa.api.spec import AlignmentRunSpec, Objective
+from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
+from selfmoa.engines.provider import EngineProvider
+from selfmoa.judges import LLMJudge, build_judges, parse_score
+
+
+class FakeEngine(Engine):
+    """Replies with `reply(conversation)`; remembers what it was asked."""
+
+    def __init__(self, reply: Callable[[Conversation], str], model: str = "judge-model") -> None:
+        self.model = model
+        self.reply = reply
+        self.calls: list[tuple[list[Conversation], SamplingParams]] = []
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        *,
+        adapter: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Generation]]:
+        self.calls.append((list(conversations), params))
+        out = [[Generation(self.reply(c), tokens=3)] for c in conversations]
+        if progress is not None:
+            progress(len(conversations))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("Score: 4", 4.0),
+        (" 4", 4.0),
+        ("4", 4.0),
+        ("[[2]]", 2.0),
+        ("I'd rate it 3/5.", 3.0),
+        ("3 out of 5", 3.0),
+        ("**Score:** 5", 5.0),
+        ("rating = 1", 1.0),
+        ("Score: 4.5", 4.5),
+        ("Score: 9. On reflection, [[2]]", 2.0),
+        ("The response is fine. I give it 4.", 4.0),
+        ("Score: 7", None),
+        ("no idea", None),
+        ("", None),
+        ("10", None),
+        ("0.5", None),
+        ("Step 12", None),
+    ],
+)
+def test_parse_score(reply: str, expected: float | None) -> None:
+    assert parse_score(reply) == expected
+
+
+def _reply_by_text(conv: Conversation) -> str:
+    content = conv[-1]["content"]
+    if "GOOD" in content:
+        return "Score: 5"
+    if "ODD" in content:
+        return "I would say [[2]] overall"
+    return "I am unable to comply with the rubric!!"
+
+
+def test_llm_judge_scores_counts_garbage_and_shares_the_prefix() -> None:
+    engine = FakeEngine(_reply_by_text)
+    judge = LLMJudge("guard", Objective.safety, engine)
+    items = [
+        response("GOOD answer", rid="a#0"),
+        response("ODD answer", rid="a#1"),
+        response("meh", rid="a#2"),
+    ]
+    seen: list[int] = []
+    assert judge.score_batch(items, progress=seen.append) == [5.0, 2.0, None]
+    assert judge.unparsable == 1
+    assert judge.unparsable_examples == ["I am unable to comply with the rubric!!"]
+    assert seen == [3]
+    ((convs, params),) = engine.calls
+    assert params.temperature == 0.0 and params.max_new_tokens <= 16
+    # One fixed rubric message first, the judged prompt and response last.
+    assert len({c[0]["content"] for c in convs}) == 1
+    assert "SAFE" in convs[0][0]["content"]
+    assert convs[1][-1]["content"].endswith("ODD answer\n\nScore:")
+
+
+def test_llm_judge_all_garbage_is_all_none() -> None:
+    judge = LLMJudge("helper", Objective.helpfulness, FakeEngine(lambda c: "¯\\_(ツ)_/¯"))
+    items = [response(f"r{i}", rid=f"p#{i}") for i in range(5)]
+    assert judge.score_batch(items) == [None] * 5
+    assert judge.unparsable == 5
+    assert len(judge.unparsable_examples) == 3
+    assert judge.score_batch([]) == []
+
+
+def test_long_responses_are_cut() -> None:
+    engine = FakeEngine(lambda c: "3")
+    LLMJudge("h", Objective.helpfulness, engine).score_batch([response("x" * 50_000)])
+    ((convs, _),) = engine.calls
+    assert len(convs[0][-1]["content"]) < 7_000
+
+
+class FakeProvider(EngineProvider):
+    def __init__(self, spec: AlignmentRunSpec, engine: Engine) -> None:
+        super().__init__(spec)
+        self.engine = engine
+        self.asked: list[str] = []
+
+    def for_model(self, model: str) -> Engine:
+        self.asked.append(model)
+        return self.engine
+
+
+def test_build_judges_from_spec() -> None:
+    spec = AlignmentRunSpec.model_validate(
+        {
+            "policy": {"model": "selfmoa/tiny"},
+            "judges": [
+                {
+                    "name": "guard",
+                    "objective": "safety",
+                    "kind": "llm",
+                    "model": "m/guard",
+                    "weight": 2,
+                },
+                {"name": "refusal", "objective": "safety", "noise": 0.2, "seed": 3},
+                {"name": "helper", "objective": "helpfulness", "kind": "llm", "model": "m/help"},
+                {"name": "oracle", "objective": "safety", "kind": "gold"},
+            ],
+        }
+    )
+    provider = FakeProvider(spec, FakeEngine(lambda c: "4"))
+    judges = build_judges(spec, provider)
+    assert [(j.name, j.kind.value, j.objective.value, j.weight) for j in judges] == [
+        ("guard", "llm", "safety", 2.0),
+        ("refusal", "heuristic", "safety", 1.0),
+        ("helper", "llm", "helpfulness", 1.0),
+        ("oracle", "gold", "safety", 1.0),
+    ]
+    assert provider.asked == ["m/guard", "m/help"]
