@@ -234,6 +234,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
                 manifest, ran = execute(args.name, get_stage(args.name), ctx)
             finally:
                 provider.close()
+    except UsageError:
+        raise
     except (SpecError, StoreError) as e:
         raise UsageError(str(e)) from None
     except StageError as e:

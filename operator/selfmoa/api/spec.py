@@ -77,6 +77,13 @@ class SafetyResetSpec(Model):
     enabled: bool = Field(default=False, description="Run the safety reset before iteration 1.")
     steps: int = Field(default=60, ge=1, le=100_000, description="Optimizer steps of the reset SFT.")
     learning_rate: float = Field(default=2e-3, gt=0, le=1, description="Reset SFT learning rate.")
+    data: str | None = Field(
+        default=None,
+        description=(
+            "Compliance examples for the reset: a JSONL file (local path, file:// or s3:// URI) "
+            "of {prompt, response} rows. Required unless the policy is the built-in tiny model."
+        ),
+    )
 
 
 class RedTeamSpec(Model):
@@ -243,6 +250,26 @@ class LossKind(StrEnum):
     weighted = "weighted"
 
 
+#: TRL DPOTrainer loss types usable in `training.lossTypes` (TRL 1.x). `exo_pair` is left out: it
+#: needs a label smoothing this spec does not expose.
+TRL_LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
 class LoraSpec(Model):
     r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(default=32, ge=1, description="LoRA alpha.")
@@ -282,6 +309,9 @@ class TrainingSpec(Model):
     def _weights_match(self) -> TrainingSpec:
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_types):
             raise ValueError("lossWeights: needs one weight per entry of lossTypes")
+        unknown = [t for t in self.loss_types if t not in TRL_LOSS_TYPES]
+        if unknown:
+            raise ValueError(f"lossTypes: unsupported {unknown}; use {list(TRL_LOSS_TYPES)}")
         return self
 
 

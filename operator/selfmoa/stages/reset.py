@@ -1,0 +1,100 @@
+"""The safety reset (iteration 0, optional): LoRA SFT on compliance data, before the loop.
+
+The paper fine-tunes an aligned model so it forgets its refusals, giving the loop an honest
+starting point whose raw behaviour the red team can see. Data: the tiny profile's built-in
+compliance set, or `safetyReset.data` (JSONL of {"prompt", "response"}; a local path, file://
+or s3:// URI). The adapter is uploaded as `iter-000/reset/adapter`, which the train stage of
+iteration 1 continues from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from selfmoa import layout
+from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec
+from selfmoa.stages.base import StageContext, StageError, StageOutput
+
+TRAIN_LOG = "train_log.json"
+
+
+def load_examples(spec: AlignmentRunSpec) -> list[dict[str, str]]:
+    """The compliance examples for the reset: `safetyReset.data`, else the tiny built-ins."""
+    source = spec.safety_reset.data
+    if source is None:
+        if spec.policy.model != TINY_MODEL:
+            raise StageError(
+                "safetyReset.data: required when the policy is not the built-in tiny model "
+                "(a JSONL file of {prompt, response} compliance examples)"
+            )
+        from selfmoa.tiny import compliance_examples
+
+        rows: list[dict[str, Any]] = list(compliance_examples())
+    else:
+        rows = _read_jsonl(source, spec)
+    out = []
+    for i, row in enumerate(rows):
+        prompt, response = row.get("prompt"), row.get("response")
+        if (
+            not isinstance(prompt, str)
+            or not isinstance(response, str)
+            or not prompt
+            or not response
+        ):
+            raise StageError(
+                f"safetyReset.data: row {i} needs non-empty 'prompt' and 'response' strings"
+            )
+        out.append({"prompt": prompt, "response": response})
+    if not out:
+        raise StageError("safetyReset.data: no examples")
+    return out
+
+
+def _read_jsonl(source: str, spec: AlignmentRunSpec) -> list[dict[str, Any]]:
+    try:
+        if source.startswith(("s3://", "file://")):
+            from selfmoa.store import open_store
+
+            parent, _, name = source.rpartition("/")
+            store = open_store(parent, endpoint=spec.storage.endpoint, region=spec.storage.region)
+            return store.read_jsonl(name)
+        text = Path(source).expanduser().read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise StageError(f"safetyReset.data: {source} not found") from None
+    except json.JSONDecodeError as e:
+        raise StageError(f"safetyReset.data: {source} is not JSONL ({e})") from None
+
+
+def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
+    from selfmoa.training.sft import train_sft
+
+    spec = ctx.spec
+    examples = load_examples(spec)
+    result = train_sft(
+        base_path=ctx.engines.model_path(spec.policy.model),
+        # The reset continues a user-given starting adapter (policy.adapter), if any.
+        parent_adapter=ctx.fetch_adapter(None),
+        examples=examples,
+        steps=spec.safety_reset.steps,
+        learning_rate=spec.safety_reset.learning_rate,
+        lora=spec.training.lora,
+        batch_size=min(spec.training.batch_size, len(examples)),
+        max_length=spec.training.max_length,
+        seed=spec.training.seed,
+        dest=ctx.workdir / "out-reset",
+        progress=ctx.progress,
+    )
+    out.upload_dir(layout.ADAPTER, result.adapter)
+    out.write_json(TRAIN_LOG, [{"step": i + 1, "loss": v} for i, v in enumerate(result.losses)])
+    return {
+        "examples": result.examples,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "loss_first": result.losses[0],
+        "loss_last": result.losses[-1],
+        "seconds": round(result.seconds, 3),
+        "steps_per_second": round(result.steps / result.seconds, 3) if result.seconds > 0 else None,
+    }

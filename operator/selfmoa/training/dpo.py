@@ -1,0 +1,303 @@
+"""Preference optimization with TRL's DPOTrainer and a PEFT LoRA adapter.
+
+The reference model is the policy *at the start of the iteration*:
+- parent = base model: a fresh LoRA goes in through `peft_config`; TRL computes the reference
+  with the adapter disabled (= the base).
+- parent = an adapter: we load it as a trainable PeftModel and pass no `peft_config`; TRL then
+  adds a frozen copy named "ref" and computes the reference through it.
+In both cases the reference log-probs are precomputed over the whole dataset before the first
+optimizer step (`precompute_ref_log_probs=True`), so they are the starting policy's by
+construction, and cost one forward per pair instead of one per pair per epoch. Saving keeps
+only the "default" adapter, so TRL's "ref" copy never reaches the store.
+
+The multi-objective losses need a per-pair margin (see `objectives`): `MarginDPOTrainer` carries a
+`margin` column to the loss and applies it by shifting the precomputed reference log-prob of
+the chosen response, which is exactly a per-pair offset of TRL's sigmoid / IPO target. TRL's
+logged rewards then include the margin too: for modpo/bfpo, `rewards/accuracies` is the share of
+pairs whose implicit reward gap already exceeds their margin.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import (
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+)
+from transformers.training_args import TrainingArguments
+from trl.trainer.dpo_config import DPOConfig
+from trl.trainer.dpo_trainer import DPOTrainer
+
+from selfmoa.api.spec import TrainingSpec
+from selfmoa.training import model as M
+from selfmoa.training.objectives import Row, trl_loss, uses_margin
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class MarginDPOTrainer(DPOTrainer):
+    """DPOTrainer with a per-pair margin m: sigmoid -log sigma(beta*D - m); ipo target (0.5 + m)/beta.
+
+    Needs `precompute_ref_log_probs=True` (the shift is applied to the precomputed reference).
+    """
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # type: ignore[no-untyped-call]
+        if self._signature_columns is not None and "margin" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "margin"]
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        margin = inputs.pop("margin", None)
+        if margin is not None:
+            if "ref_chosen_logps" not in inputs:
+                raise RuntimeError("MarginDPOTrainer needs precompute_ref_log_probs=True")
+            shift = margin.to(inputs["ref_chosen_logps"]) / self.beta
+            if self.loss_types == ["ipo"]:
+                # TRL's IPO divides the chosen log-ratio by the chosen completion length.
+                chosen_mask, _ = inputs["completion_mask"].chunk(2, dim=0)
+                shift = shift * chosen_mask.sum(dim=1).clamp(min=1).to(shift)
+            inputs = {**inputs, "ref_chosen_logps": inputs["ref_chosen_logps"] + shift}
+        return super()._compute_loss(model, inputs, return_outputs)  # type: ignore[no-untyped-call]
+
+
+def _with_margin(collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Any:
+    """Wrap TRL's preference collator so the margin column survives batching."""
+
+    def call(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(examples)
+        if examples and "margin" in examples[0]:
+            batch["margin"] = torch.tensor([float(e["margin"]) for e in examples])
+        return batch
+
+    return call
+
+
+class _Progress(TrainerCallback):
+    def __init__(self, progress: ProgressFn, label: str) -> None:
+        self.progress = progress
+        self.label = label
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.progress(0, state.max_steps, self.label)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.progress(state.global_step, state.max_steps, self.label)
+
+
+@dataclass
+class DPOResult:
+    adapter: Path
+    pairs: int
+    tokens: int
+    steps: int
+    seconds: float
+    final_loss: float | None
+    reward_accuracy: float | None
+    #: One entry per optimizer step: {"step", "loss", and whatever TRL logged}.
+    log: list[dict[str, float]] = field(default_factory=list)
+    #: Whether training continued an existing adapter (vs a fresh LoRA on the base).
+    continued: bool = False
+    #: Pairs left out because their prompt alone fills `max_length`.
+    dropped: int = 0
+
+
+def dataset_rows(
+    rows: Sequence[Row], tok: PreTrainedTokenizerBase, margin: bool
+) -> list[dict[str, Any]]:
+    """TRL's conversational preference format when the tokenizer has a chat template (so the
+    prompt is rendered exactly as the engines render it), the plain-text format otherwise."""
+    chat = M.has_chat_template(tok)
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        if chat:
+            row: dict[str, Any] = {
+                "prompt": [{"role": "user", "content": r.prompt}],
+                "chosen": [{"role": "assistant", "content": r.chosen}],
+                "rejected": [{"role": "assistant", "content": r.rejected}],
+            }
+        else:
+            row = {"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}
+        if margin:
+            row["margin"] = float(r.margin)
+        out.append(row)
+    return out
+
+
+def dpo_config(training: TrainingSpec, output_dir: Path, n_rows: int) -> DPOConfig:
+    loss_type, loss_weights = trl_loss(training)
+    cpu = M.use_cpu()
+    return DPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=min(training.batch_size, max(n_rows, 1)),
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        num_train_epochs=training.epochs,
+        learning_rate=training.learning_rate,
+        beta=training.beta,
+        loss_type=loss_type,
+        loss_weights=loss_weights,
+        max_length=training.max_length,
+        precompute_ref_log_probs=True,
+        seed=training.seed,
+        data_seed=training.seed,
+        # CPU: bf16 and gradient checkpointing cost 1.4-3x per step (FINDINGS).
+        use_cpu=cpu,
+        bf16=M._use_bf16(),
+        activation_checkpointing=not cpu,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        save_strategy="no",
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+
+
+def train_dpo(
+    *,
+    base_path: Path,
+    parent_adapter: Path | None,
+    rows: Sequence[Row],
+    training: TrainingSpec,
+    workdir: Path,
+    dest: Path,
+    progress: ProgressFn | None = None,
+    label: str = "training",
+) -> DPOResult:
+    """Train on `rows` from `parent_adapter` (None: the base) and save the adapter to `dest`."""
+    started = time.monotonic()
+    with M.quiet():
+        tok = M.load_tokenizer(base_path)
+        M.set_seed(training.seed)  # the fresh LoRA's init draws from it
+        base = M.load_base(base_path)
+        # TRL drops pairs whose prompt alone fills max_length (no completion token left) and
+        # crashes when that leaves none: drop them here, count them, and train on the rest.
+        kept = [r for r in rows if _prompt_tokens(tok, r.prompt) < training.max_length]
+        dropped = len(rows) - len(kept)
+        with M.cpu_threads_for(base):
+            if not kept:
+                return _untrained(base, parent_adapter, training, dest, started, dropped)
+            trainer = _trainer(base, parent_adapter, kept, tok, training, workdir)
+            tokens = _count_tokens(trainer.train_dataset)
+            if progress is not None:
+                trainer.add_callback(_Progress(progress, label))
+            trainer.train()
+            trained = trainer.model
+            assert isinstance(trained, PeftModel)
+            M.save_adapter(trained, dest)
+
+    log = [_step_entry(e) for e in trainer.state.log_history if "loss" in e]
+    acc = [e["rewards/accuracies"] for e in log if "rewards/accuracies" in e]
+    return DPOResult(
+        adapter=dest,
+        pairs=len(kept),
+        tokens=tokens,
+        steps=int(trainer.state.global_step),
+        seconds=time.monotonic() - started,
+        final_loss=log[-1]["loss"] if log else None,
+        reward_accuracy=acc[-1] if acc else None,
+        log=log,
+        continued=parent_adapter is not None,
+        dropped=dropped,
+    )
+
+
+def _prompt_tokens(tok: PreTrainedTokenizerBase, prompt: str) -> int:
+    return len(tok(M.prompt_text(tok, prompt), add_special_tokens=False)["input_ids"])
+
+
+def _trainer(
+    base: Any,
+    parent_adapter: Path | None,
+    rows: Sequence[Row],
+    tok: PreTrainedTokenizerBase,
+    training: TrainingSpec,
+    workdir: Path,
+) -> DPOTrainer:
+    """The configured trainer; constructing it tokenizes and precomputes the reference."""
+    margin = uses_margin(training)
+    data = Dataset.from_list(dataset_rows(rows, tok, margin))
+    args = dpo_config(training, workdir, len(rows))
+    trainer_cls = MarginDPOTrainer if margin else DPOTrainer
+    if parent_adapter is None:
+        trainer = trainer_cls(
+            model=base,
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+            peft_config=M.lora_config(training.lora),
+        )
+    else:
+        # A PeftModel without peft_config: TRL adds the frozen "ref" copy of the parent.
+        policy = M.load_policy(base, parent_adapter, training.lora)
+        trainer = trainer_cls(model=policy, args=args, train_dataset=data, processing_class=tok)
+    if margin:
+        trainer.data_collator = _with_margin(trainer.data_collator)
+    # disable_tqdm makes the Trainer print every log dict instead: the log goes to train_log.json.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _untrained(
+    base: Any,
+    parent_adapter: Path | None,
+    training: TrainingSpec,
+    dest: Path,
+    started: float,
+    dropped: int,
+) -> DPOResult:
+    """Zero pairs: the parent's adapter as is, or a fresh LoRA (B = 0: the base's outputs)."""
+    if parent_adapter is not None:
+        M.copy_adapter(parent_adapter, dest)
+    else:
+        M.save_adapter(M.load_policy(base, None, training.lora), dest)
+    return DPOResult(
+        adapter=dest,
+        pairs=0,
+        tokens=0,
+        steps=0,
+        seconds=time.monotonic() - started,
+        final_loss=None,
+        reward_accuracy=None,
+        continued=parent_adapter is not None,
+        dropped=dropped,
+    )
+
+
+def _count_tokens(ds: Any) -> int:
+    cols = ("prompt_ids", "chosen_ids", "rejected_ids")
+    return sum(len(ex[c]) for ex in ds.select_columns(list(cols)) for c in cols)
+
+
+def _step_entry(entry: dict[str, Any]) -> dict[str, float]:
+    keep = (
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "epoch",
+    )
+    out = {"step": float(entry.get("step", 0))}
+    for k in keep:
+        v = entry.get(k)
+        if isinstance(v, int | float) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
