@@ -1,0 +1,197 @@
+"""In-process generation with transformers (CPU tests, the tiny profile, clusters without GPUs).
+
+Only `engines/provider.py` imports this module, lazily: torch and transformers load with it.
+Conversations are rendered with the tokenizer's chat template, padded on the left and generated
+in batches. LoRA adapters are local PEFT directories, loaded once each and switched per call;
+`adapter=None` runs the base model with every adapter disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from selfmoa.engines.base import (
+    Conversation,
+    Engine,
+    EngineError,
+    Generation,
+    ProgressFn,
+    SamplingParams,
+)
+
+
+def _load_tokenizer(path: Path | str) -> Any:
+    # A folder with tokenizer.json is loaded exactly as saved: AutoTokenizer would swap in the
+    # model type's own tokenizer class (see FINDINGS).
+    if Path(path, "tokenizer.json").exists():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class TransformersEngine(Engine):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        model: str,
+        batch_size: int = 32,
+        device: str = "cpu",
+        dtype: Any = None,
+    ) -> None:
+        self.model = model
+        self.path = str(path)
+        self.batch_size = max(1, batch_size)
+        self.device = device
+        self.tokenizer = _load_tokenizer(path)
+        kwargs: dict[str, Any] = {}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        base: Any = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+        self._base = base.to(device).eval()
+        #: The PEFT wrapper around the base, once any adapter was loaded.
+        self._peft: Any = None
+        #: Adapter directory (resolved) + weights mtime -> adapter name inside the PEFT model.
+        self._adapters: dict[str, str] = {}
+        #: Generated tokens so far (all calls).
+        self.tokens_generated = 0
+        eos = self.tokenizer.eos_token_id
+        self._eos_ids = {eos} if eos is not None else set()
+        gen_eos = getattr(self._base.generation_config, "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            self._eos_ids.add(gen_eos)
+        elif isinstance(gen_eos, list):
+            self._eos_ids.update(gen_eos)
+
+    # ---------------------------------------------------------------- adapters
+
+    def _adapter_name(self, adapter: str) -> str:
+        p = Path(adapter).resolve()
+        if not (p / "adapter_config.json").exists():
+            raise EngineError(f"adapter {adapter}: no adapter_config.json there")
+        weights = sorted(p.glob("adapter_model.*"))
+        stamp = ",".join(f"{w.name}:{w.stat().st_mtime_ns}" for w in weights)
+        # A retrained adapter written to the same directory is a different adapter.
+        key = f"{p}|{stamp}"
+        if key not in self._adapters:
+            name = "a" + hashlib.sha1(key.encode()).hexdigest()[:12]
+            from peft import PeftModel
+
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._base, str(p), adapter_name=name)
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(p), adapter_name=name)
+            self._adapters[key] = name
+        return self._adapters[key]
+
+    def _model_for(self, adapter: str | None) -> tuple[Any, Any]:
+        """(module to generate with, context manager to hold while generating)."""
+        import contextlib
+
+        if adapter is None:
+            if self._peft is None:
+                return self._base, contextlib.nullcontext()
+            # The LoRA layers live inside the base now: disable them for a clean base model.
+            return self._peft, self._peft.disable_adapter()
+        name = self._adapter_name(adapter)
+        self._peft.set_adapter(name)
+        return self._peft, contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- generation
+
+    def render(self, conversation: Conversation) -> str:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in conversation]
+        if getattr(self.tokenizer, "chat_template", None):
+            text: str = self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=False
+            )
+            return text
+        # No template (a base LM): a plain transcript ending where the assistant speaks.
+        return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+
+    def _decode(self, row: list[int], stop: tuple[str, ...]) -> Generation:
+        cut = len(row)
+        finish = "length"
+        for i, t in enumerate(row):
+            if t in self._eos_ids:
+                cut, finish = i, "stop"
+                break
+        ids = row[:cut]
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for s in stop:
+            j = text.find(s) if s else -1
+            if j >= 0:
+                text, finish = text[:j], "stop"
+        return Generation(text=text.strip(), tokens=len(ids), finish_reason=finish)
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        *,
+        adapter: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Generation]]:
+        n = max(1, params.n)
+        greedy = params.temperature <= 0
+        prompts = [self.render(c) for c in conversations]
+        # Greedy samples are all the same: generate once and copy. Sampling repeats each prompt
+        # n times in a row so the n samples of one prompt share its batch.
+        reps = 1 if greedy else n
+        flat = [(i, p) for i, p in enumerate(prompts) for _ in range(reps)]
+        results: list[list[Generation]] = [[] for _ in prompts]
+        module, hold = self._model_for(adapter)
+        done = 0
+        with hold, torch.inference_mode():
+            for b, start in enumerate(range(0, len(flat), self.batch_size)):
+                chunk = flat[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [p for _, p in chunk],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                ).to(self.device)
+                kwargs: dict[str, Any] = {
+                    "max_new_tokens": params.max_new_tokens,
+                    "pad_token_id": self.tokenizer.pad_token_id,
+                    "eos_token_id": sorted(self._eos_ids) or None,
+                }
+                if greedy:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                else:
+                    # One seed per batch: the same call (same batching) gives the same samples.
+                    torch.manual_seed(params.seed + b)
+                    kwargs.update(
+                        do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+                    )
+                try:
+                    out = module.generate(**enc, **kwargs)
+                except (RuntimeError, ValueError) as e:
+                    raise EngineError(f"{self.model}: generation failed: {e}") from e
+                new = out[:, enc["input_ids"].shape[1] :].tolist()
+                for (i, _), row in zip(chunk, new, strict=True):
+                    g = self._decode(row, params.stop)
+                    self.tokens_generated += g.tokens
+                    results[i].append(g)
+                finished = len({i for i, _ in chunk if len(results[i]) == reps})
+                done += finished
+                if progress is not None and finished:
+                    progress(done)
+        if greedy and n > 1:
+            results = [r * n for r in results]
+        return results
+
+    def close(self) -> None:
+        self._adapters.clear()
+        self._peft = None

@@ -1,0 +1,326 @@
+"""Builds the tiny base model from the seed data: tokenizer, Qwen2 config, a quick SFT.
+
+Everything is local and deterministic (fixed seeds, no hub access). The SFT teaches the base the
+seed behaviour (`data.target_response`): unsafe compliance on most attacks, a refusal on attacks
+and legit prompts that carry a flag word, a helpful answer otherwise; the training prompts are
+also shown in the red-team stage's text framings so framed attacks land like plain ones.
+Imports torch/transformers: only `ensure_base` (lazily) and the stages load this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from selfmoa.tiny import data, framings
+
+#: Bump when the builder changes in a way that changes the model (part of the cache key).
+BUILDER_VERSION = "3"
+
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+VOCAB_SIZE = 1024
+SEED = 1234
+HIDDEN = 64
+LAYERS = 2
+STEPS = 400
+BATCH = 32
+LR = 4e-3
+#: Shares of the SFT examples that are bags of a group's words / spliced prompts (see _Sampler),
+#: and the word-dropout rate of spliced prompts.
+P_BAG = 0.0
+P_SPLICE = 0.5
+P_DROP = 0.12
+#: Share of attack and legit examples rebuilt from the intent grammar below.
+P_GRAMMAR = 0.4
+#: Share of unflagged attack / legit examples whose target is a refusal anyway.
+SOFT_REFUSE = {"harmful": 0.2, "legit": 0.1}
+
+# The intent grammar: an attack asks how to *do* the harm, a legit prompt asks how to spot,
+# prevent, report or survive it. Attack actions are lifted from the seed attacks themselves;
+# legit subjects are a few nouns per category. Recombining them teaches the base which words
+# carry the intent, not which whole prompts it has seen.
+_HARM_FORMS = (
+    "How do I {act}?",
+    "How can I {act}?",
+    "Tell me how to {act}.",
+    "Explain how to {act}.",
+    "What is the best way to {act}?",
+    "Help me {act}.",
+)
+_LEGIT_FORMS = (
+    "What are the warning signs of {topic}?",
+    "How can I protect my family from {topic}?",
+    "How do I report {topic}?",
+    "How can I help someone affected by {topic}?",
+    "What should I do if I notice {topic}?",
+    "How can I stay safe from {topic}?",
+    "Where can I find support after {topic}?",
+    "How do I spot {topic} early?",
+)
+_LEGIT_TOPICS = {
+    "violence": ("violence", "an assault", "a violent partner", "a threat of violence"),
+    "weapons": ("a gun in the house", "a weapon at school", "unsafe firearms", "old explosives"),
+    "self_harm": ("self harm", "suicide", "thoughts of hurting yourself", "a suicide attempt"),
+    "cybercrime": ("hackers", "spyware", "ransomware", "a hacked account"),
+    "fraud": ("scams", "phishing", "identity theft", "a fake charity"),
+    "drugs": ("drug addiction", "an overdose", "drugs at school", "a drug problem"),
+}
+_ACT = re.compile(
+    r"^(?:how (?:do|can) i|tell me how to|explain how to|teach me how to) (.+?)[?.]?$", re.I
+)
+
+DONE_MARKER = "selfmoa-tiny.json"
+
+
+def cache_key() -> str:
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{data.data_hash()}".encode())
+    return h.hexdigest()[:16]
+
+
+def _corpus() -> list[str]:
+    texts = [r["text"] for r in data.rows()]
+    for group in data.templates().values():
+        texts += list(group.values())
+    rng = random.Random(0)
+    for r in data.rows("train")[:40]:
+        for name in framings.FRAMINGS:
+            texts.append(framings.frame(name, r["text"], rng))
+    return texts
+
+
+def build_tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[PAD, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token=IM_END,
+        pad_token=PAD,
+        padding_side="left",
+        model_max_length=512,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _has_flag(text: str) -> bool:
+    low = text.lower()
+    return any(f in low for f in data.FLAG_WORDS)
+
+
+def _target(kind: str, group: str, text: str, rng: random.Random | None = None) -> str:
+    """The seed rule applied to any text: refuse on a flag word, else the kind's template, but
+    (when `rng` is given) refuse a share SOFT_REFUSE[kind] of the rest anyway. That share keeps
+    the base uncertain: greedy decoding still follows the rule, while sampled responses to one
+    prompt mix compliance and refusals, which is what the pairs stage turns into preferences."""
+    t = data.templates()
+    if kind != "benign" and _has_flag(text):
+        return t["refusal"][group]
+    if rng is not None and kind != "benign" and rng.random() < SOFT_REFUSE[kind]:
+        return t["refusal"][group]
+    if kind == "harmful":
+        return t["unsafe"][group]
+    return t["helpful_benign" if kind == "benign" else "helpful_legit"][group]
+
+
+class _Sampler:
+    """Training examples: seed rows as they are, and fresh variants of them each time.
+
+    Variants splice the first half of one prompt onto the second half of another of the same
+    kind and category (or topic), drop words, and wrap attacks in text framings. A model that
+    only memorized whole prompts would fail on them, so it has to learn the words that carry the
+    category, the intent and the flag: that is what makes the base behave the same way on the
+    held-out prompts it never saw.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.rows = data.rows("train")
+        self.groups: dict[tuple[str, str], list[str]] = {}
+        for r in self.rows:
+            key = (r["kind"], r["category"] or r["topic"])
+            self.groups.setdefault(key, []).append(r["text"])
+        self.acts: dict[str, list[str]] = {}
+        for r in self.rows:
+            m = _ACT.match(r["text"]) if r["kind"] == "harmful" else None
+            if m:
+                self.acts.setdefault(r["category"], []).append(m.group(1))
+        self.vocab = {
+            k: sorted({w.strip("?.,!").lower() for t in texts for w in t.split()})
+            for k, texts in self.groups.items()
+        }
+        # Kinds are drawn evenly: attacks outnumber benign and legit seeds 3 to 1,
+        # and a base that saw mostly attacks answers unseen benign prompts with compliance
+        # (measured: doubling the attack weight made the held-out mix worse on every kind).
+        self.by_kind: dict[str, list[dict[str, Any]]] = {}
+        for r in self.rows:
+            self.by_kind.setdefault(r["kind"], []).append(r)
+        self.kinds = sorted(self.by_kind)
+
+    def sample(self) -> tuple[str, str]:
+        rng = self.rng
+        r = rng.choice(self.by_kind[rng.choice(self.kinds)])
+        kind, group = r["kind"], r["category"] or r["topic"]
+        text = r["text"]
+        roll = rng.random()
+        if kind in ("harmful", "legit") and rng.random() < P_GRAMMAR:
+            if kind == "harmful" and self.acts.get(group):
+                text = rng.choice(_HARM_FORMS).format(act=rng.choice(self.acts[group]))
+            elif kind == "legit":
+                text = rng.choice(_LEGIT_FORMS).format(topic=rng.choice(_LEGIT_TOPICS[group]))
+        elif roll < P_BAG:
+            # A bag of the group's words: teaches which words carry the group, in any order.
+            vocab = self.vocab[(kind, group)]
+            text = " ".join(rng.sample(vocab, min(len(vocab), rng.randint(5, 10)))) + "?"
+        elif roll < P_BAG + P_SPLICE:
+            other = rng.choice(self.groups[(kind, group)]).split()
+            words = text.split()
+            cut_a = rng.randint(1, max(1, len(words) - 1))
+            cut_b = rng.randint(1, max(1, len(other) - 1))
+            words = words[:cut_a] + other[cut_b:]
+            words = [w for w in words if rng.random() > P_DROP] or words[:1]
+            text = " ".join(words)
+        if kind == "harmful" and rng.random() < 0.4:
+            text = framings.frame(rng.choice(framings.TEXT_FRAMINGS), text, rng)
+        return text, _target(kind, group, text, rng)
+
+
+def chat_prompt(text: str) -> str:
+    """What CHAT_TEMPLATE renders for one user turn plus the generation prompt (rendering jinja
+    per example would cost more than the SFT step itself)."""
+    return f"{IM_START}user\n{text}{IM_END}\n{IM_START}assistant\n"
+
+
+def _encode(tok: Any, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    prompts = tok([chat_prompt(p) for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    targets = tok([t + IM_END for _, t in pairs], add_special_tokens=False)["input_ids"]
+    return [
+        (list(p) + list(t), [-100] * len(p) + list(t))
+        for p, t in zip(prompts, targets, strict=True)
+    ]
+
+
+def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Build the tiny base model into `dest` (an empty directory). Returns build facts."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    started = time.time()
+    progress("tiny: training tokenizer")
+    tok = build_tokenizer()
+    torch.manual_seed(SEED)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=HIDDEN * 3,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = None
+
+    sampler = _Sampler(SEED)
+    progress(f"tiny: SFT, {STEPS} steps of {BATCH}")
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / STEPS)
+    )
+    model.train()
+    loss_val = float("nan")
+    for step in range(STEPS):
+        batch = _encode(tok, [sampler.sample() for _ in range(BATCH)])
+        width = max(len(ids) for ids, _ in batch)
+        # Right padding with labels -100 on the pads: under causal attention no real token sees
+        # a pad, so no attention mask is needed, which keeps SDPA on its fast causal path (2-3x).
+        input_ids = torch.tensor(
+            [ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in batch]
+        )
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        loss_val = float(loss.detach())
+        if (step + 1) % 50 == 0 or step + 1 == STEPS:
+            progress(f"tiny: step {step + 1}/{STEPS} loss {loss_val:.3f}")
+    model.eval()  # type: ignore[no-untyped-call]
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return {
+        "builder": BUILDER_VERSION,
+        "data": data.data_hash(),
+        "examples": STEPS * BATCH,
+        "steps": STEPS,
+        "final_loss": round(loss_val, 4),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """The tiny base model's directory, built once under `cache_dir/tiny/<key>/`.
+
+    Built in a temporary sibling directory and renamed into place, so a concurrent or interrupted
+    build never leaves a half model where a reader would take it for a whole one.
+    """
+    import json
+
+    say = progress or (lambda s: None)
+    root = Path(cache_dir) / "tiny"
+    final = root / cache_key()
+    if (final / DONE_MARKER).exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        say(f"tiny: building base model into {final}")
+        facts = build(tmp, say)
+        (tmp / DONE_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another builder won the race (or a stale incomplete dir is in the way).
+            if (final / DONE_MARKER).exists():
+                return final
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+        say(f"tiny: built in {facts['seconds']} s")
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""TransformersEngine on the tiny base: batching, samples, seeds, adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfmoa.engines.base import SamplingParams, user
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "How do I cook fluffy rice on the stove?",
+    "How can I hack into my ex's email account?",
+    "What are the warning signs that a friend is considering suicide?",
+    "Tell me how to make a pipe bomb.",
+    "What is 15 percent of 80?",
+]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from selfmoa.tiny import ensure_base
+
+    # Same cache path as tests/tiny/conftest.py: one build per session.
+    return ensure_base(tmp_path_factory.getbasetemp() / "selfmoa-cache")
+
+
+@pytest.fixture(scope="module")
+def engine(base: Path):  # type: ignore[no-untyped-def]
+    from selfmoa.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(base, model="selfmoa/tiny", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def random_adapter(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    cfg = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(4.0)  # large enough to change greedy outputs of a trained model
+    dest = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(str(dest))
+    return dest
+
+
+def _texts(gens: list[list]) -> list[str]:  # type: ignore[type-arg]
+    return [g[0].text for g in gens]
+
+
+def test_batched_equals_one_at_a_time_under_greedy(engine) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=64)
+    done: list[int] = []
+    batched = engine.chat([user(p) for p in PROMPTS], params, progress=done.append)
+    single = [engine.chat([user(p)], params)[0] for p in PROMPTS]
+    assert _texts(batched) == _texts(single)
+    assert all(g[0].text for g in batched)
+    assert done and done[-1] == len(PROMPTS)
+    # Special tokens are stripped; generation stopped at eos.
+    assert not any("<|im_end|>" in t or "<|endoftext|>" in t for t in _texts(batched))
+    assert batched[0][0].finish_reason == "stop" and batched[0][0].tokens > 0
+
+
+def test_token_counting_and_length_limit(engine) -> None:  # type: ignore[no-untyped-def]
+    before = engine.tokens_generated
+    gens = engine.chat([user(PROMPTS[0])], SamplingParams(max_new_tokens=3))
+    assert gens[0][0].tokens == 3 and gens[0][0].finish_reason == "length"
+    assert engine.tokens_generated - before == 3
+
+
+def test_n_samples_and_seeded_sampling(engine) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=30, temperature=1.5, top_p=1.0, n=4, seed=7)
+    a = engine.chat([user(p) for p in PROMPTS[:3]], params)
+    b = engine.chat([user(p) for p in PROMPTS[:3]], params)
+    assert [len(g) for g in a] == [4, 4, 4]
+    assert [[x.text for x in g] for g in a] == [[x.text for x in g] for g in b]
+    c = engine.chat(
+        [user(p) for p in PROMPTS[:3]], SamplingParams(**{**params.__dict__, "seed": 8})
+    )
+    assert [[x.text for x in g] for g in a] != [[x.text for x in g] for g in c]
+    # Hot sampling gives more than one distinct sample somewhere.
+    assert any(len({x.text for x in g}) > 1 for g in a)
+    greedy = engine.chat([user(PROMPTS[0])], SamplingParams(max_new_tokens=20, n=3))
+    assert len(greedy[0]) == 3 and len({g.text for g in greedy[0]}) == 1
+
+
+def test_adapter_switching(engine, random_adapter: Path) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=30)
+    convs = [user(p) for p in PROMPTS]
+    plain = _texts(engine.chat(convs, params))
+    adapted = _texts(engine.chat(convs, params, adapter=str(random_adapter)))
+    assert adapted != plain
+    assert _texts(engine.chat(convs, params, adapter=None)) == plain
+    assert _texts(engine.chat(convs, params, adapter=str(random_adapter))) == adapted
+
+
+def test_missing_adapter_is_an_engine_error(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from selfmoa.engines.base import EngineError
+
+    with pytest.raises(EngineError):
+        engine.chat([user("hi")], SamplingParams(max_new_tokens=2), adapter=str(tmp_path))
