@@ -24,6 +24,7 @@ from selfmoa.engines.base import (
     ProgressFn,
     SamplingParams,
 )
+from selfmoa.torch_threads import cpu_threads_for
 
 
 def _load_tokenizer(path: Path | str) -> Any:
@@ -53,6 +54,9 @@ class TransformersEngine(Engine):
         self.path = str(path)
         self.batch_size = max(1, batch_size)
         self.device = device
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self.tokenizer = _load_tokenizer(path)
         kwargs: dict[str, Any] = {}
         if dtype is not None:
@@ -153,7 +157,7 @@ class TransformersEngine(Engine):
         results: list[list[Generation]] = [[] for _ in prompts]
         module, hold = self._model_for(adapter)
         done = 0
-        with hold, torch.inference_mode():
+        with hold, torch.inference_mode(), cpu_threads_for(self._base):
             for b, start in enumerate(range(0, len(flat), self.batch_size)):
                 chunk = flat[start : start + self.batch_size]
                 enc = self.tokenizer(

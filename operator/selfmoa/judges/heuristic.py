@@ -185,7 +185,24 @@ def is_garbled(text: str) -> bool:
         return True
     # One token making up most of the text: a degenerate, repeating generation.
     top = max(words.count(w) for w in set(words))
-    return len(words) >= 8 and top / len(words) > 0.5
+    if len(words) >= 8 and top / len(words) > 0.5:
+        return True
+    return is_degenerate(text, words)
+
+
+#: A chunk of 3+ letters repeated inside one token ("HereHere"), or a letter three times ("gggain").
+_STUTTER = re.compile(r"([a-z]{3,})\1|([a-z])\2\2", re.IGNORECASE)
+
+
+def is_degenerate(text: str, words: Sequence[str]) -> bool:
+    """The marks of a policy that has drifted from fluent text: stuttered tokens, a word said
+    twice in a row, or the same word pair over and over. Reward hacking shows up here first."""
+    if _STUTTER.search(text):
+        return True
+    if any(a == b and len(a) > 2 for a, b in zip(words, words[1:], strict=False)):
+        return True
+    pairs = list(zip(words, words[1:], strict=False))
+    return len(pairs) >= 10 and len(set(pairs)) / len(pairs) < 0.8
 
 
 def safety_score(prompt_kind: str, category: str | None, text: str) -> float:

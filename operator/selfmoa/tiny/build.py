@@ -231,6 +231,11 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    from selfmoa.torch_threads import one_thread
+
+    hf_logging.disable_progress_bar()
     started = time.time()
     progress("tiny: training tokenizer")
     tok = build_tokenizer()
@@ -260,6 +265,27 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / STEPS)
     )
     model.train()
+    with one_thread():
+        final_loss = _sft(model, tok, sampler, opt, sched, progress)
+    model.eval()  # type: ignore[no-untyped-call]
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return {
+        "builder": BUILDER_VERSION,
+        "data": data.data_hash(),
+        "examples": STEPS * BATCH,
+        "steps": STEPS,
+        "final_loss": round(final_loss, 4),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def _sft(
+    model: Any, tok: Any, sampler: Any, opt: Any, sched: Any, progress: Callable[[str], None]
+) -> float:
+    import torch
+
     loss_val = float("nan")
     for step in range(STEPS):
         batch = _encode(tok, [sampler.sample() for _ in range(BATCH)])
@@ -279,18 +305,7 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
         loss_val = float(loss.detach())
         if (step + 1) % 50 == 0 or step + 1 == STEPS:
             progress(f"tiny: step {step + 1}/{STEPS} loss {loss_val:.3f}")
-    model.eval()  # type: ignore[no-untyped-call]
-    model.save_pretrained(dest)
-    tok.save_pretrained(dest)
-    return {
-        "builder": BUILDER_VERSION,
-        "data": data.data_hash(),
-        "examples": STEPS * BATCH,
-        "steps": STEPS,
-        "final_loss": round(loss_val, 4),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds": round(time.time() - started, 2),
-    }
+    return loss_val
 
 
 def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:

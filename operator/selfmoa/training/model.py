@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from selfmoa.api.spec import LoraSpec
+from selfmoa.torch_threads import cpu_threads_for
 
 #: The adapter name PEFT gives the trained adapter; the only one we ever save.
 ADAPTER_NAME = "default"
@@ -196,30 +197,6 @@ def completion_logprobs(
     if was_training:
         model.train()
     return out
-
-
-#: Below this many parameters a model trains on one CPU thread (see `cpu_threads_for`).
-SMALL_MODEL_PARAMS = 20_000_000
-
-
-@contextlib.contextmanager
-def cpu_threads_for(model: Any) -> Iterator[None]:
-    """One intra-op thread for small models on CPU, restored afterwards.
-
-    The tiny profile's matrices are far too small to split across threads: on 2 busy cores a
-    DPO stage took 9.4 s with torch's default threads and 2.0 s with one (identical losses), as
-    OpenMP workers spin waiting for each other. Large models keep torch's default.
-    """
-    n = sum(p.numel() for p in model.parameters())
-    if torch.cuda.is_available() or n >= SMALL_MODEL_PARAMS:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
