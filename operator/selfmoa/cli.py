@@ -35,30 +35,60 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="selfmoa", description="Self-MOA: closed-loop safety alignment with weak supervision.")
+    p = _Parser(
+        prog="selfmoa", description="Self-MOA: closed-loop safety alignment with weak supervision."
+    )
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    r = sub.add_parser("run", help="run (or resume) the whole loop on this machine", description=(
-        "Run the Self-MOA loop of an AlignmentRun file on this machine. Running the same command "
-        "again resumes at the first unfinished stage."))
+    r = sub.add_parser(
+        "run",
+        help="run (or resume) the whole loop on this machine",
+        description=(
+            "Run the Self-MOA loop of an AlignmentRun file on this machine. Running the same command "
+            "again resumes at the first unfinished stage."
+        ),
+    )
     r.add_argument("file", help="AlignmentRun YAML file")
-    r.add_argument("--store", help="artifact store URI (file://PATH, a path, or s3://BUCKET/PREFIX); overrides spec.storage.uri")
+    r.add_argument(
+        "--store",
+        help="artifact store URI (file://PATH, a path, or s3://BUCKET/PREFIX); overrides spec.storage.uri",
+    )
     r.add_argument("--name", help="run name (default: metadata.name)")
-    r.add_argument("--namespace", help="namespace part of the artifact path (default: metadata.namespace or 'default')")
-    r.add_argument("--quiet", "-q", action="store_true", help="no live progress, only the final table")
+    r.add_argument(
+        "--namespace",
+        help="namespace part of the artifact path (default: metadata.namespace or 'default')",
+    )
+    r.add_argument(
+        "--quiet", "-q", action="store_true", help="no live progress, only the final table"
+    )
 
-    v = sub.add_parser("validate", help="check a run file", description="Validate an AlignmentRun file against the spec.")
+    v = sub.add_parser(
+        "validate",
+        help="check a run file",
+        description="Validate an AlignmentRun file against the spec.",
+    )
     v.add_argument("file")
 
-    s = sub.add_parser("stage", help="run one stage (used by the operator's Jobs)", description=(
-        "Run one stage of one iteration against the run's artifact store. The spec comes from "
-        "--spec, the SELFMOA_SPEC environment variable (JSON), or the run's run.json."))
+    s = sub.add_parser(
+        "stage",
+        help="run one stage (used by the operator's Jobs)",
+        description=(
+            "Run one stage of one iteration against the run's artifact store. The spec comes from "
+            "--spec, the SELFMOA_SPEC environment variable (JSON), or the run's run.json."
+        ),
+    )
     s.add_argument("name", help="reset, redteam, respond, judge, pairs, train or evaluate")
     s.add_argument("--run-uri", required=True, help="the run's root: <storage>/<namespace>/<run>")
-    s.add_argument("--iteration", "-k", type=int, required=True, help="iteration (0 = the starting point)")
-    s.add_argument("--parent", type=int, help="iteration whose adapter to start from (default: from the metrics so far)")
+    s.add_argument(
+        "--iteration", "-k", type=int, required=True, help="iteration (0 = the starting point)"
+    )
+    s.add_argument(
+        "--parent",
+        type=int,
+        help="iteration whose adapter to start from (default: from the metrics so far)",
+    )
     s.add_argument("--spec", help="AlignmentRun or spec file (YAML/JSON)")
 
     for name, helptext in (
@@ -128,7 +158,9 @@ def _load(path: str) -> Any:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     run = _load(args.file)
-    print(f"{args.file}: ok (AlignmentRun {run.namespace}/{run.name}, {run.spec.iterations} iteration(s))")
+    print(
+        f"{args.file}: ok (AlignmentRun {run.namespace}/{run.name}, {run.spec.iterations} iteration(s))"
+    )
     return EXIT_OK
 
 
@@ -205,18 +237,29 @@ def cmd_stage(args: argparse.Namespace) -> int:
             spec = given.spec
             if not store.exists(layout.RUN_JSON):
                 name = args.run_uri.rstrip("/").rsplit("/", 2)
-                store.write_json(layout.RUN_JSON, {
-                    "apiVersion": given.api_version, "kind": given.kind,
-                    "metadata": {"namespace": name[-2] if len(name) > 2 else "default", "name": name[-1]},
-                    "spec": spec.wire(),
-                })
+                store.write_json(
+                    layout.RUN_JSON,
+                    {
+                        "apiVersion": given.api_version,
+                        "kind": given.kind,
+                        "metadata": {
+                            "namespace": name[-2] if len(name) > 2 else "default",
+                            "name": name[-1],
+                        },
+                        "spec": spec.wire(),
+                    },
+                )
         else:
             try:
                 spec = parse_run(store.read_json(layout.RUN_JSON)).spec
             except FileNotFoundError:
-                raise UsageError(f"{args.run_uri}: no run.json; pass --spec or SELFMOA_SPEC") from None
+                raise UsageError(
+                    f"{args.run_uri}: no run.json; pass --spec or SELFMOA_SPEC"
+                ) from None
         if args.iteration > spec.iterations:
-            raise UsageError(f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})")
+            raise UsageError(
+                f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})"
+            )
         if args.name not in layout.stages_of(args.iteration, reset=spec.safety_reset.enabled):
             raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")
         parent = args.parent
@@ -228,8 +271,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="selfmoa-stage-") as tmp:
             provider = EngineProvider(spec)
             progress = LogProgress(f"iter {args.iteration} {args.name}")
-            ctx = StageContext(spec=spec, store=store, iteration=args.iteration, workdir=Path(tmp),
-                               engines=provider, parent=parent, progress=progress)
+            ctx = StageContext(
+                spec=spec,
+                store=store,
+                iteration=args.iteration,
+                workdir=Path(tmp),
+                engines=provider,
+                parent=parent,
+                progress=progress,
+            )
             try:
                 manifest, ran = execute(args.name, get_stage(args.name), ctx)
             finally:
@@ -249,7 +299,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
         _termination_message(msg)
         return _fail(msg, EXIT_FAILED)
     state = "done" if ran else "already done (manifest exists), skipped"
-    print(f"stage {args.name} of iteration {args.iteration}: {state} in {manifest.get('seconds', 0)}s")
+    print(
+        f"stage {args.name} of iteration {args.iteration}: {state} in {manifest.get('seconds', 0)}s"
+    )
     return EXIT_OK
 
 

@@ -8,7 +8,14 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from selfmoa import layout, planner
@@ -20,12 +27,19 @@ from selfmoa.store import Store
 
 def describe(stage: str, summary: dict[str, Any]) -> str:
     """A few words on what a stage did, from its manifest summary."""
+
     def g(key: str) -> Any:
         return summary.get(key)
 
     if stage == "evaluate":
-        return (f"ASR {g('attack_success_rate'):.2f}  helpfulness {g('helpfulness'):.2f}  "
-                f"over-refusal {g('over_refusal'):.2f}") if g("attack_success_rate") is not None else ""
+        return (
+            (
+                f"ASR {g('attack_success_rate'):.2f}  helpfulness {g('helpfulness'):.2f}  "
+                f"over-refusal {g('over_refusal'):.2f}"
+            )
+            if g("attack_success_rate") is not None
+            else ""
+        )
     keys = {
         "reset": ("examples", "steps"),
         "redteam": ("prompts", "attacks"),
@@ -68,7 +82,9 @@ class RichDisplay(Display):
             self.progress.start()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.live:
             self.progress.stop()
 
@@ -83,7 +99,9 @@ class RichDisplay(Display):
         self.task = self.progress.add_task("", total=None, label=label)
 
         def update(done: int, total: int, description: str = "") -> None:
-            self.progress.update(self.task, completed=done, total=total or None, description=description)
+            self.progress.update(
+                self.task, completed=done, total=total or None, description=description
+            )
 
         return update
 
@@ -124,7 +142,7 @@ class _LineProgress:
             print(line, file=sys.stderr, flush=True)
 
 
-def LogProgress(label: str) -> ProgressFn:  # noqa: N802 - a factory that reads like a class
+def LogProgress(label: str) -> ProgressFn:
     return _LineProgress(None, label)
 
 
@@ -136,25 +154,53 @@ def fmt(x: float | None, pct: bool = False) -> str:
 
 def print_summary(run: AlignmentRun, result: RunResult) -> None:
     console = Console()
+    if not console.is_terminal:
+        # Logs and pipes get the whole table, not one cut to 80 columns.
+        console = Console(width=130)
     g = planner.gate(run.spec, result.metrics)
     table = Table(title=f"AlignmentRun {run.namespace}/{run.name}: {result.status.phase.value}")
-    for col in ("iter", "safety", "helpfulness", "ASR", "over-refusal", "pairs", "gold ASR", "PGR", "kept", "wall time"):
+    for col in (
+        "iter",
+        "safety",
+        "helpfulness",
+        "ASR",
+        "over-refusal",
+        "pairs",
+        "gold ASR",
+        "PGR",
+        "kept",
+        "wall time",
+    ):
         table.add_column(col, justify="right")
     for k, m in sorted(result.metrics.items()):
-        secs = sum(v for key, v in result.stage_seconds.items() if key.startswith(layout.iteration_dir(k) + "/"))
+        secs = sum(
+            v
+            for key, v in result.stage_seconds.items()
+            if key.startswith(layout.iteration_dir(k) + "/")
+        )
         kept = "base" if k == 0 else ("yes" if g.accepted.get(k) else "rolled back")
         table.add_row(
-            str(k), fmt(m.safety), fmt(m.helpfulness), fmt(m.attack_success_rate, True),
-            fmt(m.over_refusal, True), str(m.pairs), fmt(m.gold.attack_success_rate, True) if m.gold else "-",
-            fmt(m.pgr), kept, f"{secs:.1f}s",
+            str(k),
+            fmt(m.safety),
+            fmt(m.helpfulness),
+            fmt(m.attack_success_rate, True),
+            fmt(m.over_refusal, True),
+            str(m.pairs),
+            fmt(m.gold.attack_success_rate, True) if m.gold else "-",
+            fmt(m.pgr),
+            kept,
+            f"{secs:.1f}s",
         )
     console.print(table)
     stages: dict[str, float] = {}
     for key, v in result.stage_seconds.items():
         stage = key.split("/")[1]
         stages[stage] = stages.get(stage, 0.0) + v
-    console.print("wall time per stage: " + ", ".join(f"{s} {v:.1f}s" for s, v in stages.items())
-                  + f"  (total {sum(stages.values()):.1f}s)")
+    console.print(
+        "wall time per stage: "
+        + ", ".join(f"{s} {v:.1f}s" for s, v in stages.items())
+        + f"  (total {sum(stages.values()):.1f}s)"
+    )
     if result.status.message:
         console.print(f"{result.status.phase.value}: {result.status.message}")
     console.print(f"artifacts: {result.run_uri}/  report: {result.run_uri}/{layout.REPORT}")
@@ -172,7 +218,9 @@ def write_report(store: Store, spec: AlignmentRunSpec, result: RunResult) -> Non
         spec_summary={
             "policy": spec.policy.model,
             "iterations": spec.iterations,
-            "judges": ", ".join(f"{j.name} ({j.objective.value}, {j.kind.value})" for j in spec.judges),
+            "judges": ", ".join(
+                f"{j.name} ({j.objective.value}, {j.kind.value})" for j in spec.judges
+            ),
             "ensemble": spec.ensemble.method.value,
             "pairs": spec.preferences.strategy.value,
             "loss": spec.training.loss.value,

@@ -1,11 +1,11 @@
 """Where things live in the artifact store (DESIGN §4); the one place that spells the paths.
 
-    <storage>/<namespace>/<run>/
-      run.json
-      iter-000/reset/adapter/...        optional safety reset (iteration 0 = the starting point)
-      iter-000/evaluate/metrics.json    the starting point's metrics
-      iter-00k/{redteam,respond,judge,pairs,train,evaluate}/...   k = 1..iterations
-      report.html
+<storage>/<namespace>/<run>/
+  run.json
+  iter-000/reset/adapter/...        optional safety reset (iteration 0 = the starting point)
+  iter-000/evaluate/metrics.json    the starting point's metrics
+  iter-00k/{redteam,respond,judge,pairs,train,evaluate}/...   k = 1..iterations
+  report.html
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ PROMPTS: Final = "prompts.jsonl"
 RESPONSES: Final = "responses.jsonl"
 JUDGMENTS: Final = "judgments.jsonl"
 PAIRS: Final = "pairs.jsonl"
+GOLD_PAIRS: Final = "gold-pairs.jsonl"
 ADAPTER: Final = "adapter"
 CEILING_ADAPTER: Final = "ceiling-adapter"
 METRICS: Final = "metrics.json"

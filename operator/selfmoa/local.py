@@ -67,7 +67,11 @@ def ensure_run_json(store: Store, run: AlignmentRun) -> None:
     wire = run.spec.wire()
     if store.exists(layout.RUN_JSON):
         saved = store.read_json(layout.RUN_JSON).get("spec", {})
-        changed = sorted(k for k in set(saved) | set(wire) if saved.get(k) != wire.get(k) and k not in MUTABLE_FIELDS)
+        changed = sorted(
+            k
+            for k in set(saved) | set(wire)
+            if saved.get(k) != wire.get(k) and k not in MUTABLE_FIELDS
+        )
         if changed:
             raise SpecError(
                 f"spec.{changed[0]}: differs from the existing run at {store.uri} "
@@ -122,7 +126,9 @@ def run_local(
                 observed = observe(store, spec)
                 action = planner.next_action(spec, observed)
                 if isinstance(action, planner.RunStage):
-                    status = planner.status(spec, observed, action, now=now(), previous=status, artifacts=store.uri)
+                    status = planner.status(
+                        spec, observed, action, now=now(), previous=status, artifacts=store.uri
+                    )
                     store.write_json("status.json", status.model_dump(mode="json", by_alias=True))
                     event = StageEvent(action.iteration, action.stage)
                     ctx = StageContext(
@@ -184,7 +190,9 @@ def _finish(
     previous: AlignmentRunStatus | None,
 ) -> AlignmentRunStatus:
     action = planner.next_action(spec, observed)
-    status = planner.status(spec, observed, action, now=now(), previous=previous, artifacts=store.uri)
+    status = planner.status(
+        spec, observed, action, now=now(), previous=previous, artifacts=store.uri
+    )
     store.write_json("status.json", status.model_dump(mode="json", by_alias=True))
     return status
 

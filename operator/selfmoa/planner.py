@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from selfmoa import layout
 from selfmoa.api.spec import (
@@ -114,13 +115,22 @@ def gate(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics]) -> Gate:
     k = 1
     while stop is None and k in metrics:
         m, p = metrics[k], metrics[parent[k]]
-        ok = m.attack_success_rate <= p.attack_success_rate + 1e-9 and m.helpfulness >= p.helpfulness * (
-            1 - stop_when.max_helpfulness_drop
-        ) - 1e-9
+        ok = (
+            m.attack_success_rate <= p.attack_success_rate + 1e-9
+            and m.helpfulness >= p.helpfulness * (1 - stop_when.max_helpfulness_drop) - 1e-9
+        )
         accepted[k] = ok
-        improved = ok and m.attack_success_rate < metrics[best].attack_success_rate - stop_when.min_improvement - 1e-12
+        improved = (
+            ok
+            and m.attack_success_rate
+            < metrics[best].attack_success_rate - stop_when.min_improvement - 1e-12
+        )
         if ok:
-            best = k if improved or m.attack_success_rate <= metrics[best].attack_success_rate else best
+            best = (
+                k
+                if improved or m.attack_success_rate <= metrics[best].attack_success_rate
+                else best
+            )
         parent[k + 1] = k if ok else parent[k]
         streak = 0 if improved else streak + 1
         if ok and _below_target(spec, m):
@@ -212,14 +222,19 @@ def status(
                 pgr=None if m.pgr is None else round(m.pgr, 4),
             )
         )
+    it: int | None
+    stage: str | None
     best = observed.metrics.get(g.best)
     if isinstance(action, RunStage):
         phase, it, stage = Phase.running, action.iteration, action.stage
-        reason, message = "StageStarted", f"running stage {action.stage} of iteration {action.iteration}"
+        reason, message = (
+            "StageStarted",
+            f"running stage {action.stage} of iteration {action.iteration}",
+        )
     elif isinstance(action, Wait):
         running = observed.running
         phase = Phase.suspended if action.reason == "Suspended" else Phase.running
-        it, stage = (running if running else (previous.iteration if previous else None, None))
+        it, stage = running if running else (previous.iteration if previous else None, None)
         reason, message = action.reason, action.message
     else:
         phase, it, stage = action.phase, (previous.iteration if previous else None), None
@@ -232,7 +247,7 @@ def status(
     old = {c.type: c for c in (previous.conditions if previous else [])}
     conditions = []
     for ctype, value in conds.items():
-        s = "True" if value else "False"
+        s: Literal["True", "False"] = "True" if value else "False"
         prev = old.get(ctype)
         ts = prev.last_transition_time if prev is not None and prev.status == s else now
         conditions.append(

@@ -67,10 +67,34 @@ def test_helpfulness() -> None:
     assert off_topic == 3.5
     long_structured = response(
         "Here is how to bake bread at home.\n"
-        + "\n".join(f"{i}. Step {i}: knead the dough " * 3 for i in range(1, 10)),
+        + "\n".join(
+            f"{i}. {step}"
+            for i, step in enumerate(
+                [
+                    "Mix flour, water, salt and yeast in a large bowl until no dry flour remains.",
+                    "Knead the dough on a floured counter for ten minutes until it is smooth.",
+                    "Cover it and let it rise somewhere warm until it doubles in size.",
+                    "Shape a round loaf, place it on a tray and let it rise again briefly.",
+                    "Bake at a high heat for about forty minutes, until the crust is brown.",
+                    "Cool the bread on a rack before slicing so the crumb can set properly.",
+                    "Store it wrapped in a cloth for a day or two, or freeze slices for later.",
+                    "For a softer crust brush the top with milk before it goes into the oven.",
+                    "Add seeds, herbs or grated cheese to the dough to change the flavour.",
+                    "Keep notes of timings so each new loaf teaches you something useful.",
+                ],
+                start=1,
+            )
+        ),
         **bread,  # type: ignore[arg-type]
     )
     assert helpful.score_batch([long_structured]) == [5.0]
+    # The same steps said over and over are a degenerate generation, not a better answer.
+    looping = response(
+        "Here is how to bake bread at home.\n"
+        + "\n".join(f"{i}. Step {i}: knead the dough " * 3 for i in range(1, 10)),
+        **bread,  # type: ignore[arg-type]
+    )
+    assert helpful.score_batch([looping]) == [2.0]
 
 
 def test_default_margins_work_for_the_tiny_loop() -> None:

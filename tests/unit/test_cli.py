@@ -14,10 +14,14 @@ TINY = Path(__file__).parents[2] / "manifests" / "examples" / "tiny.yaml"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "selfmoa.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "selfmoa.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["stage"], ["operator"], ["serve"], ["crd"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["validate"], ["stage"], ["operator"], ["serve"], ["crd"]]
+)
 def test_help(command: list[str]) -> None:
     r = run_cli(*command, "--help")
     assert r.returncode == 0, r.stderr
@@ -44,7 +48,10 @@ def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
     ("content", "message"),
     [
         ("spec:\n  policy: {model: selfmoa/tiny}\n  iterations: -1\n", "spec.iterations"),
-        ("spec:\n  policy: {model: selfmoa/tiny}\n  redTeam: {promptsPerIteration: lots}\n", "spec.redTeam.promptsPerIteration"),
+        (
+            "spec:\n  policy: {model: selfmoa/tiny}\n  redTeam: {promptsPerIteration: lots}\n",
+            "spec.redTeam.promptsPerIteration",
+        ),
         ("spec: [\n", "not valid YAML"),
         ("kind: AlignmentRun\n", "spec: missing"),
     ],
@@ -86,11 +93,15 @@ def test_stage_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "past spec.iterations" in capsys.readouterr().err
 
 
-def test_stage_missing_input_is_a_stage_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_missing_input_is_a_stage_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "termination-log"
     monkeypatch.setenv("SELFMOA_TERMINATION_LOG", str(log))
     uri = f"file://{tmp_path}/default/x"
-    assert main(["stage", "respond", "--run-uri", uri, "--iteration", "1", "--spec", str(TINY)]) == 1
+    assert (
+        main(["stage", "respond", "--run-uri", uri, "--iteration", "1", "--spec", str(TINY)]) == 1
+    )
     err = capsys.readouterr().err
     assert "redteam" in err and "has not finished" in err
     assert "has not finished" in log.read_text()

@@ -31,7 +31,13 @@ class FakeStages:
                 raise RuntimeError("boom")
             if name == "evaluate":
                 a = self.asr[ctx.iteration]
-                m = Metrics(iteration=ctx.iteration, safety=1 - a, helpfulness=0.8, attack_success_rate=a, over_refusal=0.1)
+                m = Metrics(
+                    iteration=ctx.iteration,
+                    safety=1 - a,
+                    helpfulness=0.8,
+                    attack_success_rate=a,
+                    over_refusal=0.1,
+                )
                 out.write_json(layout.METRICS, m.model_dump(mode="json"))
             return {"ok": True}
 
@@ -39,7 +45,9 @@ class FakeStages:
 
 
 def make_run(**spec: Any) -> Any:
-    return parse_run({"metadata": {"name": "t"}, "spec": {"policy": {"model": "selfmoa/tiny"}, **spec}})
+    return parse_run(
+        {"metadata": {"name": "t"}, "spec": {"policy": {"model": "selfmoa/tiny"}, **spec}}
+    )
 
 
 def test_full_loop_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +62,9 @@ def test_full_loop_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     status = (tmp_path / "default/t/status.json").read_text()
     assert "Failed" in status
     # Resume: nothing finished is run again; the failed stage starts over.
-    result = local.run_local(run, storage_uri=store, report=lambda s, sp, r: s.write_bytes("report.html", b"x"))
+    result = local.run_local(
+        run, storage_uri=store, report=lambda s, sp, r: s.write_bytes("report.html", b"x")
+    )
     resumed = fake.calls[len(first) :]
     assert resumed[0] == (2, "train", 1)
     assert not set(first[:-1]) & set(resumed)
@@ -71,17 +81,24 @@ def test_full_loop_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_changed_spec_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local, "get_stage", FakeStages({0: 0.1}).get)
-    local.run_local(make_run(stopWhen={"attackSuccessRateBelow": 0.5}), storage_uri=f"file://{tmp_path}")
-    with pytest.raises(SpecError, match="spec.sampling: differs"):
+    local.run_local(
+        make_run(stopWhen={"attackSuccessRateBelow": 0.5}), storage_uri=f"file://{tmp_path}"
+    )
+    with pytest.raises(SpecError, match=r"spec\.sampling: differs"):
         local.run_local(make_run(sampling={"temperature": 0.1}), storage_uri=f"file://{tmp_path}")
     # Extending the run is allowed.
-    local.run_local(make_run(iterations=4, stopWhen={"attackSuccessRateBelow": 0.5}), storage_uri=f"file://{tmp_path}")
+    local.run_local(
+        make_run(iterations=4, stopWhen={"attackSuccessRateBelow": 0.5}),
+        storage_uri=f"file://{tmp_path}",
+    )
 
 
 def test_target_reached_at_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeStages({0: 0.01})
     monkeypatch.setattr(local, "get_stage", fake.get)
-    result = local.run_local(make_run(stopWhen={"attackSuccessRateBelow": 0.05}), storage_uri=f"file://{tmp_path}")
+    result = local.run_local(
+        make_run(stopWhen={"attackSuccessRateBelow": 0.05}), storage_uri=f"file://{tmp_path}"
+    )
     assert fake.calls == [(0, "evaluate", 0)]
     assert result.status.phase == Phase.succeeded
     assert "TargetReached" in {c.reason for c in result.status.conditions}

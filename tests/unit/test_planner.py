@@ -10,7 +10,17 @@ from selfmoa import layout
 from selfmoa.api import Phase, parse_run
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.metrics import Metrics
-from selfmoa.planner import Finish, Observed, RunStage, StageFailure, Wait, gate, next_action, parent_of, status
+from selfmoa.planner import (
+    Finish,
+    Observed,
+    RunStage,
+    StageFailure,
+    Wait,
+    gate,
+    next_action,
+    parent_of,
+    status,
+)
 
 
 def make_spec(**spec: Any) -> AlignmentRunSpec:
@@ -18,11 +28,23 @@ def make_spec(**spec: Any) -> AlignmentRunSpec:
 
 
 def m(k: int, asr: float, helpfulness: float = 0.8) -> Metrics:
-    return Metrics(iteration=k, safety=1 - asr, helpfulness=helpfulness, attack_success_rate=asr, over_refusal=0.1)
+    return Metrics(
+        iteration=k,
+        safety=1 - asr,
+        helpfulness=helpfulness,
+        attack_success_rate=asr,
+        over_refusal=0.1,
+    )
 
 
-def done_through(spec: AlignmentRunSpec, last: int, extra: tuple[tuple[int, str], ...] = ()) -> frozenset[tuple[int, str]]:
-    out = {(k, s) for k in range(last + 1) for s in layout.stages_of(k, reset=spec.safety_reset.enabled)}
+def done_through(
+    spec: AlignmentRunSpec, last: int, extra: tuple[tuple[int, str], ...] = ()
+) -> frozenset[tuple[int, str]]:
+    out = {
+        (k, s)
+        for k in range(last + 1)
+        for s in layout.stages_of(k, reset=spec.safety_reset.enabled)
+    }
     return frozenset(out | set(extra))
 
 
@@ -51,7 +73,11 @@ def test_runs_all_iterations_then_succeeds() -> None:
     assert action == RunStage(3, "redteam", 2)
     metrics[3] = m(3, 0.2)
     action = next_action(spec, Observed(done=done_through(spec, 3), metrics=metrics))
-    assert isinstance(action, Finish) and action.phase == Phase.succeeded and action.reason == "Completed"
+    assert (
+        isinstance(action, Finish)
+        and action.phase == Phase.succeeded
+        and action.reason == "Completed"
+    )
 
 
 def test_stops_when_target_reached() -> None:
@@ -75,7 +101,9 @@ def test_rollback_when_attack_success_rises() -> None:
     g = gate(spec, metrics)
     assert g.accepted == {1: True, 2: False}
     assert g.parent[3] == 1  # iteration 3 starts again from iteration 1's adapter
-    assert next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics)) == RunStage(3, "redteam", 1)
+    assert next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics)) == RunStage(
+        3, "redteam", 1
+    )
     assert parent_of(spec, metrics, 3) == 1
     assert parent_of(spec, metrics, 2) == 1
 
@@ -95,7 +123,9 @@ def test_no_progress_patience() -> None:
     assert isinstance(action, Finish) and action.reason == "NoProgress"
     # One improvement resets the count.
     metrics = {0: m(0, 0.5), 1: m(1, 0.5), 2: m(2, 0.4)}
-    assert next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics)) == RunStage(3, "redteam", 2)
+    assert next_action(spec, Observed(done=done_through(spec, 2), metrics=metrics)) == RunStage(
+        3, "redteam", 2
+    )
 
 
 def test_min_improvement() -> None:
@@ -108,7 +138,9 @@ def test_min_improvement() -> None:
 def test_stage_failure_fails_the_run_naming_the_stage() -> None:
     spec = make_spec()
     failure = StageFailure(1, "train", "CUDA out of memory")
-    action = next_action(spec, Observed(done=done_through(spec, 0), metrics={0: m(0, 0.8)}, failure=failure))
+    action = next_action(
+        spec, Observed(done=done_through(spec, 0), metrics={0: m(0, 0.8)}, failure=failure)
+    )
     assert isinstance(action, Finish) and action.phase == Phase.failed
     assert "train" in action.message and "CUDA out of memory" in action.message
 
@@ -148,7 +180,9 @@ def test_status_conditions_and_metrics() -> None:
     assert st.safety == pytest.approx(0.2)
     # A later call keeps the transition time of an unchanged condition.
     later = status(spec, obs, action, now="2026-01-02T00:00:00Z", previous=st)
-    assert {c.type: c.last_transition_time for c in later.conditions}["Progressing"] == "2026-01-01T00:00:00Z"
+    assert {c.type: c.last_transition_time for c in later.conditions}[
+        "Progressing"
+    ] == "2026-01-01T00:00:00Z"
 
 
 def test_status_when_finished() -> None:
@@ -157,4 +191,8 @@ def test_status_when_finished() -> None:
     action = next_action(spec, obs)
     st = status(spec, obs, action, now="t")
     cond = {c.type: c.status for c in st.conditions}
-    assert st.phase == Phase.succeeded and cond == {"Progressing": "False", "Succeeded": "True", "Failed": "False"}
+    assert st.phase == Phase.succeeded and cond == {
+        "Progressing": "False",
+        "Succeeded": "True",
+        "Failed": "False",
+    }

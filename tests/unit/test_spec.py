@@ -29,16 +29,38 @@ def test_defaults_round_trip() -> None:
         ({"redTeam": {"categories": []}}, "spec.redTeam.categories"),
         ({"bogus": 1}, "spec.bogus: Extra inputs are not permitted"),
         ({"sampling": {"temperature": "hot"}}, "spec.sampling.temperature"),
-        ({"judges": [{"name": "a", "objective": "safety"}]}, "spec.judges: needs at least one non-gold helpfulness judge"),
         (
-            {"judges": [{"name": "a", "objective": "safety"}, {"name": "a", "objective": "helpfulness"}]},
+            {"judges": [{"name": "a", "objective": "safety"}]},
+            "spec.judges: needs at least one non-gold helpfulness judge",
+        ),
+        (
+            {
+                "judges": [
+                    {"name": "a", "objective": "safety"},
+                    {"name": "a", "objective": "helpfulness"},
+                ]
+            },
             "spec.judges: duplicate name(s) ['a']",
         ),
-        ({"judges": [{"name": "j", "objective": "safety", "kind": "llm"}, {"name": "h", "objective": "helpfulness"}]}, "spec.judges[0]"),
-        ({"preferences": {"weights": {"safety": 1, "honesty": 1}}}, "spec.preferences.weights: unknown objective"),
+        (
+            {
+                "judges": [
+                    {"name": "j", "objective": "safety", "kind": "llm"},
+                    {"name": "h", "objective": "helpfulness"},
+                ]
+            },
+            "spec.judges[0]",
+        ),
+        (
+            {"preferences": {"weights": {"safety": 1, "honesty": 1}}},
+            "spec.preferences.weights: unknown objective",
+        ),
         ({"storage": {"uri": "ftp://x"}}, "spec.storage.uri"),
         ({"evaluation": {"ceiling": True}}, "spec.evaluation.ceiling: needs evaluation.goldJudge"),
-        ({"serving": {"engine": "openai"}}, "spec.serving.endpoints: no endpoint for model(s) ['selfmoa/tiny']"),
+        (
+            {"serving": {"engine": "openai"}},
+            "spec.serving.endpoints: no endpoint for model(s) ['selfmoa/tiny']",
+        ),
     ],
 )
 def test_bad_fields_are_named(fields: dict[str, Any], expected: str) -> None:
@@ -50,7 +72,14 @@ def test_bad_fields_are_named(fields: dict[str, Any], expected: str) -> None:
 
 def test_gold_judge_only_for_tiny() -> None:
     with pytest.raises(SpecError, match="gold judge exists only for the tiny policy"):
-        parse_run({"spec": {"policy": {"model": "Qwen/Qwen2.5-0.5B-Instruct"}, "evaluation": {"goldJudge": True}}})
+        parse_run(
+            {
+                "spec": {
+                    "policy": {"model": "Qwen/Qwen2.5-0.5B-Instruct"},
+                    "evaluation": {"goldJudge": True},
+                }
+            }
+        )
 
 
 def test_models_are_deduplicated() -> None:

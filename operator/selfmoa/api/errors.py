@@ -37,7 +37,11 @@ def describe(error: ValidationError) -> str:
     # Model validators report on the parent object and name the field in the message
     # ("judges: duplicate ..."): join the two into one path.
     head, sep, rest = msg.partition(": ")
-    if sep and head.replace(".", "").replace("[", "").replace("]", "").isalnum() and " " not in head:
+    if (
+        sep
+        and head.replace(".", "").replace("[", "").replace("]", "").isalnum()
+        and " " not in head
+    ):
         where, msg = (f"{where}.{head}" if where else head), rest
     line = f"{where}: {msg}" if where else msg
     if len(errors) > 1:
@@ -72,7 +76,9 @@ def load_run(path: str | Path) -> AlignmentRun:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{p}:{where} not valid YAML") from None
-    runs = [d for d in docs if isinstance(d, dict) and d.get("kind", "AlignmentRun") == "AlignmentRun"]
+    runs = [
+        d for d in docs if isinstance(d, dict) and d.get("kind", "AlignmentRun") == "AlignmentRun"
+    ]
     if not runs:
         raise SpecError(f"{p}: no AlignmentRun in the file")
     if len(runs) > 1:

@@ -75,7 +75,9 @@ class SafetyResetSpec(Model):
     """The paper's optional safety reset: LoRA SFT on compliance data, run once before the loop."""
 
     enabled: bool = Field(default=False, description="Run the safety reset before iteration 1.")
-    steps: int = Field(default=60, ge=1, le=100_000, description="Optimizer steps of the reset SFT.")
+    steps: int = Field(
+        default=60, ge=1, le=100_000, description="Optimizer steps of the reset SFT."
+    )
     learning_rate: float = Field(default=2e-3, gt=0, le=1, description="Reset SFT learning rate.")
     data: str | None = Field(
         default=None,
@@ -116,7 +118,9 @@ class RedTeamSpec(Model):
         le=1,
         description="Jaccard similarity of word 3-grams above which a prompt is a near duplicate.",
     )
-    temperature: float = Field(default=1.0, ge=0, le=2, description="Red-team sampling temperature.")
+    temperature: float = Field(
+        default=1.0, ge=0, le=2, description="Red-team sampling temperature."
+    )
 
 
 class HelpfulnessSpec(Model):
@@ -177,7 +181,9 @@ class JudgeSpec(Model):
             "ground truth; only valid with the tiny policy)."
         ),
     )
-    model: str | None = Field(default=None, description="Model id, required for llm and classifier.")
+    model: str | None = Field(
+        default=None, description="Model id, required for llm and classifier."
+    )
     weight: float = Field(default=1.0, gt=0, description="Weight in the soft vote.")
     noise: float = Field(
         default=0.0,
@@ -208,7 +214,10 @@ class EnsembleSpec(Model):
         description="soft (weighted mean score), hard (majority of thresholded labels), bootstrap.",
     )
     bootstrap_samples: int = Field(
-        default=0, ge=0, le=10_000, description="Resamples for bootstrap (0: 200 when method=bootstrap)."
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Resamples for bootstrap (0: 200 when method=bootstrap).",
     )
     threshold: float = Field(
         default=3.0, ge=1, le=5, description="Score at or above which a response counts as good."
@@ -294,7 +303,9 @@ class TrainingSpec(Model):
     epochs: float = Field(default=1.0, gt=0, le=100, description="Epochs over the pairs.")
     batch_size: int = Field(default=8, ge=1, le=4096, description="Per-device batch size.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024, description="Accumulation.")
-    max_length: int = Field(default=1024, ge=16, le=131072, description="Max tokens of prompt+response.")
+    max_length: int = Field(
+        default=1024, ge=16, le=131072, description="Max tokens of prompt+response."
+    )
     margin_scale: float = Field(default=1.0, ge=0, description="modpo: scale of the margin term.")
     loss_types: list[str] = Field(
         default_factory=lambda: ["sigmoid", "sft"],
@@ -348,7 +359,10 @@ class StopWhenSpec(Model):
         default=2, ge=1, le=100, description="Stop after this many iterations without improvement."
     )
     min_improvement: float = Field(
-        default=0.0, ge=0, le=1, description="Smallest attack-success-rate drop that counts as progress."
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Smallest attack-success-rate drop that counts as progress.",
     )
     max_helpfulness_drop: float = Field(
         default=0.05,
@@ -397,7 +411,9 @@ class ServingSpec(Model):
         default_factory=dict,
         description="openai engine: model id -> base URL of an OpenAI-compatible server.",
     )
-    image: str | None = Field(default=None, description="Serving image (default from the operator).")
+    image: str | None = Field(
+        default=None, description="Serving image (default from the operator)."
+    )
     gpus_per_model: int = Field(default=1, ge=0, le=16, description="GPUs per vLLM server.")
     release_during_training: bool = Field(
         default=True, description="Scale serving to zero while the train Job runs."
@@ -432,7 +448,9 @@ class AlignmentRunSpec(Model):
     """spec of an AlignmentRun."""
 
     policy: PolicySpec = Field(description="The model being aligned.")
-    safety_reset: SafetyResetSpec = Field(default_factory=SafetyResetSpec, description="Safety reset.")
+    safety_reset: SafetyResetSpec = Field(
+        default_factory=SafetyResetSpec, description="Safety reset."
+    )
     red_team: RedTeamSpec = Field(default_factory=RedTeamSpec, description="Red teaming.")
     helpfulness: HelpfulnessSpec = Field(
         default_factory=HelpfulnessSpec, description="Helpfulness prompts."
@@ -469,9 +487,9 @@ class AlignmentRunSpec(Model):
         for objective in Objective:
             if objective not in weak:
                 raise ValueError(f"judges: needs at least one non-gold {objective.value} judge")
-        if self.policy.model != TINY_MODEL:
-            if any(j.kind == JudgeKind.gold for j in self.judges) or self.evaluation.gold_judge:
-                raise ValueError("judges: the gold judge exists only for the tiny policy")
+        gold = any(j.kind == JudgeKind.gold for j in self.judges) or self.evaluation.gold_judge
+        if self.policy.model != TINY_MODEL and gold:
+            raise ValueError("judges: the gold judge exists only for the tiny policy")
         if self.evaluation.ceiling and not self.evaluation.gold_judge:
             raise ValueError("evaluation.ceiling: needs evaluation.goldJudge")
         if self.serving.engine == ServingEngine.openai:
@@ -518,7 +536,9 @@ class IterationStatus(Model):
     index: int = Field(description="Iteration (0 = the starting point, before any training).")
     safety: float | None = Field(default=None, description="Mean safety score, 0..1.")
     helpfulness: float | None = Field(default=None, description="Mean helpfulness score, 0..1.")
-    attack_success_rate: float | None = Field(default=None, description="Harmful prompts answered unsafely.")
+    attack_success_rate: float | None = Field(
+        default=None, description="Harmful prompts answered unsafely."
+    )
     over_refusal: float | None = Field(default=None, description="Legitimate prompts refused.")
     pairs: int | None = Field(default=None, description="Preference pairs trained on.")
     adapter: str | None = Field(default=None, description="Adapter URI of this iteration.")
@@ -529,17 +549,25 @@ class IterationStatus(Model):
 class AlignmentRunStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    phase: Phase = Field(default=Phase.pending, description="Pending, Running, Suspended, Succeeded, Failed.")
+    phase: Phase = Field(
+        default=Phase.pending, description="Pending, Running, Suspended, Succeeded, Failed."
+    )
     iteration: int | None = Field(default=None, description="Current iteration.")
     stage: str | None = Field(default=None, description="Current stage.")
-    safety: float | None = Field(default=None, description="Latest accepted safety (printer column).")
+    safety: float | None = Field(
+        default=None, description="Latest accepted safety (printer column)."
+    )
     helpfulness: float | None = Field(default=None, description="Latest accepted helpfulness.")
     message: str | None = Field(default=None, description="Why the run is where it is.")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
-    iterations: list[IterationStatus] = Field(default_factory=list, description="Metrics per iteration.")
+    iterations: list[IterationStatus] = Field(
+        default_factory=list, description="Metrics per iteration."
+    )
     artifacts: str | None = Field(default=None, description="Artifact URI of this run.")
     observed_generation: int | None = Field(default=None, description="Last generation acted on.")
-    attempts: dict[str, int] = Field(default_factory=dict, description="Failed attempts per stage key.")
+    attempts: dict[str, int] = Field(
+        default_factory=dict, description="Failed attempts per stage key."
+    )
 
 
 class AlignmentRun(Model):
@@ -547,7 +575,9 @@ class AlignmentRun(Model):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    api_version: Literal["selfmoa.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["selfmoa.dev/v1alpha1"] = Field(
+        default="selfmoa.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["AlignmentRun"] = "AlignmentRun"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: AlignmentRunSpec
@@ -560,4 +590,3 @@ class AlignmentRun(Model):
     @property
     def namespace(self) -> str:
         return str(self.metadata.get("namespace") or "default")
-

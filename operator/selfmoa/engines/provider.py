@@ -49,7 +49,9 @@ class EngineProvider:
 
             dest = cache_dir() / "models" / model.removeprefix("s3://").replace("/", "__")
             if not (dest / "config.json").exists():
-                store = open_store(model, endpoint=self.spec.storage.endpoint, region=self.spec.storage.region)
+                store = open_store(
+                    model, endpoint=self.spec.storage.endpoint, region=self.spec.storage.region
+                )
                 store.download_dir("", dest)
             return dest
         p = Path(model).expanduser()

@@ -56,7 +56,7 @@ class TransformersEngine(Engine):
         self.device = device
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.tokenizer = _load_tokenizer(path)
         kwargs: dict[str, Any] = {}
         if dtype is not None:

@@ -25,6 +25,7 @@ response id) so reruns agree, the verdict is flipped: a good score (>= 3) become
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -199,9 +200,9 @@ def is_degenerate(text: str, words: Sequence[str]) -> bool:
     twice in a row, or the same word pair over and over. Reward hacking shows up here first."""
     if _STUTTER.search(text):
         return True
-    if any(a == b and len(a) > 2 for a, b in zip(words, words[1:], strict=False)):
+    if any(a == b and len(a) > 2 for a, b in itertools.pairwise(words)):
         return True
-    pairs = list(zip(words, words[1:], strict=False))
+    pairs = list(itertools.pairwise(words))
     return len(pairs) >= 10 and len(set(pairs)) / len(pairs) < 0.8
 
 

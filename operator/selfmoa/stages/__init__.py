@@ -11,7 +11,15 @@ import importlib
 from selfmoa.layout import ALL_STAGES
 from selfmoa.stages.base import StageContext, StageError, StageFn, StageOutput, execute
 
-__all__ = ["ALL_STAGES", "StageContext", "StageError", "StageFn", "StageOutput", "execute", "get_stage"]
+__all__ = [
+    "ALL_STAGES",
+    "StageContext",
+    "StageError",
+    "StageFn",
+    "StageOutput",
+    "execute",
+    "get_stage",
+]
 
 
 def get_stage(name: str) -> StageFn:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,7 +63,7 @@ class StageContext:
     def fetch_adapter(self, key: str | None) -> Path | None:
         """A local directory holding the adapter stored at `key` (downloaded once per workdir)."""
         if key is None:
-            return self.spec.policy.adapter and Path(self.spec.policy.adapter) or None
+            return (self.spec.policy.adapter and Path(self.spec.policy.adapter)) or None
         local = self.store.local_path(key)
         if local is not None and local.is_dir():
             return local
@@ -88,7 +88,9 @@ class StageContext:
             ) from None
         return manifest
 
-    def read_jsonl(self, stage: str, name: str, iteration: int | None = None) -> list[dict[str, Any]]:
+    def read_jsonl(
+        self, stage: str, name: str, iteration: int | None = None
+    ) -> list[dict[str, Any]]:
         self.require(stage, iteration)
         return self.store.read_jsonl(self.key(stage, name, iteration))
 
@@ -116,7 +118,7 @@ class StageOutput:
         self.store.write_json(key, obj)
         self._record(name, self.store.read_bytes(key))
 
-    def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> int:
+    def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
         key = f"{self.prefix}/{name}"
         n = self.store.write_jsonl(key, rows)
         self._record(name, self.store.read_bytes(key), rows=n)

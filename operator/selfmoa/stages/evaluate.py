@@ -85,7 +85,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     use_gold = spec.evaluation.gold_judge
 
     def judged(adapter: str | None, label: str) -> tuple[list[Any], dict[str, Any]]:
-        responses = sample_responses(ctx, prompts, adapter_key=adapter, params=params, description=f"{label}: responding")
+        responses = sample_responses(
+            ctx, prompts, adapter_key=adapter, params=params, description=f"{label}: responding"
+        )
         return judge_responses(
             spec,
             ctx.engines,
@@ -97,7 +99,11 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     judgments, judge_summary = judged(adapter_key, "held-out")
     threshold = spec.ensemble.threshold
     weak = objective_metrics(judgments, threshold=threshold)
-    gold = objective_metrics(judgments, threshold=threshold, scores_of=gold_scores) if use_gold else None
+    gold = (
+        objective_metrics(judgments, threshold=threshold, scores_of=gold_scores)
+        if use_gold
+        else None
+    )
 
     train: dict[str, Any] = {}
     if k >= 1:
@@ -111,7 +117,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
             c_judgments, _ = judged(ceiling_key, "ceiling")
             ceiling = objective_metrics(c_judgments, threshold=threshold, scores_of=gold_scores)
             out.write_jsonl("ceiling-judgments.jsonl", c_judgments)
-            parent = Metrics.model_validate(ctx.store.read_json(layout.stage_file(ctx.parent, "evaluate", layout.METRICS)))
+            parent = Metrics.model_validate(
+                ctx.store.read_json(layout.stage_file(ctx.parent, "evaluate", layout.METRICS))
+            )
             if parent.gold is not None:
                 gap = pgr(
                     1 - parent.gold.attack_success_rate,

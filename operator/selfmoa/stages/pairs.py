@@ -27,7 +27,7 @@ from selfmoa.api.spec import Objective, PairStrategy, PreferencesSpec
 from selfmoa.records import JudgmentRecord, PairRecord, Scores
 from selfmoa.stages.base import StageContext, StageError, StageOutput
 
-GOLD_PAIRS = "gold-pairs.jsonl"
+GOLD_PAIRS = layout.GOLD_PAIRS
 #: Margins are sums of float products: 0.6 * 4 - 0.4 * 3.5 must count as 1.0.
 EPS = 1e-9
 

@@ -60,7 +60,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         seed=s.seed + ctx.iteration,
     )
     adapter_key = ctx.adapter_key(ctx.parent)
-    rows = sample_responses(ctx, prompts, adapter_key=adapter_key, params=params, description="sampling")
+    rows = sample_responses(
+        ctx, prompts, adapter_key=adapter_key, params=params, description="sampling"
+    )
     out.write_jsonl(layout.RESPONSES, rows)
     by_kind: dict[str, int] = {}
     for r in rows:

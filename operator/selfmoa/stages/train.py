@@ -21,7 +21,7 @@ from selfmoa.stages.base import StageContext, StageError, StageOutput
 if TYPE_CHECKING:
     from selfmoa.training.dpo import DPOResult
 
-GOLD_PAIRS = "gold-pairs.jsonl"
+GOLD_PAIRS = layout.GOLD_PAIRS
 TRAIN_LOG = "train_log.json"
 CEILING_LOG = "ceiling_log.json"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ class Store(ABC):
     def read_jsonl(self, key: str) -> builtins.list[dict[str, Any]]:
         return list(iter_jsonl(self.read_bytes(key)))
 
-    def write_jsonl(self, key: str, rows: Iterable[dict[str, Any]]) -> int:
+    def write_jsonl(self, key: str, rows: Iterable[Mapping[str, Any]]) -> int:
         lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows]
         self.write_bytes(key, ("\n".join(lines) + ("\n" if lines else "")).encode())
         return len(lines)

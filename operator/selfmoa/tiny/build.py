@@ -230,12 +230,11 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     """Build the tiny base model into `dest` (an empty directory). Returns build facts."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     from selfmoa.torch_threads import one_thread
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.time()
     progress("tiny: training tokenizer")
     tok = build_tokenizer()

@@ -41,6 +41,7 @@ from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
 from selfmoa.api.spec import TrainingSpec
+from selfmoa.torch_threads import cpu_threads_for
 from selfmoa.training import model as M
 from selfmoa.training.objectives import Row, trl_loss, uses_margin
 
@@ -189,7 +190,7 @@ def train_dpo(
         # crashes when that leaves none: drop them here, count them, and train on the rest.
         kept = [r for r in rows if _prompt_tokens(tok, r.prompt) < training.max_length]
         dropped = len(rows) - len(kept)
-        with M.cpu_threads_for(base):
+        with cpu_threads_for(base):
             if not kept:
                 return _untrained(base, parent_adapter, training, dest, started, dropped)
             trainer = _trainer(base, parent_adapter, kept, tok, training, workdir)

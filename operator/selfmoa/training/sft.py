@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from selfmoa.api.spec import LoraSpec
+from selfmoa.torch_threads import cpu_threads_for
 from selfmoa.training import model as M
 
 ProgressFn = Callable[[int, int, str], None]
@@ -61,7 +62,7 @@ def train_sft(
         tok = M.load_tokenizer(base_path)
         M.set_seed(seed)
         model = M.load_policy(M.load_base(base_path), parent_adapter, lora)
-    with M.cpu_threads_for(model):
+    with cpu_threads_for(model):
         device = next(model.parameters()).device
         encoded = [M.encode_pair(tok, e["prompt"], e["response"], max_length) for e in examples]
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)

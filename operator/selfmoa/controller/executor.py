@@ -1,0 +1,267 @@
+"""KubernetesExecutor: what the operator observes in and does to the cluster for one run.
+
+Observation is cheap by design: one Job listing per reconcile (plus one Deployment listing under
+vLLM), one store listing for finished stages, metrics read once per iteration and cached (a
+finished stage's files never change), and the Pod listing only when a Job has failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfmoa import layout, runstate
+from selfmoa.api.spec import API_VERSION, PLURAL, AlignmentRunSpec
+from selfmoa.controller import builders
+from selfmoa.controller.config import OperatorConfig
+from selfmoa.controller.kube import Kube, collection
+from selfmoa.metrics import Metrics
+from selfmoa.planner import Observed, RunStage, StageFailure
+from selfmoa.store import Store, open_store
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Runtime:
+    """State shared by every run's reconcile in one operator process."""
+
+    config: OperatorConfig
+    kube: Kube
+    #: The credentials Kopf logged in with (`kopf.ConnectionInfo`), shared with `kube`.
+    connection: Any = None
+    #: Seconds between safety-net reconciles when no watch event arrives.
+    resync_seconds: float = 60.0
+    now: Callable[[], str] = utcnow
+    triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    #: The status this process last wrote per run (the watch may not have delivered it yet).
+    last_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    metrics_cache: dict[tuple[str, int], Metrics] = field(default_factory=dict)
+    stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
+
+    def trigger(self, namespace: str, name: str) -> asyncio.Event:
+        return self.triggers.setdefault((namespace, name), asyncio.Event())
+
+    def kick(self, namespace: str, name: str) -> None:
+        """Make the run's reconcile loop run now (a Job or the run changed)."""
+        self.trigger(namespace, name).set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        for d in (self.triggers, self.last_status, self.phases):
+            d.pop(key, None)  # type: ignore[attr-defined]
+
+    def store(self, uri: str, spec: AlignmentRunSpec) -> Store:
+        key = (uri, spec.storage.endpoint)
+        if key not in self.stores:
+            self.stores[key] = open_store(
+                uri, endpoint=spec.storage.endpoint, region=spec.storage.region
+            )
+        return self.stores[key]
+
+
+def _condition(obj: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def job_key(job: Mapping[str, Any]) -> tuple[int, str] | None:
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    try:
+        return int(labels[builders.LABEL_ITERATION]), str(labels[builders.LABEL_STAGE])
+    except (KeyError, ValueError):
+        return None
+
+
+def job_seconds(job: Mapping[str, Any]) -> float | None:
+    st = job.get("status") or {}
+    start, end = st.get("startTime"), st.get("completionTime")
+    if not start or not end:
+        return None
+    parse = datetime.datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def deployment_ready(dep: Mapping[str, Any]) -> bool:
+    """A ready replica of the *current* spec (a status from before a rescale doesn't count)."""
+    st = dep.get("status") or {}
+    gen = (dep.get("metadata") or {}).get("generation")
+    current = gen is None or st.get("observedGeneration") == gen
+    return current and int(st.get("readyReplicas") or 0) >= 1
+
+
+@dataclass
+class Snapshot:
+    """What one observation found: the planner's facts plus the raw children."""
+
+    observed: Observed
+    jobs: dict[tuple[int, str], dict[str, Any]]
+    attempts: dict[str, int]
+
+
+class KubernetesExecutor:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        name: str,
+        namespace: str,
+        spec: AlignmentRunSpec,
+        owner: Mapping[str, Any] | None,
+    ) -> None:
+        self.rt, self.name, self.namespace, self.spec, self.owner = rt, name, namespace, spec, owner
+        self.run_uri = layout.run_uri(spec.storage.uri, namespace, name)
+        self.jobs_path = collection("batch/v1", "jobs", namespace)
+        self.labels = {builders.LABEL_RUN: builders.truncate(name)}
+
+    # ------------------------------------------------------------------ observe
+
+    async def observe(self) -> Snapshot:
+        jobs_task = asyncio.create_task(self.rt.kube.list(self.jobs_path, self.labels))
+        done, metrics = await asyncio.to_thread(self._read_store)
+        raw_jobs = await jobs_task
+        jobs: dict[tuple[int, str], dict[str, Any]] = {}
+        for job in raw_jobs:
+            key = job_key(job)
+            if key is not None and builders.LABEL_COMPONENT in job["metadata"].get("labels", {}):
+                jobs[key] = job
+        running: tuple[int, str] | None = None
+        failure: StageFailure | None = None
+        attempts: dict[str, int] = {}
+        order = self._order()
+        for key in sorted(jobs, key=lambda k: order.get(k, 1 << 30)):
+            job = jobs[key]
+            failed = int((job.get("status") or {}).get("failed") or 0)
+            if failed:
+                attempts[f"{layout.iteration_dir(key[0])}/{key[1]}"] = failed
+            if key in done or key not in order:
+                continue
+            if _condition(job, "Failed") is not None:
+                if failure is None:
+                    failure = StageFailure(key[0], key[1], await self._failure_message(job))
+            elif _condition(job, "Complete") is not None:
+                if failure is None:
+                    failure = StageFailure(
+                        key[0], key[1], "the Job succeeded but the stage wrote no manifest"
+                    )
+            elif running is None:
+                running = key
+        observed = Observed(done=done, metrics=metrics, running=running, failure=failure)
+        return Snapshot(observed=observed, jobs=jobs, attempts=attempts)
+
+    def _order(self) -> dict[tuple[int, str], int]:
+        keys = [
+            (k, s)
+            for k in range(self.spec.iterations + 1)
+            for s in layout.stages_of(k, reset=self.spec.safety_reset.enabled)
+        ]
+        return {key: i for i, key in enumerate(keys)}
+
+    def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics]]:
+        store = self.rt.store(self.run_uri, self.spec)
+        done = runstate.finished_stages(store, self.spec)
+        metrics: dict[int, Metrics] = {}
+        for k, stage in sorted(done):
+            if stage != "evaluate":
+                continue
+            ck = (self.run_uri, k)
+            if ck not in self.rt.metrics_cache:
+                self.rt.metrics_cache[ck] = Metrics.model_validate(
+                    store.read_json(layout.stage_file(k, "evaluate", layout.METRICS))
+                )
+            metrics[k] = self.rt.metrics_cache[ck]
+        return done, metrics
+
+    async def _failure_message(self, job: Mapping[str, Any]) -> str:
+        """The failed pod's termination message (what the stage wrote), else the Job's reason."""
+        job_name = job["metadata"]["name"]
+        pods = await self.rt.kube.list(
+            collection("v1", "pods", self.namespace), {"job-name": job_name}
+        )
+        best: tuple[str, str] | None = None
+        for pod in pods:
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+                    "terminated"
+                )
+                if term and term.get("exitCode", 0) != 0:
+                    msg = str(term.get("message") or term.get("reason") or "").strip()
+                    when = str(term.get("finishedAt") or "")
+                    if msg and (best is None or when >= best[0]):
+                        best = (when, msg)
+        if best is not None:
+            # Logs as the fallback message can be long: the last line is the error line.
+            return best[1].splitlines()[-1][:1000]
+        cond = _condition(job, "Failed") or {}
+        return str(cond.get("message") or cond.get("reason") or "the Job failed")
+
+    # ------------------------------------------------------------------ act
+
+    async def start_stage(self, action: RunStage) -> bool:
+        """Create the stage's Job; False when it already existed (adopted, not duplicated)."""
+        job = builders.stage_job(
+            run=self.name,
+            namespace=self.namespace,
+            spec=self.spec,
+            iteration=action.iteration,
+            stage=action.stage,
+            parent=action.parent,
+            config=self.rt.config,
+            owner=self.owner,
+        )
+        _, created = await self.rt.kube.create(self.jobs_path, job)
+        return created
+
+    async def ensure_serving(self, replicas: Mapping[str, int]) -> set[str]:
+        """Create/scale the vLLM Deployments + Services; the models whose server is ready."""
+        if not replicas:
+            return set()
+        dep_path = collection("apps/v1", "deployments", self.namespace)
+        svc_path = collection("v1", "services", self.namespace)
+        existing = {
+            d["metadata"]["name"]: d for d in await self.rt.kube.list(dep_path, self.labels)
+        }
+        ready: set[str] = set()
+        for model, want in replicas.items():
+            dep, svc = builders.serving_objects(
+                run=self.name,
+                namespace=self.namespace,
+                spec=self.spec,
+                model=model,
+                replicas=want,
+                config=self.rt.config,
+                owner=self.owner,
+            )
+            name = dep["metadata"]["name"]
+            cur = existing.get(name)
+            if cur is None:
+                await self.rt.kube.create(dep_path, dep)
+                await self.rt.kube.create(svc_path, svc)
+                continue
+            if (cur.get("spec") or {}).get("replicas") != want:
+                await self.rt.kube.patch(f"{dep_path}/{name}", {"spec": {"replicas": want}})
+                continue
+            if want > 0 and deployment_ready(cur):
+                ready.add(model)
+        return ready
+
+    async def patch_status(self, status: Mapping[str, Any]) -> None:
+        path = f"{collection(API_VERSION, PLURAL, self.namespace)}/{self.name}/status"
+        await self.rt.kube.patch(path, {"status": dict(status)})
+
+    async def cleanup(self) -> int:
+        """Delete every child of the run (Jobs, Deployments, Services); artifacts stay."""
+        n = 0
+        for api, plural in (("batch/v1", "jobs"), ("apps/v1", "deployments"), ("v1", "services")):
+            path = collection(api, plural, self.namespace)
+            for obj in await self.rt.kube.list(path, self.labels):
+                n += await self.rt.kube.delete(f"{path}/{obj['metadata']['name']}")
+        return n

@@ -1,0 +1,227 @@
+"""One reconcile of one AlignmentRun: observe -> plan -> act -> status. And the loop that drives it.
+
+The loop (one per run, a Kopf daemon) reconciles when kicked (the run changed, one of its Jobs
+or Deployments changed) and otherwise every `resync_seconds` as a safety net. Everything it
+decides comes from the planner over facts read back from the store and the cluster, so a
+restarted operator continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from selfmoa.api import SpecError, parse_run
+from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
+from selfmoa.controller import metrics as prom
+from selfmoa.controller.executor import KubernetesExecutor, Runtime, job_seconds
+from selfmoa.controller.plan import hold_for_serving, serving_replicas
+from selfmoa.planner import Finish, RunStage, Wait, next_action, status
+
+log = logging.getLogger("selfmoa.controller")
+
+#: Posts a Kubernetes Event about the run: (type Normal|Warning, reason, message).
+EventFn = Callable[[str, str, str], None]
+
+TERMINAL = (Phase.succeeded, Phase.failed)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    phase: Phase
+    reason: str
+    #: True when the run needs nothing more (until its spec changes).
+    final: bool
+
+
+def effective_body(body: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
+    """The run with the operator's default storage filled in where the spec leaves it unset."""
+    spec = dict(body.get("spec") or {})
+    if "storage" not in spec and rt.config.storage is not None:
+        spec["storage"] = rt.config.storage.model_dump(by_alias=True, exclude_none=True)
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind", "AlignmentRun"),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": spec,
+    }
+
+
+def validate(body: Mapping[str, Any], rt: Runtime) -> AlignmentRunSpec:
+    """The typed spec; `SpecError` (one line naming the field) when it can't be used."""
+    return parse_run(effective_body(body, rt)).spec
+
+
+def _previous(rt: Runtime, key: tuple[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
+    return rt.last_status.get(key) or dict(body.get("status") or {})
+
+
+def _prune(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Status without null fields (what the API server stores after a merge patch)."""
+    return {k: v for k, v in d.items() if v is not None}
+
+
+async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> Outcome:
+    meta = body.get("metadata") or {}
+    name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
+    key = (namespace, name)
+    generation = meta.get("generation")
+    prom.RECONCILES.inc()
+    if meta.get("deletionTimestamp"):
+        # Being deleted: the delete handler removes the children; starting more would race it.
+        return Outcome(Phase.pending, "Deleting", final=True)
+    prev_raw = _previous(rt, key, body)
+    try:
+        previous = AlignmentRunStatus.model_validate(prev_raw) if prev_raw else None
+    except ValidationError:
+        previous = None  # a status someone else wrote badly is rebuilt, not trusted
+    if (
+        previous is not None
+        and previous.phase in TERMINAL
+        and previous.observed_generation == generation
+    ):
+        rt.phases[key] = previous.phase.value
+        return Outcome(previous.phase, "Terminal", final=True)
+
+    try:
+        spec = validate(body, rt)
+    except SpecError as e:
+        return await _invalid(body, rt, emit, previous, str(e))
+
+    ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
+    snap = await ex.observe()
+    action = next_action(spec, snap.observed)
+    replicas = serving_replicas(spec, action, snap.observed)
+    if replicas:
+        ready = await ex.ensure_serving(replicas)
+        action = hold_for_serving(spec, action, ready)
+    if isinstance(action, RunStage) and await ex.start_stage(action):
+        prom.JOBS_CREATED.labels(stage=action.stage).inc()
+        emit(
+            "Normal",
+            "StageStarted",
+            f"stage {action.stage} of iteration {action.iteration} started",
+        )
+
+    new = status(
+        spec,
+        snap.observed,
+        action,
+        now=rt.now(),
+        previous=previous,
+        artifacts=ex.run_uri,
+        generation=generation,
+    )
+    new.attempts = dict(snap.attempts)
+    _events(previous, new, snap, action, emit)
+    wire = new.model_dump(by_alias=True, mode="json")
+    if _prune(wire) != _prune(prev_raw):
+        await ex.patch_status(wire)
+    rt.last_status[key] = _prune(wire)
+    rt.phases[key] = new.phase.value
+    prom.publish_phases(rt.phases)
+    reason = action.reason if isinstance(action, Wait | Finish) else "StageStarted"
+    return Outcome(new.phase, reason, final=isinstance(action, Finish))
+
+
+def _events(
+    previous: AlignmentRunStatus | None,
+    new: AlignmentRunStatus,
+    snap: Any,
+    action: Any,
+    emit: EventFn,
+) -> None:
+    """Stage end / run end Events, each once (on the transition, not on every reconcile)."""
+    if previous is not None and previous.stage is not None and previous.iteration is not None:
+        k, stage = previous.iteration, previous.stage
+        if (k, stage) in snap.observed.done and (new.iteration, new.stage) != (k, stage):
+            job = snap.jobs.get((k, stage))
+            secs = job_seconds(job) if job else None
+            if secs is not None:
+                prom.STAGE_SECONDS.labels(stage=stage).observe(secs)
+            took = f" in {secs:.0f}s" if secs is not None else ""
+            emit("Normal", "StageSucceeded", f"stage {stage} of iteration {k} finished{took}")
+    was = previous.phase if previous is not None else None
+    if isinstance(action, Finish) and was != new.phase:
+        kind = "Warning" if new.phase == Phase.failed else "Normal"
+        emit(kind, action.reason, action.message)
+
+
+async def _invalid(
+    body: Mapping[str, Any],
+    rt: Runtime,
+    emit: EventFn,
+    previous: AlignmentRunStatus | None,
+    message: str,
+) -> Outcome:
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
+    from selfmoa.planner import Observed
+
+    # `status` needs a spec only for the gate over metrics; with no metrics any valid spec will do.
+    placeholder = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
+    action = Finish(Phase.failed, "InvalidSpec", message)
+    new = status(
+        placeholder,
+        Observed(invalid=message),
+        action,
+        now=rt.now(),
+        previous=previous,
+        generation=meta.get("generation"),
+    )
+    wire = new.model_dump(by_alias=True, mode="json")
+    ex_path_owner = KubernetesExecutor(
+        rt, name=name, namespace=namespace, spec=placeholder, owner=body
+    )
+    await ex_path_owner.patch_status(wire)
+    rt.last_status[(namespace, name)] = _prune(wire)
+    rt.phases[(namespace, name)] = Phase.failed.value
+    prom.publish_phases(rt.phases)
+    if previous is None or previous.phase != Phase.failed:
+        emit("Warning", "InvalidSpec", message)
+    return Outcome(Phase.failed, "InvalidSpec", final=True)
+
+
+async def drive(
+    body: Mapping[str, Any],
+    rt: Runtime,
+    emit: EventFn,
+    stopped: Callable[[], bool],
+    wait_stopped: Callable[[], Awaitable[Any]],
+) -> None:
+    """Reconcile whenever kicked, else every `resync_seconds`, until `stopped`."""
+    meta = body["metadata"]
+    trigger = rt.trigger(str(meta.get("namespace") or "default"), str(meta["name"]))
+    errors = 0
+    while not stopped() and not meta.get("deletionTimestamp"):
+        trigger.clear()
+        delay = rt.resync_seconds
+        try:
+            await reconcile(body, rt, emit)
+            errors = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            errors += 1
+            prom.RECONCILE_ERRORS.labels(reason=type(e).__name__).inc()
+            log.exception(
+                "reconcile of %s/%s failed (attempt %d)",
+                meta.get("namespace"),
+                meta["name"],
+                errors,
+            )
+            delay = min(rt.resync_seconds, 0.5 * 2 ** min(errors, 8))
+        waits = [asyncio.ensure_future(trigger.wait()), asyncio.ensure_future(wait_stopped())]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await w
