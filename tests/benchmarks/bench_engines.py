@@ -12,9 +12,7 @@ The tiny model is built under `SELFMOA_CACHE` (or a temporary directory). Not a 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,23 +126,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
+    from selfmoa.engines.provider import cache_dir
     from selfmoa.tiny import ensure_base
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(os.environ.get("SELFMOA_CACHE") or tmp)
-        t0 = time.perf_counter()
-        path = ensure_base(cache)
-        print(f"tiny model at {path} ({time.perf_counter() - t0:.1f}s to build or load)")
-        engine = _tiny_engine(path)
-        try:
-            convs = _prompts(args.prompts)
-            params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
-            print()
-            print(bench_transformers(engine, convs, params, args.repeats))
-            print()
-            print(bench_server(engine, convs, params, args.repeats))
-        finally:
-            engine.close()
+    # The same cache as `selfmoa run` (SELFMOA_CACHE, else ~/.cache/selfmoa).
+    cache = cache_dir()
+    t0 = time.perf_counter()
+    path = ensure_base(cache)
+    print(f"tiny model at {path} ({time.perf_counter() - t0:.1f}s to build or load)")
+    engine = _tiny_engine(path)
+    try:
+        convs = _prompts(args.prompts)
+        params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
+        print()
+        print(bench_transformers(engine, convs, params, args.repeats))
+        print()
+        print(bench_server(engine, convs, params, args.repeats))
+    finally:
+        engine.close()
 
 
 if __name__ == "__main__":
