@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("operator", "serve", "crd"):
         return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    # Deprecation notices of the ML libraries are for us, not for someone running an alignment.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -105,6 +105,10 @@ class RichDisplay(Display):
 
         return update
 
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"  [dim]{message}[/dim]", highlight=False)
+
     def stage_finished(self, event: StageEvent) -> None:
         if self.live and self.task is not None:
             self.progress.remove_task(self.task)

@@ -16,7 +16,13 @@ from typing import Any
 
 from selfmoa import __version__, layout, planner, runstate
 from selfmoa.api.errors import SpecError
-from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec, AlignmentRunStatus, Phase
+from selfmoa.api.spec import (
+    TINY_MODEL,
+    AlignmentRun,
+    AlignmentRunSpec,
+    AlignmentRunStatus,
+    Phase,
+)
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.metrics import Metrics
 from selfmoa.stages import StageContext, execute, get_stage
@@ -45,6 +51,9 @@ class Display:
         return no_progress
 
     def stage_finished(self, event: StageEvent) -> None:
+        return None
+
+    def note(self, message: str) -> None:
         return None
 
 
@@ -120,6 +129,9 @@ def run_local(
     ensure_run_json(store, run)
     provider = EngineProvider(spec)
     status: AlignmentRunStatus | None = None
+    if spec.policy.model == TINY_MODEL:
+        # Built once per cache; doing it here keeps the build out of the first stage's time.
+        provider.model_path(TINY_MODEL, progress=display.note)
     try:
         with tempfile.TemporaryDirectory(prefix="selfmoa-") as tmp:
             while True:

@@ -45,8 +45,9 @@ class FakeStages:
 
 
 def make_run(**spec: Any) -> Any:
+    # Not the tiny model: these stand-in stages never load one.
     return parse_run(
-        {"metadata": {"name": "t"}, "spec": {"policy": {"model": "selfmoa/tiny"}, **spec}}
+        {"metadata": {"name": "t"}, "spec": {"policy": {"model": "org/model"}, **spec}}
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, ServingEngine
@@ -38,12 +39,12 @@ class EngineProvider:
             return dict(json.loads(raw)) if raw else {}
         return {}
 
-    def model_path(self, model: str) -> Path:
+    def model_path(self, model: str, progress: Callable[[str], None] | None = None) -> Path:
         """A local directory holding the model's weights and tokenizer."""
         if model == TINY_MODEL:
             from selfmoa.tiny import ensure_base
 
-            return ensure_base(cache_dir())
+            return ensure_base(cache_dir(), progress)
         if model.startswith("s3://"):
             from selfmoa.store import open_store
 
