@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from selfmoa import layout
-from selfmoa.engines.base import SamplingParams, user
+from selfmoa.engines.base import Engine, SamplingParams, user
+from selfmoa.engines.openai_engine import OpenAIEngine
 from selfmoa.records import PromptRecord, ResponseRecord
 from selfmoa.stages.base import StageContext, StageOutput
+
+
+def served_adapter(ctx: StageContext, engine: Engine, adapter_key: str | None) -> str | None:
+    """What to pass as `adapter=`: a local directory for in-process engines; for a server
+    (vLLM), the name under which the adapter was hot-loaded into the warm policy server.
+
+    The server reads the adapter itself: from the same path when the store is a shared
+    `file://` volume, else from the store URI (vLLM needs an S3 LoRA resolver for `s3://`).
+    """
+    if adapter_key is None and ctx.spec.policy.adapter is None:
+        return None
+    if isinstance(engine, OpenAIEngine):
+        if adapter_key is None:
+            source = str(ctx.spec.policy.adapter)
+        else:
+            local = ctx.store.local_path(adapter_key)
+            source = str(local) if local is not None else f"{ctx.store.uri}/{adapter_key}"
+        digest = hashlib.sha256(source.encode()).hexdigest()[:10]
+        name = f"selfmoa-{digest}"
+        engine.load_adapter(name, source)
+        return name
+    local_dir = ctx.fetch_adapter(adapter_key)
+    return str(local_dir) if local_dir is not None else None
 
 
 def sample_responses(
@@ -20,13 +45,13 @@ def sample_responses(
 ) -> list[ResponseRecord]:
     """`params.n` responses per prompt from the policy with the adapter stored at `adapter_key`."""
     engine = ctx.engines.policy()
-    adapter = ctx.fetch_adapter(adapter_key)
+    adapter = served_adapter(ctx, engine, adapter_key)
     total = len(prompts)
     ctx.progress(0, total, description)
     generations = engine.chat(
         [user(p["text"]) for p in prompts],
         params,
-        adapter=str(adapter) if adapter is not None else None,
+        adapter=adapter,
         progress=lambda done: ctx.progress(done, total, description),
     )
     rows: list[ResponseRecord] = []
