@@ -222,6 +222,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from selfmoa.api.errors import SpecError, parse_run
     from selfmoa.console import LogProgress
     from selfmoa.engines.provider import EngineProvider
+    from selfmoa.local import run_document
     from selfmoa.stages import StageContext, StageError, execute, get_stage
     from selfmoa.store import StoreError, open_store
 
@@ -240,19 +241,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
         if given is not None:
             spec = given.spec
             if not store.exists(layout.RUN_JSON):
-                name = args.run_uri.rstrip("/").rsplit("/", 2)
-                store.write_json(
-                    layout.RUN_JSON,
-                    {
-                        "apiVersion": given.api_version,
-                        "kind": given.kind,
-                        "metadata": {
-                            "namespace": name[-2] if len(name) > 2 else "default",
-                            "name": name[-1],
-                        },
-                        "spec": spec.wire(),
-                    },
-                )
+                parts = args.run_uri.rstrip("/").rsplit("/", 2)
+                given.metadata.setdefault("name", parts[-1])
+                given.metadata.setdefault("namespace", parts[-2] if len(parts) > 2 else "default")
+                store.write_json(layout.RUN_JSON, run_document(given))
         else:
             try:
                 spec = parse_run(store.read_json(layout.RUN_JSON)).spec

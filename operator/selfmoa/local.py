@@ -86,16 +86,18 @@ def ensure_run_json(store: Store, run: AlignmentRun) -> None:
                 f"spec.{changed[0]}: differs from the existing run at {store.uri} "
                 "(use another metadata.name or --store to start a new run)"
             )
-    store.write_json(
-        layout.RUN_JSON,
-        {
-            "apiVersion": run.api_version,
-            "kind": run.kind,
-            "metadata": {"name": run.name, "namespace": run.namespace},
-            "spec": wire,
-            "selfmoa": __version__,
-        },
-    )
+    store.write_json(layout.RUN_JSON, run_document(run))
+
+
+def run_document(run: AlignmentRun) -> dict[str, Any]:
+    """run.json: the spec snapshot a stage Job reads when it is given no spec."""
+    return {
+        "apiVersion": run.api_version,
+        "kind": run.kind,
+        "metadata": {"name": run.name, "namespace": run.namespace},
+        "spec": run.spec.wire(),
+        "selfmoa": __version__,
+    }
 
 
 def observe(store: Store, spec: AlignmentRunSpec) -> planner.Observed:
