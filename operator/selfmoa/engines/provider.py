@@ -44,7 +44,7 @@ class EngineProvider:
         if model == TINY_MODEL:
             from selfmoa.tiny import ensure_base
 
-            return ensure_base(cache_dir(), progress)
+            return ensure_base(cache_dir(), progress=progress)
         if model.startswith("s3://"):
             from selfmoa.store import open_store
 
