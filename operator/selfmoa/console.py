@@ -41,12 +41,12 @@ def describe(stage: str, summary: dict[str, Any]) -> str:
             else ""
         )
     keys = {
-        "reset": ("examples", "steps"),
+        "reset": ("examples", "steps", "loss_last"),
         "redteam": ("prompts", "attacks"),
         "respond": ("responses", "tokens"),
-        "judge": ("judgments", "unparsable"),
-        "pairs": ("pairs",),
-        "train": ("pairs", "steps", "loss"),
+        "judge": ("responses",),
+        "pairs": ("pairs", "mean_margin"),
+        "train": ("pairs", "steps", "final_loss", "reward_accuracy"),
     }.get(stage, ())
     parts = []
     for k in keys:
@@ -54,7 +54,12 @@ def describe(stage: str, summary: dict[str, Any]) -> str:
         if isinstance(v, float):
             v = f"{v:.3f}"
         if v is not None and not isinstance(v, dict):
-            parts.append(f"{k} {v}")
+            parts.append(f"{k.replace('_', ' ')} {v}")
+    if stage == "judge":
+        means = summary.get("mean_scores") or {}
+        parts += [f"mean {o} {v:.2f}" for o, v in means.items() if isinstance(v, (int, float))]
+        bad = sum(v for v in (summary.get("unparsable") or {}).values() if isinstance(v, int))
+        parts.append(f"unparsable {bad}")
     return "  ".join(parts)
 
 
