@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 from judge_helpers import response
 
+from fakes import ScriptedEngine
 from selfmoa.api.spec import AlignmentRunSpec, Objective
-from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
+from selfmoa.engines.base import Conversation, Engine
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.judges import LLMJudge, build_judges, parse_score
 
 
-class FakeEngine(Engine):
+def FakeEngine(reply: Callable[[Conversation], str], model: str = "judge-model") -> ScriptedEngine:
     """Replies with `reply(conversation)`; remembers what it was asked."""
-
-    def __init__(self, reply: Callable[[Conversation], str], model: str = "judge-model") -> None:
-        self.model = model
-        self.reply = reply
-        self.calls: list[tuple[list[Conversation], SamplingParams]] = []
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        self.calls.append((list(conversations), params))
-        out = [[Generation(self.reply(c), tokens=3)] for c in conversations]
-        if progress is not None:
-            progress(len(conversations))
-        return out
+    return ScriptedEngine(lambda c, *_: reply(c), model=model)
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fakes import ScriptedEngine
 from selfmoa import layout
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
+from selfmoa.engines.base import Engine
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.records import PromptKind, ResponseRecord
 from selfmoa.stages import judge
@@ -48,23 +48,9 @@ RESPONSES = [
 ]
 
 
-class GarbageEngine(Engine):
-    model = "judge"
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        return [[Generation("no score here", tokens=3)] for _ in conversations]
-
-
 class FakeProvider(EngineProvider):
     def for_model(self, model: str) -> Engine:
-        return GarbageEngine()
+        return ScriptedEngine(lambda *_: "no score here", model="judge")
 
 
 def make_ctx(

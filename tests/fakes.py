@@ -1,0 +1,38 @@
+"""Test doubles shared across the suites (importable as `fakes`: pytest puts tests/ on sys.path
+for the root conftest)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
+
+#: reply(conversation, call number starting at 1, position in the batch) -> text
+Reply = Callable[[Conversation, int, int], str]
+
+
+class ScriptedEngine(Engine):
+    """An Engine that answers from a script and remembers every call (no model anywhere)."""
+
+    def __init__(self, reply: Reply, *, model: str = "fake/model", tokens: int = 3) -> None:
+        self.model = model
+        self.reply = reply
+        self.tokens = tokens
+        self.calls: list[tuple[list[Conversation], SamplingParams]] = []
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        *,
+        adapter: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Generation]]:
+        self.calls.append((list(conversations), params))
+        out = [
+            [Generation(self.reply(c, len(self.calls), i), tokens=self.tokens)]
+            for i, c in enumerate(conversations)
+        ]
+        if progress is not None:
+            progress(len(conversations))
+        return out
