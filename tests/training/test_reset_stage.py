@@ -10,6 +10,7 @@ import pytest
 from trainutil import harmful_pairs, make_ctx, make_spec, write_pairs
 
 from selfmoa import layout
+from selfmoa.chat_format import load_tokenizer
 from selfmoa.stages import reset, train
 from selfmoa.stages.base import StageError, execute
 from selfmoa.training import model as M
@@ -23,7 +24,7 @@ def _logprobs(model_dir: Path, adapter: Path | None, items: list[tuple[str, str]
     model: Any = M.load_base(model_dir)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
-    return M.completion_logprobs(model, M.load_tokenizer(model_dir), items)
+    return M.completion_logprobs(model, load_tokenizer(model_dir), items)
 
 
 def test_reset_makes_compliance_more_likely(

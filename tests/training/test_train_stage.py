@@ -11,6 +11,7 @@ import torch
 from trainutil import REFUSAL, UNSAFE, harmful_pairs, make_ctx, make_spec, pair, write_pairs
 
 from selfmoa import layout
+from selfmoa.chat_format import load_tokenizer
 from selfmoa.stages import train
 from selfmoa.stages.base import StageError, execute
 from selfmoa.training import model as M
@@ -28,7 +29,7 @@ def _margins(model_dir: Path, adapter: Path | None, pairs: list[dict[str, Any]])
     """log p(chosen|prompt) - log p(rejected|prompt) per pair, on base (+ adapter)."""
     from peft import PeftModel
 
-    tok = M.load_tokenizer(model_dir)
+    tok = load_tokenizer(model_dir)
     model: Any = M.load_base(model_dir)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
@@ -38,7 +39,7 @@ def _margins(model_dir: Path, adapter: Path | None, pairs: list[dict[str, Any]])
 
 
 def _logits(model: Any, model_dir: Path) -> torch.Tensor:
-    tok = M.load_tokenizer(model_dir)
+    tok = load_tokenizer(model_dir)
     ids = tok(M.prompt_text(tok, "How do I bake bread?") + REFUSAL, return_tensors="pt")
     model.eval()
     with torch.no_grad():

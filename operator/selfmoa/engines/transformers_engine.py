@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
+from selfmoa.chat_format import load_tokenizer, render_prompt
 from selfmoa.engines.base import (
     Conversation,
     Engine,
@@ -25,19 +26,6 @@ from selfmoa.engines.base import (
     SamplingParams,
 )
 from selfmoa.torch_threads import cpu_threads_for
-
-
-def _load_tokenizer(path: Path | str) -> Any:
-    # A folder with tokenizer.json is loaded exactly as saved: AutoTokenizer would swap in the
-    # model type's own tokenizer class (see FINDINGS).
-    if Path(path, "tokenizer.json").exists():
-        tok = PreTrainedTokenizerFast.from_pretrained(str(path))
-    else:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 class TransformersEngine(Engine):
@@ -57,7 +45,7 @@ class TransformersEngine(Engine):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, padding_side="left")
         kwargs: dict[str, Any] = {}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -115,14 +103,7 @@ class TransformersEngine(Engine):
     # ---------------------------------------------------------------- generation
 
     def render(self, conversation: Conversation) -> str:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in conversation]
-        if getattr(self.tokenizer, "chat_template", None):
-            text: str = self.tokenizer.apply_chat_template(
-                msgs, add_generation_prompt=True, tokenize=False
-            )
-            return text
-        # No template (a base LM): a plain transcript ending where the assistant speaks.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+        return render_prompt(self.tokenizer, conversation)
 
     def _decode(self, row: list[int], stop: tuple[str, ...]) -> Generation:
         cut = len(row)

@@ -64,11 +64,11 @@ class ClassifierJudge(Judge):
     def _load(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        tok = AutoTokenizer.from_pretrained(str(self.path))
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        from selfmoa.chat_format import load_tokenizer
+
+        tok = load_tokenizer(self.path)
         model = AutoModelForSequenceClassification.from_pretrained(str(self.path))
         # Batched classification finds each row's last real token through the pad id.
         if model.config.pad_token_id is None:

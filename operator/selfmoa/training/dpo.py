@@ -41,6 +41,7 @@ from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
 from selfmoa.api.spec import TrainingSpec
+from selfmoa.chat_format import has_chat_template, load_tokenizer
 from selfmoa.torch_threads import cpu_threads_for
 from selfmoa.training import model as M
 from selfmoa.training.objectives import Row, trl_loss, uses_margin
@@ -123,7 +124,7 @@ def dataset_rows(
 ) -> list[dict[str, Any]]:
     """TRL's conversational preference format when the tokenizer has a chat template (so the
     prompt is rendered exactly as the engines render it), the plain-text format otherwise."""
-    chat = M.has_chat_template(tok)
+    chat = has_chat_template(tok)
     out: list[dict[str, Any]] = []
     for r in rows:
         if chat:
@@ -183,7 +184,7 @@ def train_dpo(
     """Train on `rows` from `parent_adapter` (None: the base) and save the adapter to `dest`."""
     started = time.monotonic()
     with M.quiet():
-        tok = M.load_tokenizer(base_path)
+        tok = load_tokenizer(base_path)
         M.set_seed(training.seed)  # the fresh LoRA's init draws from it
         base = M.load_base(base_path)
         # TRL drops pairs whose prompt alone fills max_length (no completion token left) and

@@ -20,13 +20,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 
 from selfmoa.api.spec import LoraSpec
+from selfmoa.chat_format import has_chat_template, render_prompt
+from selfmoa.engines.base import user
 from selfmoa.torch_threads import cpu_threads_for
 
 #: The adapter name PEFT gives the trained adapter; the only one we ever save.
@@ -43,18 +43,6 @@ def set_seed(seed: int) -> None:
         import numpy as np
 
         np.random.seed(seed % 2**32)
-
-
-def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
-    """The tokenizer exactly as saved (see FINDINGS: AutoTokenizer may swap the pre-tokenizer)."""
-    p = Path(path)
-    if (p / "tokenizer.json").is_file():
-        tok: PreTrainedTokenizerBase = PreTrainedTokenizerFast.from_pretrained(str(p))
-    else:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_base(path: Path | str) -> PreTrainedModel:
@@ -124,18 +112,9 @@ def copy_adapter(src: Path, dest: Path) -> Path:
 # ------------------------------------------------------------------ chat formatting
 
 
-def has_chat_template(tok: PreTrainedTokenizerBase) -> bool:
-    return bool(getattr(tok, "chat_template", None))
-
-
 def prompt_text(tok: PreTrainedTokenizerBase, prompt: str) -> str:
     """The prompt as the engines render it: one user turn plus the generation prompt."""
-    if not has_chat_template(tok):
-        return prompt
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-    return str(text)
+    return render_prompt(tok, user(prompt))
 
 
 def completion_text(tok: PreTrainedTokenizerBase, prompt: str, response: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from selfmoa.api.spec import LoraSpec
+from selfmoa.chat_format import load_tokenizer
 from selfmoa.torch_threads import cpu_threads_for
 from selfmoa.training import model as M
 
@@ -59,7 +60,7 @@ def train_sft(
         raise ValueError("no examples to train on")
     started = time.monotonic()
     with M.quiet():
-        tok = M.load_tokenizer(base_path)
+        tok = load_tokenizer(base_path)
         M.set_seed(seed)
         model = M.load_policy(M.load_base(base_path), parent_adapter, lora)
     with cpu_threads_for(model):
