@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 MANIFEST: Final = "_manifest.json"
@@ -49,6 +50,13 @@ def manifest_key(k: int, stage: str) -> str:
 
 def stage_file(k: int, stage: str, name: str) -> str:
     return f"{stage_dir(k, stage)}/{name}"
+
+
+def run_stages(iterations: int, *, reset: bool) -> Iterator[tuple[int, str]]:
+    """Every (iteration, stage) of a run, in the order they run."""
+    for k in range(iterations + 1):
+        for stage in stages_of(k, reset=reset):
+            yield k, stage
 
 
 def stages_of(k: int, *, reset: bool) -> tuple[str, ...]:

@@ -100,9 +100,11 @@ def run_document(run: AlignmentRun) -> dict[str, Any]:
     }
 
 
-def observe(store: Store, spec: AlignmentRunSpec) -> planner.Observed:
+def observe(
+    store: Store, spec: AlignmentRunSpec, known: dict[int, Metrics] | None = None
+) -> planner.Observed:
     done = runstate.finished_stages(store, spec)
-    return planner.Observed(done=done, metrics=runstate.read_metrics(store, done))
+    return planner.Observed(done=done, metrics=runstate.read_metrics(store, done, known))
 
 
 def stage_seconds(store: Store, done: frozenset[tuple[int, str]]) -> dict[str, float]:
@@ -130,6 +132,7 @@ def run_local(
     store = open_run_store(run, storage_uri)
     ensure_run_json(store, run)
     provider = EngineProvider(spec)
+    observed: planner.Observed | None = None
     status: AlignmentRunStatus | None = None
     if spec.policy.model == TINY_MODEL:
         # Built once per cache; doing it here keeps the build out of the first stage's time.
@@ -137,7 +140,7 @@ def run_local(
     try:
         with tempfile.TemporaryDirectory(prefix="selfmoa-") as tmp:
             while True:
-                observed = observe(store, spec)
+                observed = observe(store, spec, known=dict(observed.metrics) if observed else None)
                 action = planner.next_action(spec, observed)
                 if isinstance(action, planner.RunStage):
                     status = planner.status(

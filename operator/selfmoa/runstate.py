@@ -7,6 +7,8 @@ restarted executor sees exactly what was done before it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from selfmoa import layout
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.metrics import Metrics
@@ -16,20 +18,25 @@ from selfmoa.store import Store
 def finished_stages(store: Store, spec: AlignmentRunSpec) -> frozenset[tuple[int, str]]:
     """(iteration, stage) pairs whose manifest exists; one listing, not one request per stage."""
     keys = set(store.list("iter-"))
-    done = set()
-    for k in range(0, spec.iterations + 1):
-        for stage in layout.stages_of(k, reset=spec.safety_reset.enabled):
-            if layout.manifest_key(k, stage) in keys:
-                done.add((k, stage))
-    return frozenset(done)
+    return frozenset(
+        (k, stage)
+        for k, stage in layout.run_stages(spec.iterations, reset=spec.safety_reset.enabled)
+        if layout.manifest_key(k, stage) in keys
+    )
 
 
-def read_metrics(store: Store, done: frozenset[tuple[int, str]]) -> dict[int, Metrics]:
-    """Metrics of every iteration whose evaluate stage is finished."""
+def read_metrics(
+    store: Store,
+    done: frozenset[tuple[int, str]],
+    known: Mapping[int, Metrics] | None = None,
+) -> dict[int, Metrics]:
+    """Metrics of every iteration whose evaluate stage is finished; those in `known` are not
+    read again (a finished stage never changes)."""
+    known = known or {}
     out = {}
     for k, stage in sorted(done):
         if stage == "evaluate":
-            out[k] = Metrics.model_validate(
+            out[k] = known.get(k) or Metrics.model_validate(
                 store.read_json(layout.stage_file(k, "evaluate", layout.METRICS))
             )
     return out

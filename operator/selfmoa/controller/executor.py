@@ -42,7 +42,8 @@ class Runtime:
     #: The status this process last wrote per run (the watch may not have delivered it yet).
     last_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
-    metrics_cache: dict[tuple[str, int], Metrics] = field(default_factory=dict)
+    #: Metrics already read per run (a finished evaluate stage never changes).
+    metrics_cache: dict[tuple[str, str], dict[int, Metrics]] = field(default_factory=dict)
     stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
 
     def trigger(self, namespace: str, name: str) -> asyncio.Event:
@@ -54,7 +55,7 @@ class Runtime:
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        for d in (self.triggers, self.last_status, self.phases):
+        for d in (self.triggers, self.last_status, self.phases, self.metrics_cache):
             d.pop(key, None)  # type: ignore[attr-defined]
 
     def store(self, uri: str, spec: AlignmentRunSpec) -> Store:
@@ -158,26 +159,15 @@ class KubernetesExecutor:
         return Snapshot(observed=observed, jobs=jobs, attempts=attempts)
 
     def _order(self) -> dict[tuple[int, str], int]:
-        keys = [
-            (k, s)
-            for k in range(self.spec.iterations + 1)
-            for s in layout.stages_of(k, reset=self.spec.safety_reset.enabled)
-        ]
-        return {key: i for i, key in enumerate(keys)}
+        stages = layout.run_stages(self.spec.iterations, reset=self.spec.safety_reset.enabled)
+        return {key: i for i, key in enumerate(stages)}
 
     def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics]]:
         store = self.rt.store(self.run_uri, self.spec)
         done = runstate.finished_stages(store, self.spec)
-        metrics: dict[int, Metrics] = {}
-        for k, stage in sorted(done):
-            if stage != "evaluate":
-                continue
-            ck = (self.run_uri, k)
-            if ck not in self.rt.metrics_cache:
-                self.rt.metrics_cache[ck] = Metrics.model_validate(
-                    store.read_json(layout.stage_file(k, "evaluate", layout.METRICS))
-                )
-            metrics[k] = self.rt.metrics_cache[ck]
+        key = (self.namespace, self.name)
+        metrics = runstate.read_metrics(store, done, self.rt.metrics_cache.get(key))
+        self.rt.metrics_cache[key] = metrics
         return done, metrics
 
     async def _failure_message(self, job: Mapping[str, Any]) -> str:
