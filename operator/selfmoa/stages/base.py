@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from selfmoa import __version__, layout
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.store import Store
+from selfmoa.store.base import json_bytes, jsonl_bytes
 
 if TYPE_CHECKING:
     from selfmoa.engines.provider import EngineProvider
@@ -114,14 +115,12 @@ class StageOutput:
         self._record(name, data)
 
     def write_json(self, name: str, obj: Any) -> None:
-        key = f"{self.prefix}/{name}"
-        self.store.write_json(key, obj)
-        self._record(name, self.store.read_bytes(key))
+        self.write_bytes(name, json_bytes(obj))
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        key = f"{self.prefix}/{name}"
-        n = self.store.write_jsonl(key, rows)
-        self._record(name, self.store.read_bytes(key), rows=n)
+        data, n = jsonl_bytes(rows)
+        self.store.write_bytes(f"{self.prefix}/{name}", data)
+        self._record(name, data, rows=n)
         return n
 
     def upload_dir(self, name: str, local: Path) -> None:

@@ -75,19 +75,30 @@ class Store(ABC):
         return json.loads(self.read_bytes(key))
 
     def write_json(self, key: str, obj: Any) -> None:
-        self.write_bytes(key, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes(key, json_bytes(obj))
 
     def read_jsonl(self, key: str) -> builtins.list[dict[str, Any]]:
         return list(iter_jsonl(self.read_bytes(key)))
 
     def write_jsonl(self, key: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows]
-        self.write_bytes(key, ("\n".join(lines) + ("\n" if lines else "")).encode())
-        return len(lines)
+        data, n = jsonl_bytes(rows)
+        self.write_bytes(key, data)
+        return n
 
     def child(self, prefix: str) -> Store:
         """A view of this store rooted at `prefix`."""
         return PrefixedStore(self, prefix)
+
+
+def json_bytes(obj: Any) -> bytes:
+    """How every JSON artifact is written: indented, keys sorted, newline at the end."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def jsonl_bytes(rows: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """JSON lines (keys sorted) and the number of rows."""
+    lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows]
+    return ("\n".join(lines) + ("\n" if lines else "")).encode(), len(lines)
 
 
 def iter_jsonl(data: bytes) -> Iterator[dict[str, Any]]:
