@@ -15,7 +15,7 @@ def weak_scores(j: JudgmentRecord) -> Scores | None:
     return j["scores"]
 
 
-def gold_scores(j: JudgmentRecord) -> Scores | None:
+def recorded_gold_scores(j: JudgmentRecord) -> Scores | None:
     return j.get("gold")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from selfmoa import layout
 from selfmoa.engines.base import SamplingParams
-from selfmoa.evaluation import gold_scores, objective_metrics
+from selfmoa.evaluation import objective_metrics, recorded_gold_scores
 from selfmoa.metrics import Metrics, pgr
 from selfmoa.records import PromptRecord
 from selfmoa.stages.base import StageContext, StageError, StageOutput
@@ -68,6 +68,7 @@ def _stratified(prompts: list[PromptRecord], n: int) -> list[PromptRecord]:
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
+    from selfmoa.judges import build_judges
     from selfmoa.stages.judge import judge_responses
 
     spec = ctx.spec
@@ -84,6 +85,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     adapter_key = ctx.adapter_key(k)
     use_gold = spec.evaluation.gold_judge
 
+    # Built once: the held-out and ceiling evaluations share loaded judge models.
+    judges = build_judges(spec, ctx.engines)
+
     def judged(adapter: str | None, label: str) -> tuple[list[Any], dict[str, Any]]:
         responses = sample_responses(
             ctx, prompts, adapter_key=adapter, params=params, description=f"{label}: responding"
@@ -94,13 +98,14 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
             responses,
             gold=use_gold,
             progress=lambda done, total, _d="": ctx.progress(done, total, f"{label}: judging"),
+            judges=judges,
         )
 
     judgments, judge_summary = judged(adapter_key, "held-out")
     threshold = spec.ensemble.threshold
     weak = objective_metrics(judgments, threshold=threshold)
     gold = (
-        objective_metrics(judgments, threshold=threshold, scores_of=gold_scores)
+        objective_metrics(judgments, threshold=threshold, scores_of=recorded_gold_scores)
         if use_gold
         else None
     )
@@ -115,7 +120,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         ceiling_key = layout.stage_file(k, "train", layout.CEILING_ADAPTER)
         if ctx.store.exists(f"{ceiling_key}/adapter_config.json"):
             c_judgments, _ = judged(ceiling_key, "ceiling")
-            ceiling = objective_metrics(c_judgments, threshold=threshold, scores_of=gold_scores)
+            ceiling = objective_metrics(
+                c_judgments, threshold=threshold, scores_of=recorded_gold_scores
+            )
             out.write_jsonl("ceiling-judgments.jsonl", c_judgments)
             parent = Metrics.model_validate(
                 ctx.store.read_json(layout.stage_file(ctx.parent, "evaluate", layout.METRICS))

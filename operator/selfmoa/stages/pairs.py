@@ -24,6 +24,7 @@ from typing import Any
 
 from selfmoa import layout
 from selfmoa.api.spec import Objective, PairStrategy, PreferencesSpec
+from selfmoa.evaluation import recorded_gold_scores, weak_scores
 from selfmoa.records import JudgmentRecord, PairRecord, Scores
 from selfmoa.stages.base import StageContext, StageError, StageOutput
 
@@ -35,10 +36,6 @@ EPS = 1e-9
 def _weights(prefs: PreferencesSpec) -> dict[str, float]:
     total = sum(prefs.weights.values())
     return {o: w / total for o, w in prefs.weights.items() if w > 0}
-
-
-def _scores_of(j: JudgmentRecord, use_gold: bool) -> Scores | None:
-    return j.get("gold") if use_gold else j["scores"]
 
 
 def build_pairs(
@@ -55,7 +52,7 @@ def build_pairs(
     groups: dict[str, list[tuple[JudgmentRecord, dict[str, float], float]]] = {}
     seen_texts: dict[str, set[str]] = {}
     for j in judgments:
-        scores = _scores_of(j, use_gold)
+        scores = (recorded_gold_scores if use_gold else weak_scores)(j)
         if scores is None:
             skipped["no_gold" if use_gold else "no_scores"] += 1
             continue
@@ -131,7 +128,8 @@ def _pair(
     prefs: PreferencesSpec,
     use_gold: bool,
 ) -> PairRecord:
-    cs, rs = _scores_of(c, use_gold), _scores_of(r, use_gold)
+    scores_of = recorded_gold_scores if use_gold else weak_scores
+    cs, rs = scores_of(c), scores_of(r)
     assert cs is not None and rs is not None
     return PairRecord(
         id=f"{prompt_id}#{c['sample']}>{r['sample']}",
