@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tinybuild import TinyBuild
 
 
 def tiny_cache(factory: pytest.TempPathFactory) -> Path:
     # A fixed path under the session's base temp dir: every test module that asks for the
     # tiny base (here and in tests/engines, tests/stages) shares one build.
     return factory.getbasetemp() / "selfmoa-cache"
-
-
-@dataclass
-class TinyBuild:
-    path: Path
-    cache: Path
-    messages: list[str]
-    seconds: float
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tinybuild import TinyBuild
 
-from conftest import TinyBuild
 from selfmoa.tiny import build, data, gold
 
 pytestmark = pytest.mark.slow

@@ -588,11 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only now, so that `--help` never loads torch.
     from selfmoa.api.spec import AlignmentRunSpec, PolicySpec
     from selfmoa.engines.provider import EngineProvider
-    from selfmoa.engines.transformers_engine import TransformersEngine
 
-    provider = EngineProvider(AlignmentRunSpec(policy=PolicySpec(model=args.model)))
-    path = provider.model_path(args.model)
-    engine = TransformersEngine(path, model=args.model, batch_size=args.max_batch)
+    spec = AlignmentRunSpec(policy=PolicySpec(model=args.model))
+    provider = EngineProvider(spec, batch_size=args.max_batch)
+    engine = provider.for_model(args.model)
     server = OpenAIServer(
         engine,
         host=args.host,
@@ -606,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serving {server.model_name} at {server.url}", flush=True)
             server.serve_until_signal()
     finally:
-        engine.close()
+        provider.close()
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -59,10 +61,16 @@ class Store(ABC):
         keys = self.list(prefix)
         if not keys:
             raise FileNotFoundError(f"{self.uri}/{prefix}: nothing stored there")
+        # Into a sibling first, renamed into place when whole: callers take a folder holding
+        # its config file for a finished download, and keys arrive config first.
+        tmp = local.with_name(f".{local.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
         for key in keys:
-            dest = local / key[len(prefix) :]
+            dest = tmp / key[len(prefix) :]
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.read_bytes(key))
+        shutil.rmtree(local, ignore_errors=True)
+        os.replace(tmp, local)
         return local
 
     def local_path(self, key: str) -> Path | None:

@@ -43,6 +43,7 @@ def templates() -> dict[str, dict[str, str]]:
     return out
 
 
+@cache
 def data_hash() -> str:
     """sha256 over the seed files: part of the tiny model's cache key."""
     h = hashlib.sha256()
