@@ -10,6 +10,7 @@ stage without one has its directory cleared and is redone from scratch, and the 
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -94,6 +95,30 @@ class StageContext:
     ) -> list[dict[str, Any]]:
         self.require(stage, iteration)
         return self.store.read_jsonl(self.key(stage, name, iteration))
+
+
+def read_jsonl_source(source: str, spec: AlignmentRunSpec, *, field: str) -> list[dict[str, Any]]:
+    """Rows of a user-given JSONL file: a local path, `file://` or `s3://` (with the run's storage
+    endpoint). A missing file or a bad line is one StageError naming the spec field."""
+    try:
+        if source.startswith(("s3://", "file://")):
+            from selfmoa.store import open_store
+
+            parent, _, name = source.rpartition("/")
+            store = open_store(parent, endpoint=spec.storage.endpoint, region=spec.storage.region)
+            data = store.read_bytes(name)
+        else:
+            data = Path(source).expanduser().read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise StageError(f"{field}: {source} not found") from None
+    rows = []
+    for n, line in enumerate(data.decode().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise StageError(f"{field}: {source} is not JSONL (line {n}: {e.msg})") from None
+    return rows
 
 
 @dataclass

@@ -14,7 +14,6 @@ with safe rate = 1 - attack success rate on the held-out harmful prompts.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from selfmoa import layout
@@ -22,9 +21,8 @@ from selfmoa.engines.base import SamplingParams
 from selfmoa.evaluation import objective_metrics, recorded_gold_scores
 from selfmoa.metrics import Metrics, pgr
 from selfmoa.records import PromptRecord
-from selfmoa.stages.base import StageContext, StageError, StageOutput
+from selfmoa.stages.base import StageContext, StageError, StageOutput, read_jsonl_source
 from selfmoa.stages.respond import sample_responses
-from selfmoa.store import iter_jsonl
 
 
 def heldout_prompts(ctx: StageContext) -> list[PromptRecord]:
@@ -34,22 +32,11 @@ def heldout_prompts(ctx: StageContext) -> list[PromptRecord]:
 
         prompts = heldout()
     else:
-        try:
-            data = Path(source).read_bytes() if "://" not in source else _read_uri(ctx, source)
-        except FileNotFoundError:
-            raise StageError(f"evaluation.heldout: {source}: no such file") from None
-        prompts = [PromptRecord(**row) for row in iter_jsonl(data)]  # type: ignore[typeddict-item]
+        rows = read_jsonl_source(source, ctx.spec, field="evaluation.heldout")
+        prompts = [PromptRecord(**row) for row in rows]  # type: ignore[typeddict-item]
     if ctx.spec.evaluation.max_prompts:
         prompts = _stratified(prompts, ctx.spec.evaluation.max_prompts)
     return prompts
-
-
-def _read_uri(ctx: StageContext, uri: str) -> bytes:
-    from selfmoa.store import open_store
-
-    head, _, name = uri.rpartition("/")
-    store = open_store(head, endpoint=ctx.spec.storage.endpoint, region=ctx.spec.storage.region)
-    return store.read_bytes(name)
 
 
 def _stratified(prompts: list[PromptRecord], n: int) -> list[PromptRecord]:

@@ -14,19 +14,17 @@ seed and the iteration.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from selfmoa import layout
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.base import SamplingParams, user
 from selfmoa.records import PromptKind, PromptRecord
-from selfmoa.stages.base import StageContext, StageError, StageOutput
+from selfmoa.stages.base import StageContext, StageError, StageOutput, read_jsonl_source
 from selfmoa.tiny import data as seeds
 from selfmoa.tiny.framings import FRAMINGS, frame
 
@@ -287,30 +285,6 @@ def _model_attacks(
 # ---------------------------------------------------------------- helpfulness prompts
 
 
-def _read_jsonl_uri(uri: str, spec: AlignmentRunSpec) -> list[dict[str, Any]]:
-    if uri.startswith("s3://"):
-        from selfmoa.store import open_store
-
-        head, _, name = uri.rpartition("/")
-        raw = open_store(
-            head, endpoint=spec.storage.endpoint, region=spec.storage.region
-        ).read_bytes(name)
-        text = raw.decode()
-    else:
-        path = Path(uri.removeprefix("file://")).expanduser()
-        if not path.exists():
-            raise StageError(f"helpfulness.prompts: {uri} does not exist")
-        text = path.read_text(encoding="utf-8")
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise StageError(f"{uri}: line {n} is not JSON ({e.msg})") from None
-    return rows
-
-
 def helpfulness_pools(spec: AlignmentRunSpec) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """(benign, legit) prompts to draw from."""
     src = spec.helpfulness.prompts
@@ -318,7 +292,7 @@ def helpfulness_pools(spec: AlignmentRunSpec) -> tuple[list[PromptRecord], list[
         return seeds.benign_prompts(), seeds.legit_prompts()
     benign: list[PromptRecord] = []
     legit: list[PromptRecord] = []
-    for i, row in enumerate(_read_jsonl_uri(src, spec)):
+    for i, row in enumerate(read_jsonl_source(src, spec, field="helpfulness.prompts")):
         kind = row.get("kind", "benign")
         text = row.get("text") or row.get("prompt")
         if kind not in ("benign", "legit") or not isinstance(text, str):
@@ -343,7 +317,9 @@ def heldout_texts(spec: AlignmentRunSpec) -> list[str]:
         with contextlib.suppress(StageError):
             texts += [
                 str(r.get("text") or r.get("prompt") or "")
-                for r in _read_jsonl_uri(spec.evaluation.heldout, spec)
+                for r in read_jsonl_source(
+                    spec.evaluation.heldout, spec, field="evaluation.heldout"
+                )
             ]
     return texts
 

@@ -9,13 +9,11 @@ iteration 1 continues from.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from selfmoa import layout
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec
-from selfmoa.stages.base import StageContext, StageError, StageOutput
+from selfmoa.stages.base import StageContext, StageError, StageOutput, read_jsonl_source
 
 TRAIN_LOG = "train_log.json"
 
@@ -33,7 +31,7 @@ def load_examples(spec: AlignmentRunSpec) -> list[dict[str, str]]:
 
         rows: list[dict[str, Any]] = list(compliance_examples())
     else:
-        rows = _read_jsonl(source, spec)
+        rows = read_jsonl_source(source, spec, field="safetyReset.data")
     out = []
     for i, row in enumerate(rows):
         prompt, response = row.get("prompt"), row.get("response")
@@ -50,22 +48,6 @@ def load_examples(spec: AlignmentRunSpec) -> list[dict[str, str]]:
     if not out:
         raise StageError("safetyReset.data: no examples")
     return out
-
-
-def _read_jsonl(source: str, spec: AlignmentRunSpec) -> list[dict[str, Any]]:
-    try:
-        if source.startswith(("s3://", "file://")):
-            from selfmoa.store import open_store
-
-            parent, _, name = source.rpartition("/")
-            store = open_store(parent, endpoint=spec.storage.endpoint, region=spec.storage.region)
-            return store.read_jsonl(name)
-        text = Path(source).expanduser().read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise StageError(f"safetyReset.data: {source} not found") from None
-    except json.JSONDecodeError as e:
-        raise StageError(f"safetyReset.data: {source} is not JSONL ({e})") from None
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
