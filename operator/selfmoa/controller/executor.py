@@ -233,8 +233,10 @@ class KubernetesExecutor:
             name = dep["metadata"]["name"]
             cur = existing.get(name)
             if cur is None:
-                await self.rt.kube.create(dep_path, dep)
+                # Service first: the Deployment's existence is what says both were made, so a
+                # failed Service create is retried on the next reconcile (409 = already there).
                 await self.rt.kube.create(svc_path, svc)
+                await self.rt.kube.create(dep_path, dep)
                 continue
             if (cur.get("spec") or {}).get("replicas") != want:
                 await self.rt.kube.patch(f"{dep_path}/{name}", {"spec": {"replicas": want}})

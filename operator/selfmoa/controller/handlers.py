@@ -126,16 +126,13 @@ def kick_owner(obj: Mapping[str, Any], namespace: str, rt: Runtime) -> None:
 
 async def delete_children(body: Mapping[str, Any], rt: Runtime) -> int:
     """Remove the run's Jobs, Deployments and Services (the artifacts in the store stay)."""
-    from selfmoa.api.spec import AlignmentRunSpec
-
     meta = body["metadata"]
     # Cleanup must work even for a run whose spec never validated.
-    spec = AlignmentRunSpec.model_validate({"policy": {"model": "any"}})
     ex = KubernetesExecutor(
         rt,
         name=str(meta["name"]),
         namespace=str(meta.get("namespace") or "default"),
-        spec=spec,
+        spec=reconcile.PLACEHOLDER_SPEC,
         owner=None,
     )
     return await ex.cleanup()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,7 +21,7 @@ from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import metrics as prom
 from selfmoa.controller.executor import KubernetesExecutor, Runtime, job_seconds
 from selfmoa.controller.plan import hold_for_serving, serving_replicas
-from selfmoa.planner import Finish, RunStage, Wait, next_action, status
+from selfmoa.planner import Finish, Observed, RunStage, next_action, status
 
 log = logging.getLogger("selfmoa.controller")
 
@@ -31,13 +30,9 @@ EventFn = Callable[[str, str, str], None]
 
 TERMINAL = (Phase.succeeded, Phase.failed)
 
-
-@dataclass(frozen=True)
-class Outcome:
-    phase: Phase
-    reason: str
-    #: True when the run needs nothing more (until its spec changes).
-    final: bool
+#: Stands in for a spec that failed validation: `status` and the executor need one only for the
+#: gate over metrics and the status path, and an invalid run has neither metrics nor children.
+PLACEHOLDER_SPEC = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
 
 
 def effective_body(body: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
@@ -67,7 +62,7 @@ def _prune(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> Outcome:
+async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None:
     meta = body.get("metadata") or {}
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     key = (namespace, name)
@@ -75,7 +70,7 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> Outc
     prom.RECONCILES.inc()
     if meta.get("deletionTimestamp"):
         # Being deleted: the delete handler removes the children; starting more would race it.
-        return Outcome(Phase.pending, "Deleting", final=True)
+        return
     prev_raw = _previous(rt, key, body)
     try:
         previous = AlignmentRunStatus.model_validate(prev_raw) if prev_raw else None
@@ -87,12 +82,13 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> Outc
         and previous.observed_generation == generation
     ):
         rt.phases[key] = previous.phase.value
-        return Outcome(previous.phase, "Terminal", final=True)
+        return
 
     try:
         spec = validate(body, rt)
     except SpecError as e:
-        return await _invalid(body, rt, emit, previous, str(e))
+        await _invalid(body, rt, emit, previous, prev_raw, str(e))
+        return
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
     snap = await ex.observe()
@@ -120,14 +116,20 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> Outc
     )
     new.attempts = dict(snap.attempts)
     _events(previous, new, snap, action, emit)
+    await _write_status(ex, rt, new, prev_raw)
+
+
+async def _write_status(
+    ex: KubernetesExecutor, rt: Runtime, new: AlignmentRunStatus, prev_raw: Mapping[str, Any]
+) -> None:
+    """Patch the status when it changed, and remember it (the watch may lag behind)."""
+    key = (ex.namespace, ex.name)
     wire = new.model_dump(by_alias=True, mode="json")
     if _prune(wire) != _prune(prev_raw):
         await ex.patch_status(wire)
     rt.last_status[key] = _prune(wire)
     rt.phases[key] = new.phase.value
     prom.publish_phases(rt.phases)
-    reason = action.reason if isinstance(action, Wait | Finish) else "StageStarted"
-    return Outcome(new.phase, reason, final=isinstance(action, Finish))
 
 
 def _events(
@@ -158,34 +160,25 @@ async def _invalid(
     rt: Runtime,
     emit: EventFn,
     previous: AlignmentRunStatus | None,
+    prev_raw: Mapping[str, Any],
     message: str,
-) -> Outcome:
+) -> None:
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
-    from selfmoa.planner import Observed
-
-    # `status` needs a spec only for the gate over metrics; with no metrics any valid spec will do.
-    placeholder = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
-    action = Finish(Phase.failed, "InvalidSpec", message)
+    observed = Observed(invalid=message)
+    action = next_action(PLACEHOLDER_SPEC, observed)  # Finish(Failed, InvalidSpec, message)
     new = status(
-        placeholder,
-        Observed(invalid=message),
+        PLACEHOLDER_SPEC,
+        observed,
         action,
         now=rt.now(),
         previous=previous,
         generation=meta.get("generation"),
     )
-    wire = new.model_dump(by_alias=True, mode="json")
-    ex_path_owner = KubernetesExecutor(
-        rt, name=name, namespace=namespace, spec=placeholder, owner=body
-    )
-    await ex_path_owner.patch_status(wire)
-    rt.last_status[(namespace, name)] = _prune(wire)
-    rt.phases[(namespace, name)] = Phase.failed.value
-    prom.publish_phases(rt.phases)
+    ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=PLACEHOLDER_SPEC, owner=body)
+    await _write_status(ex, rt, new, prev_raw)
     if previous is None or previous.phase != Phase.failed:
         emit("Warning", "InvalidSpec", message)
-    return Outcome(Phase.failed, "InvalidSpec", final=True)
 
 
 async def drive(
