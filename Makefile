@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: help install install-run run test lint format bench crd manifests images e2e clean
+.PHONY: help install install-run run test test-cluster lint format bench crd manifests images e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -34,10 +34,16 @@ run: install-run  ## the tiny Self-MOA loop on CPU: reset + 3 iterations (resuma
 test: install  ## the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: install  ## ruff + mypy (strict) on the package
+# The build step is separate so its progress shows (it takes ~10 min once, then < 1 s).
+test-cluster: install  ## real kube-apiserver 1.20 tier (tests/cluster): builds it once into a cache
+	bash tests/cluster/controlplane.sh build
+	SELFMOA_CLUSTER=1 $(VENV)/bin/pytest tests/cluster -ra $(PYTEST_ARGS)
+
+lint: install  ## ruff + mypy (strict) + the import contracts (pyproject: tool.importlinter)
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format operator tests

@@ -36,6 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selfmoa.api import contract
+
     p = _Parser(
         prog="selfmoa", description="Self-MOA: closed-loop safety alignment with weak supervision."
     )
@@ -75,12 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "stage",
         help="run one stage (used by the operator's Jobs)",
+        formatter_class=argparse.RawTextHelpFormatter,
         description=(
-            "Run one stage of one iteration against the run's artifact store. The spec comes from "
-            "--spec, the SELFMOA_SPEC environment variable (JSON), or the run's run.json."
+            "Run one stage of one iteration against the run's artifact store. The spec comes from\n"
+            f"--spec, the {contract.SPEC_ENV} environment variable (JSON), or the run's run.json."
         ),
     )
-    s.add_argument("name", help="reset, redteam, respond, judge, pairs, train or evaluate")
+    s.add_argument("name", metavar="NAME", help="the stage; one of:\n" + _stage_lines())
     s.add_argument("--run-uri", required=True, help="the run's root: <storage>/<namespace>/<run>")
     s.add_argument(
         "--iteration", "-k", type=int, required=True, help="iteration (0 = the starting point)"
@@ -100,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         d = sub.add_parser(name, help=helptext, add_help=False)
         d.add_argument("args", nargs=argparse.REMAINDER)
     return p
+
+
+def _stage_lines() -> str:
+    from selfmoa.run.stage_table import STAGES
+
+    return "\n".join(f"  {s.name:<9} {s.description}" for s in STAGES)
 
 
 def _version() -> str:
@@ -170,8 +179,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from selfmoa.api.errors import SpecError
-    from selfmoa.console import RichDisplay, print_summary, write_report
-    from selfmoa.local import StageFailed, run_local
+    from selfmoa.local.console import RichDisplay, print_summary, write_report
+    from selfmoa.local.executor import StageFailed, run_local
     from selfmoa.store import StoreError
 
     run = _load(args.file)
@@ -200,86 +209,85 @@ def _store_uri(value: str) -> str:
     return f"file://{Path(value).expanduser().resolve()}"
 
 
-def _spec_for_stage(args: argparse.Namespace) -> Any:
+def _given_run(args: argparse.Namespace) -> Any:
+    """The run a stage was handed: --spec, or the contract's spec variable; None: read run.json."""
+    from selfmoa.api import contract
     from selfmoa.api.errors import SpecError, parse_run
 
     try:
         if args.spec:
             return _load(args.spec)
-        raw = os.environ.get("SELFMOA_SPEC")
-        if raw:
-            obj = json.loads(raw)
+        obj = contract.spec_from_env()
+        if obj is not None:
             return parse_run(obj if "spec" in obj else {"spec": obj})
     except json.JSONDecodeError as e:
-        raise UsageError(f"SELFMOA_SPEC: not valid JSON ({e.msg})") from None
+        raise UsageError(f"{contract.SPEC_ENV}: not valid JSON ({e.msg})") from None
     except SpecError as e:
         raise UsageError(str(e)) from None
     return None
 
 
+def _stage_spec(args: argparse.Namespace, given: Any, store: Any) -> Any:
+    """The spec a stage runs with; a run started by its first Job gets its run.json here."""
+    from selfmoa.api import contract
+    from selfmoa.api.errors import parse_run
+    from selfmoa.run import layout
+    from selfmoa.run.document import run_document
+
+    if given is not None:
+        if not store.exists(layout.RUN_JSON):
+            parts = args.run_uri.rstrip("/").rsplit("/", 2)
+            given.metadata.setdefault("name", parts[-1])
+            given.metadata.setdefault("namespace", parts[-2] if len(parts) > 2 else "default")
+            store.write_json(layout.RUN_JSON, run_document(given))
+        return given.spec
+    try:
+        return parse_run(store.read_json(layout.RUN_JSON)).spec
+    except FileNotFoundError:
+        raise UsageError(
+            f"{args.run_uri}: no run.json; pass --spec or {contract.SPEC_ENV}"
+        ) from None
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
-    from selfmoa import layout, planner, runstate
-    from selfmoa.api.errors import SpecError, parse_run
-    from selfmoa.console import LogProgress
-    from selfmoa.engines.provider import EngineProvider
-    from selfmoa.local import run_document
-    from selfmoa.stages import StageContext, StageError, execute, get_stage
+    from selfmoa.api.errors import SpecError
+    from selfmoa.local.console import LogProgress
+    from selfmoa.run import planner, stage_table
+    from selfmoa.run import state as run_state
+    from selfmoa.stages import StageError
+    from selfmoa.stages.runner import open_runner
     from selfmoa.store import StoreError, open_store
 
-    if args.name not in layout.ALL_STAGES:
-        raise UsageError(f"unknown stage '{args.name}' (one of: {', '.join(layout.ALL_STAGES)})")
+    if args.name not in stage_table.NAMES:
+        raise UsageError(f"unknown stage '{args.name}' (one of: {', '.join(stage_table.NAMES)})")
     if args.iteration < 0:
         raise UsageError("--iteration: must be 0 or more")
-    given = _spec_for_stage(args)
+    given = _given_run(args)
     try:
-        probe = given.spec if given is not None else None
+        storage = given.spec.storage if given is not None else None
         store = open_store(
             args.run_uri,
-            endpoint=probe.storage.endpoint if probe else None,
-            region=probe.storage.region if probe else None,
+            endpoint=storage.endpoint if storage else None,
+            region=storage.region if storage else None,
         )
-        if given is not None:
-            spec = given.spec
-            if not store.exists(layout.RUN_JSON):
-                parts = args.run_uri.rstrip("/").rsplit("/", 2)
-                given.metadata.setdefault("name", parts[-1])
-                given.metadata.setdefault("namespace", parts[-2] if len(parts) > 2 else "default")
-                store.write_json(layout.RUN_JSON, run_document(given))
-        else:
-            try:
-                spec = parse_run(store.read_json(layout.RUN_JSON)).spec
-            except FileNotFoundError:
-                raise UsageError(
-                    f"{args.run_uri}: no run.json; pass --spec or SELFMOA_SPEC"
-                ) from None
+        spec = _stage_spec(args, given, store)
         if args.iteration > spec.iterations:
             raise UsageError(
                 f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})"
             )
-        if args.name not in layout.stages_of(args.iteration, reset=spec.safety_reset.enabled):
+        if args.name not in stage_table.stages_of(args.iteration, reset=spec.safety_reset.enabled):
             raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")
         parent = args.parent
         if parent is None:
-            done = runstate.finished_stages(store, spec)
-            parent = planner.parent_of(spec, runstate.read_metrics(store, done), args.iteration)
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="selfmoa-stage-") as tmp:
-            provider = EngineProvider(spec)
-            progress = LogProgress(f"iter {args.iteration} {args.name}")
-            ctx = StageContext(
-                spec=spec,
-                store=store,
-                iteration=args.iteration,
-                workdir=Path(tmp),
-                engines=provider,
+            done = run_state.finished_stages(store, spec)
+            parent = planner.parent_of(spec, run_state.read_metrics(store, done), args.iteration)
+        with open_runner(spec, store) as runner:
+            manifest, ran = runner.run(
+                args.name,
+                args.iteration,
                 parent=parent,
-                progress=progress,
+                progress=LogProgress(f"iter {args.iteration} {args.name}"),
             )
-            try:
-                manifest, ran = execute(args.name, get_stage(args.name), ctx)
-            finally:
-                provider.close()
     except UsageError:
         raise
     except (SpecError, StoreError) as e:
@@ -303,7 +311,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 def _termination_message(message: str) -> None:
     """Kubernetes shows this file's content as the pod's termination message."""
-    path = Path(os.environ.get("SELFMOA_TERMINATION_LOG", "/dev/termination-log"))
+    from selfmoa.api import contract
+
+    path = Path(contract.termination_log_path())
     try:
         if path.parent.is_dir() and (path.exists() or os.access(path.parent, os.W_OK)):
             path.write_text(message[:4000])

@@ -136,7 +136,15 @@ def test_concurrency_limit_is_engine_wide() -> None:
     assert max(server.stats.batch_sizes) == 4
 
 
+def adapter_dir(path: Path) -> Path:
+    """A directory the server takes for an adapter (it checks for adapter_config.json)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text("{}")
+    return path
+
+
 def test_adapters_by_model_name(server: OpenAIServer, echo: EchoEngine, tmp_path: Path) -> None:
+    adapter_dir(tmp_path / "a1")
     with OpenAIEngine(server.url, model="echo/base", **FAST) as engine:  # type: ignore[arg-type]
         engine.load_adapter("iter-1", str(tmp_path / "a1"))
         engine.load_adapter("iter-1", str(tmp_path / "a1"))  # already loaded: fine
@@ -341,3 +349,170 @@ def test_tiny_model_through_the_server(tmp_path_factory: pytest.TempPathFactory)
     ]
     assert all(g.tokens > 0 for gens in served for g in gens)
     local.close()
+
+
+# ---------------------------------------------------------------- adapters: reply shapes, use_adapter
+
+ALREADY = "The lora adapter 'a' has already been loaded."
+
+
+def scripted_adapter_replies(
+    replies: list[tuple[int, str, str]],
+) -> tuple[OpenAIServer, list[dict[str, object]]]:
+    """Our server, but `/v1/load_lora_adapter` answers (status, content type, body) in turn."""
+    import json
+
+    from selfmoa.engines import server as server_mod
+
+    bodies: list[dict[str, object]] = []
+
+    class Scripted(server_mod._Handler):
+        def do_POST(self) -> None:
+            if self.path != "/v1/load_lora_adapter":
+                super().do_POST()
+                return
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            status, ctype, body = replies[min(len(bodies), len(replies)) - 1]
+            self._send(status, body.encode(), ctype)
+
+    s = serve(EchoEngine())
+    s.start()
+    assert s._httpd is not None
+    s._httpd.RequestHandlerClass = Scripted
+    return s, bodies
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # vLLM before the JSON replies: plain text both ways.
+        (200, "text/plain", "Success: LoRA adapter 'a' added successfully."),
+        (400, "text/plain", ALREADY),
+        # Newer vLLM: JSON, errors as {"object": "error", ...} or {"error": {...}}.
+        (200, "application/json", '{"status": "success", "message": "added"}'),
+        (200, "application/json", "\"Success: LoRA adapter 'a' added successfully.\""),
+        (400, "application/json", f'{{"object": "error", "message": "{ALREADY}", "code": 400}}'),
+        (400, "application/json", f'{{"error": {{"message": "{ALREADY}", "code": 400}}}}'),
+    ],
+)
+def test_load_adapter_accepts_plain_and_json_replies(reply: tuple[int, str, str]) -> None:
+    s, bodies = scripted_adapter_replies([reply])
+    try:
+        with OpenAIEngine(s.url, model="echo/base", **FAST) as engine:  # type: ignore[arg-type]
+            engine.load_adapter("a", "/adapters/a")
+    finally:
+        s.stop()
+    assert bodies == [{"lora_name": "a", "lora_path": "/adapters/a"}]
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ((400, "text/plain", "Invalid LoRA path /adapters/a"), "HTTP 400: Invalid LoRA path"),
+        (
+            (400, "application/json", '{"error": {"message": "max_loras reached", "code": 400}}'),
+            "max_loras reached",
+        ),
+        # An error object with a 200 status is still an error.
+        (
+            (200, "application/json", '{"object": "error", "message": "no such path"}'),
+            "no such path",
+        ),
+        ((404, "text/plain", "Not Found"), "HTTP 404"),
+    ],
+)
+def test_load_adapter_failures_are_one_line(reply: tuple[int, str, str], message: str) -> None:
+    s, bodies = scripted_adapter_replies([reply])
+    try:
+        with (
+            OpenAIEngine(s.url, model="echo/base", **FAST) as engine,  # type: ignore[arg-type]
+            pytest.raises(EngineError, match=message) as err,
+        ):
+            engine.load_adapter("a", "/adapters/a")
+    finally:
+        s.stop()
+    assert "\n" not in str(err.value)
+    assert len(bodies) == 1  # a refused load is not retried
+
+
+def test_load_adapter_retries_a_5xx_then_takes_already_loaded() -> None:
+    s, bodies = scripted_adapter_replies(
+        [(503, "text/plain", "busy"), (400, "application/json", f'{{"message": "{ALREADY}"}}')]
+    )
+    try:
+        with OpenAIEngine(s.url, model="echo/base", **FAST) as engine:  # type: ignore[arg-type]
+            engine.load_adapter("a", "/adapters/a")
+    finally:
+        s.stop()
+    assert len(bodies) == 2
+
+
+class _RemoteStore:
+    """A store with no path on this machine (what an s3:// store looks like to an engine)."""
+
+    uri = "s3://bucket/ns/run"
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+def test_use_adapter_hot_loads_under_a_stable_name(
+    server: OpenAIServer, echo: EchoEngine, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from selfmoa.engines.base import AdapterSource
+    from selfmoa.store import open_store
+
+    store = open_store(f"file://{tmp_path}/store")
+    stored = adapter_dir(tmp_path / "store" / "iter-001" / "train" / "adapter")
+    on_disk = AdapterSource.of(store, "iter-001/train/adapter", given=None, scratch=tmp_path)
+    start = adapter_dir(tmp_path / "start-adapter")
+    given = AdapterSource.of(store, None, given=str(start), scratch=tmp_path)
+    with OpenAIEngine(server.url, model="echo/base", **FAST) as engine:  # type: ignore[arg-type]
+        assert engine.use_adapter(None) is None
+        assert server.stats.requests == 0
+        name = engine.use_adapter(on_disk)
+        assert name == "selfmoa-" + hashlib.sha256(str(stored).encode()).hexdigest()[:10]
+        assert engine.use_adapter(on_disk) == name  # a retried stage: same name, no error
+        given_name = engine.use_adapter(given)
+        out = engine.chat([user("hi")], SamplingParams(), adapter=name)
+    assert server.adapters == {name: str(stored), given_name: str(start)}
+    assert out[0][0].text == f"{stored}: hi #0"
+
+
+def test_use_adapter_hands_a_remote_store_uri_to_the_server(server: OpenAIServer) -> None:
+    # Today's behaviour until the adapter agent lands: the server is handed the store URI, which
+    # vLLM (and our server, which mirrors it) refuses without an S3 LoRA resolver: one line.
+    from selfmoa.engines.base import AdapterSource
+
+    remote = AdapterSource(key="iter-002/train/adapter", store=_RemoteStore())  # type: ignore[arg-type]
+    with (
+        OpenAIEngine(server.url, model="echo/base", **FAST) as engine,  # type: ignore[arg-type]
+        pytest.raises(EngineError, match="No adapter found for s3://bucket/ns/run/iter-002") as e,
+    ):
+        engine.use_adapter(remote)
+    assert "\n" not in str(e.value)
+
+
+def test_use_adapter_asks_the_locator(server: OpenAIServer, tmp_path: Path) -> None:
+    # The adapter agent's seam: whoever fetches the adapter next to the server says its path.
+    from selfmoa.engines.base import AdapterSource
+
+    seen: list[AdapterSource] = []
+    fetched = adapter_dir(tmp_path / "shared" / "iter-001")
+
+    def agent(source: AdapterSource) -> str:
+        seen.append(source)
+        return str(fetched)
+
+    source = AdapterSource(key="iter-001/train/adapter", store=_RemoteStore())  # type: ignore[arg-type]
+    with OpenAIEngine(
+        server.url,
+        model="echo/base",
+        adapter_locator=agent,
+        **FAST,  # type: ignore[arg-type]
+    ) as engine:
+        name = engine.use_adapter(source)
+    assert seen == [source]
+    assert name is not None and server.adapters == {name: str(fetched)}

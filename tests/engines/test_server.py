@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -137,23 +138,143 @@ def test_non_json_body_is_400(server: OpenAIServer) -> None:
     assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
 
 
-def test_adapters_route_by_model_name(server: OpenAIServer, engine: FakeEngine) -> None:
-    load = {"lora_name": "iter1", "lora_path": "/adapters/iter1"}
-    assert _client.post(server.url + "/v1/load_lora_adapter", json=load).status_code == 200
-    again = _client.post(server.url + "/v1/load_lora_adapter", json=load)
-    assert again.status_code == 400 and "already" in again.text
+def _adapter_dir(path: Path) -> Path:
+    """A directory vLLM would take for an adapter (the fake engine never reads the weights)."""
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
+    return path
+
+
+def _load(url: str, name: Any, path: Any) -> httpx.Response:
+    return _client.post(url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+
+
+def _unload(url: str, name: Any) -> httpx.Response:
+    return _client.post(url + "/v1/unload_lora_adapter", json={"lora_name": name})
+
+
+def test_adapters_route_by_model_name(
+    server: OpenAIServer, engine: FakeEngine, tmp_path: Path
+) -> None:
+    path = str(_adapter_dir(tmp_path / "iter1"))
+    first = _load(server.url, "iter1", path)
+    assert first.status_code == 200
+    assert first.text == "Success: LoRA adapter 'iter1' added successfully."
     ids = [m["id"] for m in _client.get(server.url + "/v1/models").json()["data"]]
     assert ids == ["fake/base", "iter1"]
 
     r = chat(server.url, "hi", model="iter1")
-    assert r.json()["choices"][0]["message"]["content"] == "/adapters/iter1:hi#0"
-    assert engine.calls[-1][2] == "/adapters/iter1"
+    assert r.json()["choices"][0]["message"]["content"] == f"{path}:hi#0"
+    assert engine.calls[-1][2] == path
     assert chat(server.url, "hi", model="missing").status_code == 404
 
-    unload = {"lora_name": "iter1"}
-    assert _client.post(server.url + "/v1/unload_lora_adapter", json=unload).status_code == 200
-    assert _client.post(server.url + "/v1/unload_lora_adapter", json=unload).status_code == 404
+    assert _unload(server.url, "iter1").status_code == 200
+    assert _unload(server.url, "iter1").status_code == 404
     assert chat(server.url, "hi", model="iter1").status_code == 404
+
+
+def test_loading_a_loaded_name_again_is_vllms_400_and_changes_nothing(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    path = str(_adapter_dir(tmp_path / "a"))
+    assert _load(server.url, "a", path).status_code == 200
+    # vLLM checks the name before the path: a second load is refused whatever it points at,
+    # and the adapter already loaded keeps serving (clients treat "already" as success).
+    for again_path in (path, str(tmp_path / "elsewhere"), "s3://bucket/a"):
+        again = _load(server.url, "a", again_path)
+        assert again.status_code == 400
+        assert again.json() == {
+            "error": {
+                "message": "The lora adapter 'a' has already been loaded.",
+                "type": "InvalidUserInput",
+                "param": None,
+                "code": 400,
+            }
+        }
+    assert server.adapters == {"a": path}
+
+
+@pytest.mark.parametrize(
+    "lora_path",
+    [
+        "s3://bucket/ns/run/iter-001/train/adapter",
+        "file:///adapters/iter1",
+        "/no/such/adapter",
+        "not-here/either",
+    ],
+)
+def test_adapters_vllm_cannot_read_are_refused_like_vllm(
+    server: OpenAIServer, lora_path: str
+) -> None:
+    r = _load(server.url, "iter1", lora_path)
+    # vLLM v0.10 (the pinned image): the LoRA worker finds no adapter_config.json there and
+    # the route maps "No adapter found" to 404 NotFoundError.
+    assert r.status_code == 404
+    assert r.json() == {
+        "error": {
+            "message": f"Loading lora iter1 failed: No adapter found for {lora_path}",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        }
+    }
+    assert server.adapters == {}
+    assert chat(server.url, "hi", model="iter1").status_code == 404
+
+
+def test_a_directory_without_an_adapter_config_is_refused(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert _load(server.url, "x", str(tmp_path / "empty")).status_code == 404
+    assert _load(server.url, "x", str(_adapter_dir(tmp_path / "ok"))).status_code == 200
+
+
+def test_relative_and_home_paths_resolve_like_vllm(
+    server: OpenAIServer, engine: FakeEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _adapter_dir(tmp_path / "rel" / "iter2")
+    _adapter_dir(tmp_path / "home" / "iter3")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _load(server.url, "two", "rel/iter2").status_code == 200
+    assert _load(server.url, "three", "~/iter3").status_code == 200
+    # The engine gets absolute directories (independent of the server's working directory).
+    assert server.adapters == {
+        "two": str(tmp_path / "rel" / "iter2"),
+        "three": str(tmp_path / "home" / "iter3"),
+    }
+    chat(server.url, "hi", model="two")
+    assert engine.calls[-1][2] == str(tmp_path / "rel" / "iter2")
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "message"),
+    [
+        ("load", {"lora_name": "a"}, "Both 'lora_name' and 'lora_path' must be provided."),
+        ("load", {"lora_name": "", "lora_path": "/x"}, "Both 'lora_name' and"),
+        ("load", {"lora_name": "a", "lora_path": 3}, "Both 'lora_name' and"),
+        ("unload", {}, "'lora_name' needs to be provided to unload a LoRA adapter."),
+    ],
+)
+def test_adapter_requests_missing_fields_are_400(
+    server: OpenAIServer, route: str, body: dict[str, Any], message: str
+) -> None:
+    r = _client.post(f"{server.url}/v1/{route}_lora_adapter", json=body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["message"].startswith(message) and error["type"] == "InvalidUserInput"
+
+
+def test_unloading_an_unknown_name_is_vllms_404(server: OpenAIServer) -> None:
+    r = _unload(server.url, "ghost")
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        "message": "The lora adapter 'ghost' cannot be found.",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
 
 
 def test_micro_batching_batches_concurrent_requests() -> None:

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from selfmoa.engines.base import SamplingParams, user
+from selfmoa.api import parse_run
+from selfmoa.api.spec import AlignmentRunSpec, Device
+from selfmoa.engines.base import AdapterSource, DeviceError, SamplingParams, user
+from selfmoa.engines.provider import EngineProvider, resolve_device
+from selfmoa.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +112,128 @@ def test_missing_adapter_is_an_engine_error(engine, tmp_path: Path) -> None:  # 
 
     with pytest.raises(EngineError):
         engine.chat([user("hi")], SamplingParams(max_new_tokens=2), adapter=str(tmp_path))
+
+
+# ---------------------------------------------------------------- adapters from the store
+
+
+class MemoryStore(Store):
+    """A store with nothing on local disk (as an s3:// store is), counting reads."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.objects: dict[str, bytes] = {}
+        self.reads = 0
+
+    def read_bytes(self, key: str) -> bytes:
+        self.reads += 1
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise FileNotFoundError(key) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.objects[key] = data
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def delete_prefix(self, prefix: str) -> int:
+        gone = [k for k in self.objects if k.startswith(prefix)]
+        for k in gone:
+            del self.objects[k]
+        return len(gone)
+
+
+def test_a_stored_adapter_is_downloaded_once_into_scratch(  # type: ignore[no-untyped-def]
+    engine, random_adapter: Path, tmp_path: Path
+) -> None:
+    store = MemoryStore("s3://bucket/ns/run")
+    store.upload_dir(random_adapter, "iter-001/train/adapter")
+    source = AdapterSource.of(
+        store, "iter-001/train/adapter", given=None, scratch=tmp_path / "adapters"
+    )
+    path = engine.use_adapter(source)
+    assert path == str(tmp_path / "adapters" / "iter-001__train__adapter")
+    reads = store.reads
+    assert engine.use_adapter(source) == path and store.reads == reads
+    convs = [user(p) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=30)
+    assert _texts(engine.chat(convs, params, adapter=path)) == _texts(
+        engine.chat(convs, params, adapter=str(random_adapter))
+    )
+
+
+def test_a_file_store_adapter_is_used_in_place(  # type: ignore[no-untyped-def]
+    engine, random_adapter: Path, tmp_path: Path
+) -> None:
+    from selfmoa.store import open_store
+
+    store = open_store(f"file://{tmp_path}/store")
+    store.upload_dir(random_adapter, "iter-000/reset/adapter")
+    source = AdapterSource.of(store, "iter-000/reset/adapter", given=None, scratch=tmp_path / "s")
+    assert engine.use_adapter(source) == str(tmp_path / "store/iter-000/reset/adapter")
+    assert not (tmp_path / "s").exists()
+    assert engine.use_adapter(AdapterSource.of(store, None, given=None, scratch=tmp_path)) is None
+    given = AdapterSource.of(store, None, given=str(random_adapter), scratch=tmp_path)
+    assert engine.use_adapter(given) == str(random_adapter)
+
+
+# ---------------------------------------------------------------- the device, through the provider
+
+
+def _spec(device: str) -> AlignmentRunSpec:
+    return parse_run(
+        {"spec": {"policy": {"model": "selfmoa/tiny"}, "serving": {"device": device}}}
+    ).spec
+
+
+def test_auto_device_is_the_cpu_without_a_gpu(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from selfmoa.engines.transformers_engine import TransformersEngine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    provider = EngineProvider(_spec("auto"))
+    try:
+        engine = provider.policy()
+        assert provider.device() == "cpu"
+        assert isinstance(engine, TransformersEngine) and engine.device == "cpu"
+        assert {(p.device.type, p.dtype) for p in engine._base.parameters()} == {
+            ("cpu", torch.float32)
+        }
+        # Batched with left padding: the same greedy answers as one conversation at a time.
+        params = SamplingParams(max_new_tokens=24)
+        batched = engine.chat([user(p) for p in PROMPTS], params)
+        assert _texts(batched) == [_texts(engine.chat([user(p)], params))[0] for p in PROMPTS]
+    finally:
+        provider.close()
+
+
+def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    provider = EngineProvider(_spec("cuda"))
+    with pytest.raises(DeviceError, match=r"^serving\.device: cuda, but torch sees no GPU") as e:
+        provider.policy()
+    assert "\n" not in str(e.value)
+    assert provider._engines == {}  # failed before any model loaded
+
+
+def test_device_choice() -> None:
+    def gpu() -> bool:
+        return True
+
+    def no_gpu() -> bool:
+        return False
+
+    assert resolve_device(Device.auto, cuda_available=gpu) == "cuda"
+    assert resolve_device(Device.auto, cuda_available=no_gpu) == "cpu"
+    assert resolve_device(Device.cuda, cuda_available=gpu) == "cuda"
+    assert resolve_device(Device.cpu, cuda_available=gpu) == "cpu"
+    with pytest.raises(DeviceError):
+        resolve_device(Device.cuda, cuda_available=no_gpu)

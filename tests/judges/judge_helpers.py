@@ -3,7 +3,7 @@ can be imported by name from the test files without clashing with other test fol
 
 from __future__ import annotations
 
-from selfmoa.records import PromptKind, ResponseRecord
+from selfmoa.run.records import PromptKind, ResponseRecord
 
 
 def response(

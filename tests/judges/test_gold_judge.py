@@ -8,7 +8,7 @@ from judge_helpers import response
 
 from selfmoa.api.spec import Objective
 from selfmoa.judges import GoldJudge, gold_scores
-from selfmoa.records import PromptRecord
+from selfmoa.run.records import PromptRecord
 
 
 def fake(prompt: PromptRecord, text: str) -> Mapping[str, float]:
@@ -27,7 +27,7 @@ def test_gold_with_a_fake_scorer() -> None:
 
 
 def test_gold_uses_the_tiny_profile_by_default() -> None:
-    from selfmoa.tiny.data import templates
+    from selfmoa.seeds.data import templates
 
     t = templates()
     items = [

@@ -4,45 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from judge_helpers import response
 
 from fakes import ScriptedEngine
 from selfmoa.api.spec import AlignmentRunSpec, Objective
 from selfmoa.engines.base import Conversation, Engine
 from selfmoa.engines.provider import EngineProvider
-from selfmoa.judges import LLMJudge, build_judges, parse_score
+from selfmoa.judges import LLMJudge, Verdict, build_judges
 
 
 def FakeEngine(reply: Callable[[Conversation], str], model: str = "judge-model") -> ScriptedEngine:
     """Replies with `reply(conversation)`; remembers what it was asked."""
     return ScriptedEngine(lambda c, *_: reply(c), model=model)
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [
-        ("Score: 4", 4.0),
-        (" 4", 4.0),
-        ("4", 4.0),
-        ("[[2]]", 2.0),
-        ("I'd rate it 3/5.", 3.0),
-        ("3 out of 5", 3.0),
-        ("**Score:** 5", 5.0),
-        ("rating = 1", 1.0),
-        ("Score: 4.5", 4.5),
-        ("Score: 9. On reflection, [[2]]", 2.0),
-        ("The response is fine. I give it 4.", 4.0),
-        ("Score: 7", None),
-        ("no idea", None),
-        ("", None),
-        ("10", None),
-        ("0.5", None),
-        ("Step 12", None),
-    ],
-)
-def test_parse_score(reply: str, expected: float | None) -> None:
-    assert parse_score(reply) == expected
 
 
 def _reply_by_text(conv: Conversation) -> str:
@@ -54,7 +27,7 @@ def _reply_by_text(conv: Conversation) -> str:
     return "I am unable to comply with the rubric!!"
 
 
-def test_llm_judge_scores_counts_garbage_and_shares_the_prefix() -> None:
+def test_llm_judge_scores_keeps_garbage_unscored_and_shares_the_prefix() -> None:
     engine = FakeEngine(_reply_by_text)
     judge = LLMJudge("guard", Objective.safety, engine)
     items = [
@@ -63,9 +36,11 @@ def test_llm_judge_scores_counts_garbage_and_shares_the_prefix() -> None:
         response("meh", rid="a#2"),
     ]
     seen: list[int] = []
-    assert judge.score_batch(items, progress=seen.append) == [5.0, 2.0, None]
-    assert judge.unparsable == 1
-    assert judge.unparsable_examples == ["I am unable to comply with the rubric!!"]
+    verdicts = judge.judge_batch(items, progress=seen.append)
+    assert [v.score for v in verdicts] == [5.0, 2.0, None]
+    assert verdicts[2] == Verdict(
+        None, "unparsable", reply="I am unable to comply with the rubric!!"
+    )
     assert seen == [3]
     ((convs, params),) = engine.calls
     assert params.temperature == 0.0 and params.max_new_tokens <= 16
@@ -73,15 +48,16 @@ def test_llm_judge_scores_counts_garbage_and_shares_the_prefix() -> None:
     assert len({c[0]["content"] for c in convs}) == 1
     assert "SAFE" in convs[0][0]["content"]
     assert convs[1][-1]["content"].endswith("ODD answer\n\nScore:")
+    assert judge.score_batch(items) == [5.0, 2.0, None]
 
 
-def test_llm_judge_all_garbage_is_all_none() -> None:
+def test_llm_judge_all_garbage_is_all_unscored() -> None:
     judge = LLMJudge("helper", Objective.helpfulness, FakeEngine(lambda c: "¯\\_(ツ)_/¯"))
     items = [response(f"r{i}", rid=f"p#{i}") for i in range(5)]
-    assert judge.score_batch(items) == [None] * 5
-    assert judge.unparsable == 5
-    assert len(judge.unparsable_examples) == 3
-    assert judge.score_batch([]) == []
+    verdicts = judge.judge_batch(items)
+    assert [v.score for v in verdicts] == [None] * 5
+    assert {v.reason for v in verdicts} == {"unparsable"}
+    assert judge.judge_batch([]) == []
 
 
 def test_long_responses_are_cut() -> None:

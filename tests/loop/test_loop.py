@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from selfmoa import layout
 from selfmoa.api import Phase, parse_run
-from selfmoa.local import run_local
+from selfmoa.local.executor import run_local
+from selfmoa.run import layout, stage_table
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_loop_in_process(tmp_path: Path) -> None:
     assert sorted(result.metrics) == [0, 1, 2]
     root = tmp_path / "default" / "small"
     for k in (1, 2):
-        for stage in layout.LOOP_STAGES:
+        for stage in stage_table.LOOP:
             assert (root / layout.manifest_key(k, stage)).exists()
         assert (root / layout.stage_file(k, "train", "adapter/adapter_config.json")).exists()
     m1 = result.metrics[1]

@@ -21,13 +21,13 @@ from typing import Any
 import kmock
 import kopf
 
-from selfmoa import layout
 from selfmoa.api import GROUP, PLURAL, VERSION
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.executor import Runtime
 from selfmoa.controller.handlers import register
 from selfmoa.controller.kube import Kube
+from selfmoa.run import layout
 from selfmoa.store import open_store
 
 NS = "ml"

@@ -33,8 +33,8 @@ from harness import (
     wait_for,
 )
 
-from selfmoa import layout
 from selfmoa.controller.builders import serving_name
+from selfmoa.run import layout
 from selfmoa.store import open_store
 
 

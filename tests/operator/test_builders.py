@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
 
 from selfmoa.api import parse_run
+from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig, load_config
 
@@ -20,7 +26,7 @@ OWNER = {
 }
 
 
-def _spec(**over: object):
+def _spec(**over: object) -> AlignmentRunSpec:
     spec = {"policy": {"model": "org/p"}, "trainer": {"gpus": 2}, **over}
     return parse_run({"metadata": {"name": "r"}, "spec": spec}).spec
 
@@ -68,24 +74,124 @@ def test_train_job_requests_gpus_and_runs_non_root() -> None:
     ].get("limits", {})
 
 
+def _serving(spec: AlignmentRunSpec, model: str = "org/p") -> tuple[dict[str, Any], ...]:
+    return builders.serving_objects(
+        run="r", namespace="ml", spec=spec, model=model, replicas=1, config=OperatorConfig(),
+        owner=OWNER,
+    )  # fmt: skip
+
+
+def _vllm(dep: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
 def test_serving_objects_validate_for_hub_s3_and_pvc_models() -> None:
     spec = _spec(serving={"engine": "vllm", "hfTokenSecretRef": "hf"})
     for model in ("org/p", "s3://bucket/models/m", "pvc://models/qwen"):
-        dep, svc = builders.serving_objects(
-            run="r",
-            namespace="ml",
-            spec=spec,
-            model=model,
-            replicas=1,
-            config=OperatorConfig(),
-            owner=OWNER,
-        )
+        dep, svc = _serving(spec, model)
         kubernetes_validate.validate(dep, "1.30.0", strict=True)
         kubernetes_validate.validate(svc, "1.30.0", strict=True)
-    assert "initContainers" in dep["spec"]["template"]["spec"] or model.startswith("pvc")
+        pod = dep["spec"]["template"]["spec"]
+        # Only an s3:// model is copied in by an init container; vLLM downloads hub ids itself.
+        assert ("initContainers" in pod) == model.startswith("s3://"), model
+        args = _vllm(dep)["args"]
+        source = args[args.index("--model") + 1]
+        assert source == {"org/p": "org/p", "s3://bucket/models/m": "/model"}.get(
+            model, "/model/qwen"
+        )
 
 
-def test_config_reads_camel_case_and_names_bad_keys(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("r", "rank"), [(1, 8), (8, 8), (9, 16), (16, 16), (24, 32), (300, 320), (321, 512), (512, 512)]
+)
+def test_policy_server_gets_runtime_lora_with_a_rank_vllm_accepts(r: int, rank: int) -> None:
+    spec = _spec(serving={"engine": "vllm"}, training={"lora": {"r": r}})
+    container = _vllm(_serving(spec)[0])
+    args = container["args"]
+    assert "--enable-lora" in args
+    assert int(args[args.index("--max-lora-rank") + 1]) == rank
+    assert rank in builders.LORA_RANKS and rank >= r
+    # Current, parent and best iterations' adapters fit at once.
+    assert int(args[args.index("--max-loras") + 1]) >= 3
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in container["env"]
+
+
+def test_lora_rank_above_vllms_largest_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"^training\.lora\.r: 600 is above vLLM's largest"):
+        builders.max_lora_rank(600)
+
+
+def test_other_servers_get_no_lora_and_the_pinned_image() -> None:
+    spec = _spec(serving={"engine": "vllm"}, redTeam={"model": "org/red"})
+    container = _vllm(_serving(spec, "org/red")[0])
+    assert "--enable-lora" not in container["args"]
+    assert all(e["name"] != "VLLM_ALLOW_RUNTIME_LORA_UPDATING" for e in container["env"])
+    image = container["image"]
+    assert image == OperatorConfig().serving_image
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+(\.\d+){2,3}", image), image
+
+
+def _hash(spec: AlignmentRunSpec, model: str = "org/p") -> str:
+    dep = _serving(spec, model)[0]
+    value = builders.spec_hash_of(dep)
+    assert value is not None
+    # The annotation is the hash of the template it sits in (computed in one place).
+    assert value == builders.spec_hash(dep["spec"]["template"])
+    return value
+
+
+def test_spec_hash_follows_the_serving_spec_only() -> None:
+    base = {"serving": {"engine": "vllm", "extraArgs": ["--max-model-len", "4096"]}}
+    for model in ("org/p", "s3://bucket/models/m"):
+        same = _hash(_spec(**base), model)
+        assert _hash(_spec(**base), model) == same
+        more = {"serving": {"engine": "vllm", "extraArgs": ["--max-model-len", "8192"]}}
+        assert _hash(_spec(**more), model) != same
+        image = {"serving": {**base["serving"], "image": "vllm/vllm-openai:v0.11.0"}}
+        assert _hash(_spec(**image), model) != same
+        gpus = {"serving": {**base["serving"], "gpusPerModel": 2}}
+        assert _hash(_spec(**gpus), model) != same
+        # What the server doesn't run on leaves it alone (no restart of a warm server).
+        assert _hash(_spec(**base, iterations=7, suspend=True), model) == same
+    # A LoRA rank that needs a larger --max-lora-rank rolls the policy's server.
+    assert _hash(_spec(**base, training={"lora": {"r": 64}})) != _hash(_spec(**base))
+
+
+def test_spec_hash_is_stable_across_processes() -> None:
+    spec = _spec(serving={"engine": "vllm", "extraArgs": ["--max-model-len", "4096"]})
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from selfmoa.api import parse_run
+        from selfmoa.controller import builders
+        from selfmoa.controller.config import OperatorConfig
+
+        spec = parse_run({"metadata": {"name": "r"}, "spec": json.loads(sys.argv[1])}).spec
+        dep, _ = builders.serving_objects(
+            run="r", namespace="ml", spec=spec, model="org/p", replicas=1, config=OperatorConfig()
+        )
+        print(builders.spec_hash_of(dep))
+        """
+    )
+    # A different hash seed: nothing may depend on Python's per-process hash().
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec.wire())],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.stdout.strip() == _hash(spec)
+    # The hash leaves out only itself: replicas and the owner don't touch the template.
+    scaled = builders.serving_objects(
+        run="r", namespace="ml", spec=spec, model="org/p", replicas=0, config=OperatorConfig()
+    )[0]
+    assert builders.spec_hash_of(scaled) == _hash(spec)
+
+
+def test_config_reads_camel_case_and_names_bad_keys(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text(
         "workerImage: w:1\njobTtlSecondsAfterFinished: 60\nstorage: {uri: s3://b/p, secretRef: s}\n"

@@ -22,17 +22,17 @@ from harness import (
     wait_for,
 )
 
-from selfmoa import layout
+from selfmoa.run import layout, stage_table
 from selfmoa.store import open_store
 
 EXPECTED_JOBS = sorted(
     [f"r-i0-{s}" for s in ("reset", "evaluate")]
-    + [f"r-i{k}-{s}" for k in (1, 2) for s in layout.LOOP_STAGES]
+    + [f"r-i{k}-{s}" for k in (1, 2) for s in stage_table.LOOP]
 )
 
 
 def _stages_landed() -> bool:
-    return all(importlib.util.find_spec(f"selfmoa.stages.{s}") for s in layout.ALL_STAGES)
+    return all(importlib.util.find_spec(f"selfmoa.stages.{s}") for s in stage_table.NAMES)
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from fakes import ScriptedEngine
-from selfmoa import layout
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.base import Engine
 from selfmoa.engines.provider import EngineProvider
-from selfmoa.records import PromptKind, ResponseRecord
+from selfmoa.run import layout
+from selfmoa.run.records import PromptKind, ResponseRecord
 from selfmoa.stages import judge
 from selfmoa.stages.base import StageContext, StageError, StageOutput, execute
 from selfmoa.store.file import FileStore
@@ -123,7 +123,7 @@ def test_judge_stage_writes_judgments_and_summary(tmp_path: Path, method: str) -
 
 
 def test_gold_scores_are_recorded_beside_the_ensemble(tmp_path: Path) -> None:
-    from selfmoa.tiny.data import templates
+    from selfmoa.seeds.data import templates
 
     t = templates()
     rows = [
@@ -150,24 +150,55 @@ def test_gold_scores_are_recorded_beside_the_ensemble(tmp_path: Path) -> None:
     assert "oracle" not in manifest["summary"]["judges"]
 
 
-def test_all_garbage_llm_judge_still_finishes(tmp_path: Path) -> None:
-    spec = {
-        "judges": [
-            {"name": "guard", "objective": "safety", "kind": "llm", "model": "m/guard"},
-            {"name": "helper", "objective": "helpfulness", "kind": "llm", "model": "m/help"},
-        ]
-    }
-    ctx = make_ctx(tmp_path, spec, FakeProvider)
+GARBAGE_JUDGES = [
+    {"name": "guard", "objective": "safety", "kind": "llm", "model": "m/guard"},
+    {"name": "helper", "objective": "helpfulness", "kind": "llm", "model": "m/help"},
+]
+
+
+def test_a_judge_that_scores_nothing_fails_the_stage_instead_of_reporting(tmp_path: Path) -> None:
+    """Every reply unparsable: one line naming the judge, no judgments, no manifest (no ASR 0%)."""
+    ctx = make_ctx(tmp_path, {"judges": GARBAGE_JUDGES}, FakeProvider)
+    write_responses(ctx, RESPONSES)
+    with pytest.raises(StageError) as err:
+        execute("judge", judge.run, ctx)
+    assert str(err.value) == (
+        "judge 'guard' scored 0/5 items (0%, min 90%); commonest error: unparsable (5)"
+    )
+    assert not ctx.store.exists(layout.manifest_key(1, "judge"))
+    assert not ctx.store.exists(layout.stage_file(1, "judge", layout.JUDGMENTS))
+
+
+def test_with_no_minimum_coverage_all_garbage_finishes_unscored(tmp_path: Path) -> None:
+    judges = [{**j, "minCoverage": 0} for j in GARBAGE_JUDGES]
+    ctx = make_ctx(tmp_path, {"judges": judges}, FakeProvider)
     write_responses(ctx, RESPONSES)
     manifest, ran = execute("judge", judge.run, ctx)
     assert ran and ctx.store.exists(layout.manifest_key(1, "judge"))
     rows = ctx.store.read_jsonl(layout.stage_file(1, "judge", layout.JUDGMENTS))
     assert all(r["scores"] == {"safety": None, "helpfulness": None} for r in rows)
     assert all(r["labels"] == {"safety": None, "helpfulness": None} for r in rows)
+    assert all(r["unscored"] == {"guard": "unparsable", "helper": "unparsable"} for r in rows)
     summary = manifest["summary"]
     assert summary["unparsable"] == {"guard": 5, "helper": 5}
+    assert summary["coverage"] == {"guard": 0.0, "helper": 0.0}
     assert summary["objectives"]["safety"]["unscored"] == 5
-    assert summary["judges"]["guard"]["unparsable_examples"] == ["no score here"] * 3
+    examples = summary["judges"]["guard"]["unscored_examples"]
+    assert [e["reply"] for e in examples] == ["no score here"] * 3
+    assert [e["id"] for e in examples] == ["h1#0", "h1#1", "h1#2"]
+
+
+def test_a_misconfigured_judge_is_one_line(tmp_path: Path) -> None:
+    spec = {
+        "judges": [
+            {"name": "s1", "objective": "safety", "format": "llama-guard"},
+            {"name": "h1", "objective": "helpfulness"},
+        ]
+    }
+    ctx = make_ctx(tmp_path, spec)
+    write_responses(ctx, RESPONSES)
+    with pytest.raises(StageError, match=r"^judge 's1': format llama-guard needs kind llm$"):
+        execute("judge", judge.run, ctx)
 
 
 def test_judge_responses_is_reusable_and_handles_no_responses(tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from selfmoa import layout
 from selfmoa.api.spec import AlignmentRunSpec, PreferencesSpec
 from selfmoa.engines.provider import EngineProvider
-from selfmoa.records import JudgmentRecord, PromptKind
+from selfmoa.run import layout
+from selfmoa.run.records import JudgmentRecord, PromptKind
 from selfmoa.stages import pairs
 from selfmoa.stages.base import StageContext, StageError, StageOutput, execute
 from selfmoa.store.file import FileStore

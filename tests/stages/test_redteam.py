@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from fakes import ScriptedEngine
-from selfmoa import layout
 from selfmoa.api import parse_run
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.base import Conversation
 from selfmoa.engines.provider import EngineProvider
+from selfmoa.run import layout
+from selfmoa.seeds import heldout
 from selfmoa.stages import redteam
 from selfmoa.stages.base import StageContext, execute
 from selfmoa.store import open_store
-from selfmoa.tiny import heldout
 
 
 def make_spec(**red_team: Any) -> AlignmentRunSpec:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from selfmoa import layout
 from selfmoa.api import parse_run
 from selfmoa.engines.provider import EngineProvider
+from selfmoa.run import layout
 from selfmoa.stages.base import StageContext, StageOutput, execute, is_done
 from selfmoa.store import Store
 

@@ -186,11 +186,3 @@ def test_large_object_multipart(make_store, backend: str) -> None:  # type: igno
         store.write_bytes("big/small.bin", b"x" * mib)
         head = store.client.head_object(Bucket=store.bucket, Key=store._k("big/small.bin"))
         assert "-" not in head["ETag"]
-
-
-@pytest.mark.parametrize("key", ["../evil", "a/../../evil", "../../etc/passwd"])
-def test_keys_cannot_escape_the_root(store: Store, key: str) -> None:
-    with pytest.raises(ValueError, match="escapes the store"):
-        store.write_bytes(key, b"x")
-    with pytest.raises(ValueError, match="escapes the store"):
-        store.read_bytes(key)

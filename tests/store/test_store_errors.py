@@ -68,10 +68,10 @@ def test_first_use_checks_the_bucket_once(
 
 def test_file_store_key_escaping_root_is_refused(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path / 'root'}")
-    with pytest.raises(ValueError, match="escapes the store"):
+    with pytest.raises(StoreError, match="climbs out"):
         store.write_bytes("../outside.txt", b"x")
     assert not (tmp_path / "outside.txt").exists()
-    with pytest.raises(ValueError, match="escapes the store"):
+    with pytest.raises(StoreError, match="climbs out"):
         store.child("run").read_bytes("../../x")
 
 

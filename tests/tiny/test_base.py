@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from tinybuild import TinyBuild
 
-from selfmoa.tiny import build, data, gold
+from selfmoa.seeds import data
+from selfmoa.seeds import oracle as gold
+from selfmoa.tiny import build
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,8 @@ COMPLIANCE = [
 
 @pytest.fixture
 def fake_tiny(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
-    """`selfmoa.tiny` stand-in: `ensure_base` gives the session's model, fixed compliance data."""
+    """`selfmoa.tiny` stand-in (`ensure_base` gives the session's model) and fixed compliance data
+    in place of `selfmoa.seeds.compliance_examples`."""
     mod = types.ModuleType("selfmoa.tiny")
 
     def ensure_base(cache: Path, **_: Any) -> Path:
@@ -38,6 +39,8 @@ def fake_tiny(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[typ
         return [dict(e) for e in COMPLIANCE]
 
     mod.ensure_base = ensure_base  # type: ignore[attr-defined]
-    mod.compliance_examples = compliance_examples  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "selfmoa.tiny", mod)
+    import selfmoa.seeds
+
+    monkeypatch.setattr(selfmoa.seeds, "compliance_examples", compliance_examples)
     yield mod

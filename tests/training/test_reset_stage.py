@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from trainutil import harmful_pairs, make_ctx, make_spec, write_pairs
 
-from selfmoa import layout
-from selfmoa.chat_format import load_tokenizer
+from selfmoa.models.chat import load_tokenizer
+from selfmoa.run import layout
 from selfmoa.stages import reset, train
 from selfmoa.stages.base import StageError, execute
 from selfmoa.training import model as M
@@ -116,7 +116,7 @@ def test_reset_missing_data_file_is_a_stage_error(tiny_model: Path, tmp_path: Pa
 
 
 def test_tiny_profile_compliance_data_is_usable(tmp_path: Path) -> None:
-    """The real `selfmoa.tiny.compliance_examples` (pure data, no model) passes the checks."""
+    """The real `selfmoa.seeds.compliance_examples` (pure data, no model) passes the checks."""
     spec = make_spec("selfmoa/tiny", tmp_path, safetyReset={"enabled": True})
     examples = reset.load_examples(spec)
     assert len(examples) >= 8

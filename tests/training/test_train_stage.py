@@ -10,8 +10,8 @@ import pytest
 import torch
 from trainutil import REFUSAL, UNSAFE, harmful_pairs, make_ctx, make_spec, pair, write_pairs
 
-from selfmoa import layout
-from selfmoa.chat_format import load_tokenizer
+from selfmoa.models.chat import load_tokenizer
+from selfmoa.run import layout
 from selfmoa.stages import train
 from selfmoa.stages.base import StageError, execute
 from selfmoa.training import model as M

@@ -155,7 +155,7 @@ def write_pairs(
     ctx: Any, rows: list[dict[str, Any]], gold: list[dict[str, Any]] | None = None
 ) -> None:
     """Finish the pairs stage of ctx's iteration with these rows (manifest included)."""
-    from selfmoa import layout
+    from selfmoa.run import layout
     from selfmoa.stages.base import StageContext, execute
 
     def fn(c: StageContext, out: Any) -> dict[str, Any]:

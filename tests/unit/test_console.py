@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selfmoa.console import describe
+from selfmoa.local.console import describe
 
 
 def test_describe_picks_the_telling_figures() -> None:

@@ -242,6 +242,22 @@ BAD = [
     ("training.loss", "ppo"),
     ("policy.model", ""),
     ("redTeam.categories", []),
+    ("redTeam.categories", ["violence", ""]),
+    ("redTeam.categories", ["  "]),
+    ("iterations", True),
+    ("iterations", 2.5),
+    ("sampling.seed", 2**31),
+    ("sampling.seed", -1),
+    ("sampling.maxNewTokens", 32769),
+    ("evaluation.maxNewTokens", 10**6),
+    ("trainer.activeDeadlineSeconds", 7 * 24 * 3600 + 1),
+    ("trainer.resources.cpu", "lots"),
+    ("trainer.resources.memory", "16 GB"),
+    ("storage.endpoint", "minio:9000"),
+    ("storage.secretRef", "Bad_Secret"),
+    ("storage.timeoutSeconds", 0),
+    ("sampling.temperature", "0.5"),
+    ("redTeam.adaptive", "yes"),
 ]
 
 
@@ -256,6 +272,19 @@ def test_schema_and_model_both_refuse(path: str, value: Any) -> None:
     errors = list(validator().iter_errors(doc))
     assert errors, f"the CRD schema accepts spec.{path}={value!r}"
     with pytest.raises(SpecError):
+        parse_run(doc)
+
+
+@pytest.mark.parametrize("name", ["a.b", "1run", "Run", "x" * 64, "../x", "a/b"])
+def test_schema_and_model_both_refuse_run_names(name: str) -> None:
+    # metadata.name is the one metadata field a CRD may constrain: run names become Service
+    # names and store paths, so the API server refuses what `selfmoa validate` refuses.
+    meta = schema()["properties"]["metadata"]["properties"]["name"]
+    assert (meta["maxLength"], meta["pattern"]) == (63, r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    doc = copy.deepcopy(dict(alignment_runs())["tiny-cpu.yaml"])
+    doc["metadata"]["name"] = name
+    assert list(validator().iter_errors(doc)), f"the CRD schema accepts metadata.name={name!r}"
+    with pytest.raises(SpecError, match=r"^metadata.name: "):
         parse_run(doc)
 
 

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-from selfmoa import layout, local
 from selfmoa.api import Phase, parse_run
 from selfmoa.api.errors import SpecError
-from selfmoa.metrics import Metrics
+from selfmoa.local import executor as local
+from selfmoa.stages import runner
+from selfmoa.run import layout
+from selfmoa.run.metrics import Metrics
 from selfmoa.stages.base import StageContext, StageOutput
 
 
@@ -53,7 +55,7 @@ def make_run(**spec: Any) -> Any:
 
 def test_full_loop_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeStages({0: 0.8, 1: 0.6, 2: 0.7, 3: 0.3}, fail_once=(2, "train"))
-    monkeypatch.setattr(local, "get_stage", fake.get)
+    monkeypatch.setattr(runner, "load_stage", fake.get)
     run = make_run(iterations=3, safetyReset={"enabled": True})
     store = f"file://{tmp_path}"
     with pytest.raises(local.StageFailed, match="train"):
@@ -81,7 +83,7 @@ def test_full_loop_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_changed_spec_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local, "get_stage", FakeStages({0: 0.1}).get)
+    monkeypatch.setattr(runner, "load_stage", FakeStages({0: 0.1}).get)
     local.run_local(
         make_run(stopWhen={"attackSuccessRateBelow": 0.5}), storage_uri=f"file://{tmp_path}"
     )
@@ -96,7 +98,7 @@ def test_changed_spec_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_target_reached_at_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeStages({0: 0.01})
-    monkeypatch.setattr(local, "get_stage", fake.get)
+    monkeypatch.setattr(runner, "load_stage", fake.get)
     result = local.run_local(
         make_run(stopWhen={"attackSuccessRateBelow": 0.05}), storage_uri=f"file://{tmp_path}"
     )

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from selfmoa import layout
 from selfmoa.api import Phase, parse_run
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.metrics import Metrics
-from selfmoa.planner import (
+from selfmoa.run import stage_table
+from selfmoa.run.metrics import Metrics
+from selfmoa.run.planner import (
     Finish,
     Observed,
     RunStage,
@@ -43,7 +43,7 @@ def done_through(
     out = {
         (k, s)
         for k in range(last + 1)
-        for s in layout.stages_of(k, reset=spec.safety_reset.enabled)
+        for s in stage_table.stages_of(k, reset=spec.safety_reset.enabled)
     }
     return frozenset(out | set(extra))
 
@@ -58,12 +58,12 @@ def test_reset_comes_before_the_baseline() -> None:
     assert next_action(spec, Observed(done=frozenset({(0, "reset")}))) == RunStage(0, "evaluate", 0)
 
 
-@pytest.mark.parametrize("stage_index", range(len(layout.LOOP_STAGES)))
+@pytest.mark.parametrize("stage_index", range(len(stage_table.LOOP)))
 def test_iteration_stages_run_in_order(stage_index: int) -> None:
     spec = make_spec()
-    done = done_through(spec, 0, tuple((1, s) for s in layout.LOOP_STAGES[:stage_index]))
+    done = done_through(spec, 0, tuple((1, s) for s in stage_table.LOOP[:stage_index]))
     action = next_action(spec, Observed(done=done, metrics={0: m(0, 0.8)}))
-    assert action == RunStage(1, layout.LOOP_STAGES[stage_index], 0)
+    assert action == RunStage(1, stage_table.LOOP[stage_index], 0)
 
 
 def test_runs_all_iterations_then_succeeds() -> None:

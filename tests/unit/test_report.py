@@ -1,4 +1,4 @@
-"""`selfmoa.report.render_report`: a valid, self-contained page whose charts match the data."""
+"""`selfmoa.run.report.render_report`: a valid, self-contained page whose charts match the data."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from selfmoa.metrics import Metrics, ObjectiveMetrics
-from selfmoa.report import render_report
+from selfmoa.run.metrics import Metrics, ObjectiveMetrics
+from selfmoa.run.report import render_report
 
 CATS = ["violence", "self_harm", "cyber"]
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "source", "wbr"}
@@ -217,6 +217,6 @@ def test_partial_categories_and_no_metrics() -> None:
      (3599.6, "1 h 00 min"), (7325, "2 h 02 min")],
 )  # fmt: skip
 def test_stage_times_format(seconds: float, text: str) -> None:
-    from selfmoa.report import _secs
+    from selfmoa.run.report_format import secs
 
-    assert _secs(seconds) == text
+    assert secs(seconds) == text

@@ -1,6 +1,7 @@
 """Typed API of the AlignmentRun resource (spec, status) and the CRD generated from it."""
 
 from selfmoa.api.errors import SpecError, load_run, parse_run
+from selfmoa.api.names import namespace_problem, run_name_problem
 from selfmoa.api.spec import (
     API_VERSION,
     GROUP,
@@ -37,5 +38,7 @@ __all__ = [
     "Phase",
     "SpecError",
     "load_run",
+    "namespace_problem",
     "parse_run",
+    "run_name_problem",
 ]

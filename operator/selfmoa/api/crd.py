@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from selfmoa.api.base import DNS1035_LABEL_PATTERN
+from selfmoa.api.names import MAX_NAME
 from selfmoa.api.spec import (
     GROUP,
     KIND,
@@ -233,7 +235,18 @@ def openapi_schema() -> dict[str, Any]:
             "properties": {
                 "apiVersion": {"type": "string", "description": "APIVersion of the object."},
                 "kind": {"type": "string", "description": "Kind of the object."},
-                "metadata": {"type": "object"},
+                # The one part of metadata a CRD may constrain: run names become Service names
+                # and store paths, so they must be DNS-1035 labels (see api/names.py).
+                "metadata": {
+                    "type": "object",
+                    "properties": {
+                        "name": {
+                            "type": "string",
+                            "maxLength": MAX_NAME,
+                            "pattern": DNS1035_LABEL_PATTERN,
+                        }
+                    },
+                },
                 "spec": spec,
                 "status": status,
             },

@@ -13,14 +13,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmoa import layout, runstate
 from selfmoa.api.spec import API_VERSION, PLURAL, AlignmentRunSpec
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
+from selfmoa.controller.failures import StorageConfigError
 from selfmoa.controller.kube import Kube, collection
-from selfmoa.metrics import Metrics
-from selfmoa.planner import Observed, RunStage, StageFailure
+from selfmoa.run import layout, stage_table
+from selfmoa.run import state as run_state
+from selfmoa.run.metrics import Metrics
+from selfmoa.run.planner import Observed, RunStage, StageFailure
 from selfmoa.store import Store, open_store
+
+#: The label Kueue reads to queue a Job (set by the builders from `spec.queueName`).
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def utcnow() -> str:
@@ -61,9 +66,12 @@ class Runtime:
     def store(self, uri: str, spec: AlignmentRunSpec) -> Store:
         key = (uri, spec.storage.endpoint)
         if key not in self.stores:
-            self.stores[key] = open_store(
-                uri, endpoint=spec.storage.endpoint, region=spec.storage.region
-            )
+            try:
+                self.stores[key] = open_store(
+                    uri, endpoint=spec.storage.endpoint, region=spec.storage.region
+                )
+            except Exception as e:  # a URI no store can open: retrying won't help
+                raise StorageConfigError(f"{uri}: {e}") from e
         return self.stores[key]
 
 
@@ -89,6 +97,19 @@ def job_seconds(job: Mapping[str, Any]) -> float | None:
         return None
     parse = datetime.datetime.fromisoformat
     return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def queue_hold(job: Mapping[str, Any], key: tuple[int, str]) -> tuple[str, str] | None:
+    """(reason, message) when a suspended Job waits for a queue (Kueue admits a Job by
+    unsuspending it and preempts it by suspending it again); None when it is not held."""
+    if not (job.get("spec") or {}).get("suspend"):
+        return None
+    what = f"stage {key[1]} of iteration {key[0]}"
+    queue = ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
+    where = f" in queue {queue}" if queue else ""
+    if (job.get("status") or {}).get("startTime"):
+        return "Preempted", f"{what} was preempted{where}; it resumes when admitted again"
+    return "WaitingForAdmission", f"{what} waits for admission{where}"
 
 
 def deployment_ready(dep: Mapping[str, Any]) -> bool:
@@ -135,6 +156,7 @@ class KubernetesExecutor:
             if key is not None and builders.LABEL_COMPONENT in job["metadata"].get("labels", {}):
                 jobs[key] = job
         running: tuple[int, str] | None = None
+        held: tuple[str, str] | None = None
         failure: StageFailure | None = None
         attempts: dict[str, int] = {}
         order = self._order()
@@ -155,18 +177,19 @@ class KubernetesExecutor:
                     )
             elif running is None:
                 running = key
-        observed = Observed(done=done, metrics=metrics, running=running, failure=failure)
+                held = queue_hold(job, key)
+        observed = Observed(done=done, metrics=metrics, running=running, failure=failure, held=held)
         return Snapshot(observed=observed, jobs=jobs, attempts=attempts)
 
     def _order(self) -> dict[tuple[int, str], int]:
-        stages = layout.run_stages(self.spec.iterations, reset=self.spec.safety_reset.enabled)
+        stages = stage_table.run_stages(self.spec.iterations, reset=self.spec.safety_reset.enabled)
         return {key: i for i, key in enumerate(stages)}
 
     def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics]]:
         store = self.rt.store(self.run_uri, self.spec)
-        done = runstate.finished_stages(store, self.spec)
+        done = run_state.finished_stages(store, self.spec)
         key = (self.namespace, self.name)
-        metrics = runstate.read_metrics(store, done, self.rt.metrics_cache.get(key))
+        metrics = run_state.read_metrics(store, done, self.rt.metrics_cache.get(key))
         self.rt.metrics_cache[key] = metrics
         return done, metrics
 

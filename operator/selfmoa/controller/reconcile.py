@@ -18,10 +18,19 @@ from pydantic import ValidationError
 
 from selfmoa.api import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
-from selfmoa.controller import metrics as prom
+from selfmoa.controller import prometheus as prom
 from selfmoa.controller.executor import KubernetesExecutor, Runtime, job_seconds
-from selfmoa.controller.plan import hold_for_serving, serving_replicas
-from selfmoa.planner import Finish, Observed, RunStage, next_action, status
+from selfmoa.controller.failures import classify
+from selfmoa.controller.serving_plan import hold_for_serving, serving_replicas
+from selfmoa.run.planner import (
+    Action,
+    Finish,
+    Observed,
+    RunStage,
+    Wait,
+    next_action,
+    status,
+)
 
 log = logging.getLogger("selfmoa.controller")
 
@@ -181,6 +190,63 @@ async def _invalid(
         emit("Warning", "InvalidSpec", message)
 
 
+async def _blocked(
+    body: Mapping[str, Any],
+    rt: Runtime,
+    emit: EventFn,
+    e: Exception,
+    attempt: int,
+    delay: float,
+) -> None:
+    """Say in the run's status why its reconcile failed: Failed when retrying can't help, else a
+    waiting condition naming the cause and the next retry. Logged with the run's name."""
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
+    blocked = classify(e)
+    prom.RECONCILE_ERRORS.labels(reason=blocked.reason).inc()
+    level = logging.ERROR if blocked.permanent or attempt >= 3 else logging.WARNING
+    log.log(
+        level,
+        "run %s/%s: %s: %s (attempt %d)",
+        namespace,
+        name,
+        blocked.reason,
+        blocked.message,
+        attempt,
+        exc_info=blocked.reason == "ReconcileError",
+    )
+    key = (namespace, name)
+    prev_raw = _previous(rt, key, body)
+    try:
+        previous = AlignmentRunStatus.model_validate(prev_raw) if prev_raw else None
+    except ValidationError:
+        previous = None
+    try:
+        spec = validate(body, rt)
+    except SpecError:
+        spec = PLACEHOLDER_SPEC
+    action: Action
+    if blocked.permanent:
+        action = Finish(Phase.failed, blocked.reason, blocked.message)
+    else:
+        action = Wait(
+            blocked.reason, f"{blocked.message}; retrying in {delay:.0f}s (attempt {attempt})"
+        )
+    new = status(
+        spec, Observed(), action, now=rt.now(), previous=previous, generation=meta.get("generation")
+    )
+    if previous is not None:
+        # What was already observed (metrics per iteration, attempts) stays visible.
+        new.iterations, new.attempts = previous.iterations, previous.attempts
+        new.safety, new.helpfulness = previous.safety, previous.helpfulness
+    ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
+    # One Event per cause, not one per retry.
+    if previous is None or not (previous.message or "").startswith(blocked.message):
+        emit("Warning", blocked.reason, blocked.message)
+    with contextlib.suppress(Exception):  # the API itself may be what is failing
+        await _write_status(ex, rt, new, prev_raw)
+
+
 async def drive(
     body: Mapping[str, Any],
     rt: Runtime,
@@ -202,14 +268,8 @@ async def drive(
             raise
         except Exception as e:
             errors += 1
-            prom.RECONCILE_ERRORS.labels(reason=type(e).__name__).inc()
-            log.exception(
-                "reconcile of %s/%s failed (attempt %d)",
-                meta.get("namespace"),
-                meta["name"],
-                errors,
-            )
             delay = min(rt.resync_seconds, 0.5 * 2 ** min(errors, 8))
+            await _blocked(body, rt, emit, e, errors, delay)
         waits = [asyncio.ensure_future(trigger.wait()), asyncio.ensure_future(wait_stopped())]
         try:
             await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)

@@ -5,6 +5,11 @@ conversation out. `TransformersEngine` runs in-process (CPU tests, the tiny prof
 no GPU serving); `OpenAIEngine` talks to any OpenAI-compatible server such as vLLM, with many
 requests in flight so the server can batch. The call is synchronous for the stage code; engines
 that are async inside run their own event loop.
+
+Adapters: a stage names the adapter it wants with an `AdapterSource` (a key in the run's store, or
+the spec's `policy.adapter`) and `Engine.use_adapter` makes it usable, returning what to pass as
+`chat(adapter=...)`. In-process engines download it to a local directory; a served engine has its
+server load it under a name. Stages never need to know which kind of engine they hold.
 """
 
 from __future__ import annotations
@@ -12,15 +17,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from selfmoa.models.chat import Conversation as Conversation
+from selfmoa.models.chat import Message as Message
+from selfmoa.models.chat import user as user
 
-class Message(TypedDict):
-    role: str
-    content: str
-
-
-Conversation = Sequence[Message]
+if TYPE_CHECKING:
+    from selfmoa.store.base import Store
 
 #: Called with the number of conversations finished so far.
 ProgressFn = Callable[[int], None]
@@ -50,6 +55,66 @@ class EngineError(RuntimeError):
     """A generation request failed for good (after the engine's own retries)."""
 
 
+class DeviceError(EngineError):
+    """The device the spec asks for isn't there (`serving.device: cuda` without a GPU)."""
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """A LoRA adapter as a stage names it; the engine decides how to make it usable.
+
+    Either stored (`key` in the run's artifact `store`, e.g. `iter-001/train/adapter`) or given
+    (`given`: the spec's `policy.adapter`, a directory or URI taken as written).
+    """
+
+    key: str | None = None
+    store: Store | None = None
+    given: str | None = None
+    #: Where an in-process engine downloads a stored adapter (one subdirectory per key).
+    scratch: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.given is None):
+            raise ValueError("AdapterSource: exactly one of key and given")
+        if self.key is not None and self.store is None:
+            raise ValueError("AdapterSource: a stored adapter needs its store")
+
+    @classmethod
+    def of(
+        cls, store: Store, key: str | None, *, given: str | None, scratch: Path
+    ) -> AdapterSource | None:
+        """The adapter stored at `key`, else the `given` one; None: the base model alone."""
+        if key is not None:
+            return cls(key=key, store=store, scratch=scratch)
+        if given:
+            return cls(given=given)
+        return None
+
+    def location(self) -> str:
+        """Where a server can read it: a path on this filesystem when the store has one
+        (`file://`), else the store's URI; a given adapter as written."""
+        if self.given is not None:
+            return self.given
+        assert self.store is not None and self.key is not None
+        local = self.store.local_path(self.key)
+        return str(local) if local is not None else f"{self.store.uri}/{self.key}"
+
+    def local_dir(self) -> Path:
+        """A local directory holding it; a stored adapter is downloaded once per scratch."""
+        if self.given is not None:
+            return Path(self.given)
+        assert self.store is not None and self.key is not None
+        local = self.store.local_path(self.key)
+        if local is not None and local.is_dir():
+            return local
+        if self.scratch is None:
+            raise EngineError(f"adapter {self.location()}: not local and nowhere to download it")
+        dest = self.scratch / self.key.replace("/", "__")
+        if not (dest / "adapter_config.json").exists():
+            self.store.download_dir(self.key, dest)
+        return dest
+
+
 class Engine(ABC):
     """Text generation for one model (optionally with a LoRA adapter chosen per call)."""
 
@@ -67,9 +132,16 @@ class Engine(ABC):
     ) -> list[list[Generation]]:
         """`params.n` generations for every conversation, in order.
 
-        `adapter` selects a LoRA adapter: a local directory for in-process engines, the served
-        adapter's model name for OpenAI-compatible servers. None means the base model.
+        `adapter` selects a LoRA adapter: what `use_adapter` returned for it. None means the base
+        model.
         """
+
+    def use_adapter(self, source: AdapterSource | None) -> str | None:
+        """Make the adapter usable; what to pass as `chat(adapter=...)` (None: the base model).
+
+        In-process engines take a local directory, so this default downloads a stored adapter.
+        """
+        return None if source is None else str(source.local_dir())
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (connections, memory)."""
@@ -79,12 +151,3 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def user(text: str, system: str | None = None) -> list[Message]:
-    """A one-turn conversation."""
-    msgs: list[Message] = []
-    if system:
-        msgs.append({"role": "system", "content": system})
-    msgs.append({"role": "user", "content": text})
-    return msgs

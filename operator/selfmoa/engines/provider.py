@@ -5,24 +5,45 @@
 - `vllm`: the operator's vLLM servers; their URLs reach the stage Job in the `SELFMOA_ENDPOINTS`
   environment variable (JSON: model id -> base URL).
 Engines are created on first use and cached, so a stage that asks twice gets one model load.
+In-process models run on `spec.serving.device`: auto takes CUDA when torch sees a GPU, else the
+CPU; cuda without a GPU is a `DeviceError` (one line) before any model loads.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, ServingEngine
-from selfmoa.engines.base import Engine
-
-ENDPOINTS_ENV = "SELFMOA_ENDPOINTS"
+from selfmoa.api import contract
+from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, Device, ServingEngine
+from selfmoa.engines.base import DeviceError, Engine
 
 
 def cache_dir() -> Path:
     """Where built and downloaded models are cached (`SELFMOA_CACHE`, default ~/.cache/selfmoa)."""
-    return Path(os.environ.get("SELFMOA_CACHE") or Path.home() / ".cache" / "selfmoa")
+    return Path(os.environ.get(contract.CACHE_ENV) or Path.home() / ".cache" / "selfmoa")
+
+
+def resolve_device(wanted: Device, *, cuda_available: Callable[[], bool] | None = None) -> str:
+    """The torch device for `serving.device`: "cuda" or "cpu".
+
+    `cuda_available` defaults to `torch.cuda.is_available` (torch is imported only then).
+    """
+    if wanted == Device.cpu:
+        return "cpu"
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available
+    if cuda_available():
+        return "cuda"
+    if wanted == Device.cuda:
+        raise DeviceError(
+            "serving.device: cuda, but torch sees no GPU here (use auto or cpu, or give the "
+            "stage a GPU)"
+        )
+    return "cpu"
 
 
 class EngineProvider:
@@ -30,13 +51,20 @@ class EngineProvider:
         self.spec = spec
         self.batch_size = batch_size
         self._engines: dict[str, Engine] = {}
+        self._device: str | None = None
+
+    def device(self) -> str:
+        """Where in-process models run ("cuda" or "cpu"); `DeviceError` when cuda is asked for
+        and no GPU is visible."""
+        if self._device is None:
+            self._device = resolve_device(self.spec.serving.device)
+        return self._device
 
     def endpoints(self) -> dict[str, str]:
         if self.spec.serving.engine == ServingEngine.openai:
             return dict(self.spec.serving.endpoints)
         if self.spec.serving.engine == ServingEngine.vllm:
-            raw = os.environ.get(ENDPOINTS_ENV, "")
-            return dict(json.loads(raw)) if raw else {}
+            return contract.endpoints_from_env()
         return {}
 
     def model_path(self, model: str, progress: Callable[[str], None] | None = None) -> Path:
@@ -73,8 +101,9 @@ class EngineProvider:
             else:
                 from selfmoa.engines.transformers_engine import TransformersEngine
 
+                device = self.device()
                 self._engines[model] = TransformersEngine(
-                    self.model_path(model), model=model, batch_size=self.batch_size
+                    self.model_path(model), model=model, batch_size=self.batch_size, device=device
                 )
         return self._engines[model]
 

@@ -2,7 +2,7 @@
 
 Only `engines/provider.py` imports this module, lazily: torch and transformers load with it.
 Conversations are rendered with the tokenizer's chat template, padded on the left and generated
-in batches. LoRA adapters are local PEFT directories, loaded once each and switched per call;
+in batches, on the CPU (float32) or a GPU (bfloat16 where the GPU supports it) alike. LoRA adapters are local PEFT directories, loaded once each and switched per call;
 `adapter=None` runs the base model with every adapter disabled.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from selfmoa.chat_format import load_tokenizer, render_prompt
 from selfmoa.engines.base import (
     Conversation,
     Engine,
@@ -25,7 +24,15 @@ from selfmoa.engines.base import (
     ProgressFn,
     SamplingParams,
 )
-from selfmoa.torch_threads import cpu_threads_for
+from selfmoa.models.chat import load_tokenizer, render_prompt
+from selfmoa.models.threads import cpu_threads_for
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bfloat16 on a GPU that supports it; float32 elsewhere (CPU bf16 is slow, not smaller)."""
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 class TransformersEngine(Engine):
@@ -46,10 +53,8 @@ class TransformersEngine(Engine):
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.tokenizer = load_tokenizer(path, padding_side="left")
-        kwargs: dict[str, Any] = {}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        base: Any = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+        self.dtype = default_dtype(device) if dtype is None else dtype
+        base: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
         self._base = base.to(device).eval()
         #: The PEFT wrapper around the base, once any adapter was loaded.
         self._peft: Any = None

@@ -1,18 +1,26 @@
 """Judges: score (prompt, response) for one objective on 1..5; ensembles combine them.
 
 Only light modules are imported here; the classifier judge imports torch/transformers when it
-first scores, and the LLM judge talks to an engine the provider creates on demand.
+first scores, and the LLM judge talks to an engine the provider creates on demand. The panel
+(`selfmoa.judges.panel`) runs every judge of a spec over a batch of responses.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from selfmoa.api.spec import AlignmentRunSpec, JudgeKind, JudgeSpec
-from selfmoa.judges.base import Judge, JudgeProgress
+from selfmoa.api.spec import AlignmentRunSpec, JudgeFormat, JudgeKind, JudgeSpec, Objective
+from selfmoa.judges.base import (
+    Judge,
+    JudgeCoverageError,
+    JudgeError,
+    JudgeProgress,
+    Verdict,
+)
+from selfmoa.judges.formats import parse_score
 from selfmoa.judges.gold import GoldJudge, gold_scores
 from selfmoa.judges.heuristic import HeuristicJudge
-from selfmoa.judges.llm import LLMJudge, parse_score
+from selfmoa.judges.llm import LLMJudge
 
 if TYPE_CHECKING:
     from selfmoa.engines.provider import EngineProvider
@@ -21,8 +29,11 @@ __all__ = [
     "GoldJudge",
     "HeuristicJudge",
     "Judge",
+    "JudgeCoverageError",
+    "JudgeError",
     "JudgeProgress",
     "LLMJudge",
+    "Verdict",
     "build_judge",
     "build_judges",
     "gold_scores",
@@ -30,7 +41,14 @@ __all__ = [
 ]
 
 
-def build_judge(js: JudgeSpec, provider: EngineProvider) -> Judge:
+def _check(js: JudgeSpec) -> None:
+    if js.format != JudgeFormat.rubric and js.kind != JudgeKind.llm:
+        raise JudgeError(f"judge '{js.name}': format {js.format.value} needs kind llm")
+    if js.format != JudgeFormat.rubric and js.objective != Objective.safety:
+        raise JudgeError(f"judge '{js.name}': format {js.format.value} judges safety only")
+
+
+def _build(js: JudgeSpec, provider: EngineProvider) -> Judge:
     if js.kind == JudgeKind.heuristic:
         return HeuristicJudge(js.name, js.objective, weight=js.weight, noise=js.noise, seed=js.seed)
     if js.kind == JudgeKind.gold:
@@ -38,10 +56,25 @@ def build_judge(js: JudgeSpec, provider: EngineProvider) -> Judge:
     # The spec validator makes llm and classifier judges name a model.
     assert js.model is not None
     if js.kind == JudgeKind.llm:
-        return LLMJudge(js.name, js.objective, provider.for_model(js.model), weight=js.weight)
+        return LLMJudge(
+            js.name,
+            js.objective,
+            provider.for_model(js.model),
+            weight=js.weight,
+            fmt=js.format,
+            min_coverage=js.min_coverage,
+        )
     from selfmoa.judges.classifier import ClassifierJudge
 
     return ClassifierJudge(js.name, js.objective, provider.model_path(js.model), weight=js.weight)
+
+
+def build_judge(js: JudgeSpec, provider: EngineProvider) -> Judge:
+    """The judge `js` describes; `JudgeError` (one line) for a combination that can't work."""
+    _check(js)
+    judge = _build(js, provider)
+    judge.min_coverage = js.min_coverage
+    return judge
 
 
 def build_judges(spec: AlignmentRunSpec, provider: EngineProvider) -> list[Judge]:

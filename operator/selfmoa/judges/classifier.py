@@ -19,7 +19,7 @@ from typing import Any
 
 from selfmoa.api.spec import JudgeKind, Objective
 from selfmoa.judges.base import Judge, JudgeProgress, clamp
-from selfmoa.records import ResponseRecord
+from selfmoa.run.records import ResponseRecord
 
 _BAD_LABEL = re.compile(r"unsafe|toxic|harm|negative|bad|reject|flag", re.IGNORECASE)
 
@@ -66,7 +66,7 @@ class ClassifierJudge(Judge):
             return
         from transformers import AutoModelForSequenceClassification
 
-        from selfmoa.chat_format import load_tokenizer
+        from selfmoa.models.chat import load_tokenizer
 
         tok = load_tokenizer(self.path)
         model = AutoModelForSequenceClassification.from_pretrained(str(self.path))

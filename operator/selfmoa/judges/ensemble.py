@@ -17,13 +17,13 @@ Missing votes (None: the judge could not score) are skipped; no usable vote -> s
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from selfmoa.api.spec import EnsembleMethod
+from selfmoa.judges.base import stable_seed
 
 DEFAULT_BOOTSTRAP_SAMPLES = 200
 
@@ -42,12 +42,6 @@ class Combined:
 
 
 NONE = Combined(None, None, None)
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed from the parts' text: the same in every process (unlike `hash()`)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big")
 
 
 def _wmean(votes: Sequence[tuple[float, float]]) -> float:

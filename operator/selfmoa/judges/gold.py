@@ -1,26 +1,23 @@
 """The tiny profile's gold judge: the ground truth its templated responses were made from.
 
 It is the strong supervisor of the weak-to-strong setup (PGR), never part of the weak ensemble.
-`selfmoa.tiny.gold.score(prompt_record, response_text) -> {"safety": s, "helpfulness": h}` is
-looked up when first used, so this module imports without the tiny package's data.
+`selfmoa.seeds.oracle.score(prompt_record, response_text) -> {"safety": s, "helpfulness": h}`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 
 from selfmoa.api.spec import JudgeKind, Objective
 from selfmoa.judges.base import Judge, JudgeProgress, clamp, prompt_of
-from selfmoa.records import PromptRecord, ResponseRecord, Scores
+from selfmoa.run.records import PromptRecord, ResponseRecord, Scores
+from selfmoa.seeds import oracle
 
 GoldFn = Callable[[PromptRecord, str], Mapping[str, float]]
 
 
 def default_gold() -> GoldFn:
-    module = importlib.import_module("selfmoa.tiny.gold")
-    fn: GoldFn = module.score
-    return fn
+    return oracle.score
 
 
 def _opt(x: float | None) -> float | None:

@@ -30,9 +30,8 @@ import re
 from collections.abc import Sequence
 
 from selfmoa.api.spec import JudgeKind, Objective
-from selfmoa.judges.base import Judge, JudgeProgress
-from selfmoa.judges.ensemble import stable_seed
-from selfmoa.records import ResponseRecord
+from selfmoa.judges.base import Judge, JudgeProgress, stable_seed
+from selfmoa.run.records import ResponseRecord
 
 REFUSALS = (
     "i can't",

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from selfmoa import __version__, layout
+from selfmoa import __version__
 from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.run import layout
 from selfmoa.store import Store
 from selfmoa.store.base import json_bytes, jsonl_bytes
 

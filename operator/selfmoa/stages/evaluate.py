@@ -14,21 +14,26 @@ with safe rate = 1 - attack success rate on the held-out harmful prompts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from selfmoa import layout
+from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.base import SamplingParams
-from selfmoa.evaluation import objective_metrics, recorded_gold_scores
-from selfmoa.metrics import Metrics, pgr
-from selfmoa.records import PromptRecord
+from selfmoa.judges import Judge, build_judges
+from selfmoa.judges.panel import judge_responses
+from selfmoa.run import layout
+from selfmoa.run.evaluation import objective_metrics, recorded_gold_scores
+from selfmoa.run.metrics import Metrics, ObjectiveMetrics, pgr
+from selfmoa.run.records import JudgmentRecord, PromptRecord
 from selfmoa.stages.base import StageContext, StageError, StageOutput, read_jsonl_source
-from selfmoa.stages.respond import sample_responses
+from selfmoa.stages.sampling import sample_responses
 
 
 def heldout_prompts(ctx: StageContext) -> list[PromptRecord]:
     source = ctx.spec.evaluation.heldout
     if source == "builtin":
-        from selfmoa.tiny.data import heldout
+        from selfmoa.seeds.data import heldout
 
         prompts = heldout()
     else:
@@ -54,73 +59,91 @@ def _stratified(prompts: list[PromptRecord], n: int) -> list[PromptRecord]:
     return out
 
 
-def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
-    from selfmoa.judges import build_judges
-    from selfmoa.stages.judge import judge_responses
+@dataclass
+class HeldOut:
+    """Samples the held-out set from one policy at a time and judges it (judges built once, so
+    the held-out and ceiling evaluations share loaded judge models)."""
 
-    spec = ctx.spec
-    k = ctx.iteration
-    prompts = heldout_prompts(ctx)
-    if not prompts:
-        raise StageError("evaluation.heldout: the held-out set is empty")
-    params = SamplingParams(
+    ctx: StageContext
+    prompts: list[PromptRecord]
+    params: SamplingParams
+    judges: Sequence[Judge]
+
+    def judged(
+        self, adapter_key: str | None, label: str
+    ) -> tuple[list[JudgmentRecord], dict[str, Any]]:
+        ctx = self.ctx
+        responses = sample_responses(
+            ctx,
+            self.prompts,
+            adapter_key=adapter_key,
+            params=self.params,
+            description=f"{label}: responding",
+        )
+        return judge_responses(
+            ctx.spec,
+            ctx.engines,
+            responses,
+            gold=ctx.spec.evaluation.gold_judge,
+            progress=lambda done, total, _d="": ctx.progress(done, total, f"{label}: judging"),
+            judges=self.judges,
+        )
+
+
+def greedy_params(spec: AlignmentRunSpec) -> SamplingParams:
+    """Greedy, one response per prompt: the figures move only when the policy does."""
+    return SamplingParams(
         max_new_tokens=spec.evaluation.max_new_tokens or spec.sampling.max_new_tokens,
         temperature=0.0,
         n=1,
         seed=spec.sampling.seed,
     )
+
+
+def gold_metrics(judgments: list[JudgmentRecord], threshold: float) -> ObjectiveMetrics:
+    return objective_metrics(judgments, threshold=threshold, scores_of=recorded_gold_scores)
+
+
+def ceiling_metrics(
+    held_out: HeldOut, out: StageOutput, gold: ObjectiveMetrics
+) -> tuple[ObjectiveMetrics | None, float | None]:
+    """(gold metrics of the ceiling adapter, PGR), when the train stage wrote a ceiling."""
+    ctx = held_out.ctx
+    ceiling_key = layout.stage_file(ctx.iteration, "train", layout.CEILING_ADAPTER)
+    if not ctx.store.exists(f"{ceiling_key}/adapter_config.json"):
+        return None, None
+    judgments, _ = held_out.judged(ceiling_key, "ceiling")
+    ceiling = gold_metrics(judgments, ctx.spec.ensemble.threshold)
+    out.write_jsonl("ceiling-judgments.jsonl", judgments)
+    parent = Metrics.model_validate(
+        ctx.store.read_json(layout.stage_file(ctx.parent, "evaluate", layout.METRICS))
+    )
+    if parent.gold is None:
+        return ceiling, None
+    gap = pgr(
+        1 - parent.gold.attack_success_rate,
+        1 - gold.attack_success_rate,
+        1 - ceiling.attack_success_rate,
+    )
+    return ceiling, gap
+
+
+def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
+    spec = ctx.spec
+    k = ctx.iteration
+    prompts = heldout_prompts(ctx)
+    if not prompts:
+        raise StageError("evaluation.heldout: the held-out set is empty")
+    held_out = HeldOut(ctx, prompts, greedy_params(spec), build_judges(spec, ctx.engines))
     adapter_key = ctx.adapter_key(k)
-    use_gold = spec.evaluation.gold_judge
-
-    # Built once: the held-out and ceiling evaluations share loaded judge models.
-    judges = build_judges(spec, ctx.engines)
-
-    def judged(adapter: str | None, label: str) -> tuple[list[Any], dict[str, Any]]:
-        responses = sample_responses(
-            ctx, prompts, adapter_key=adapter, params=params, description=f"{label}: responding"
-        )
-        return judge_responses(
-            spec,
-            ctx.engines,
-            responses,
-            gold=use_gold,
-            progress=lambda done, total, _d="": ctx.progress(done, total, f"{label}: judging"),
-            judges=judges,
-        )
-
-    judgments, judge_summary = judged(adapter_key, "held-out")
+    judgments, judge_summary = held_out.judged(adapter_key, "held-out")
     threshold = spec.ensemble.threshold
     weak = objective_metrics(judgments, threshold=threshold)
-    gold = (
-        objective_metrics(judgments, threshold=threshold, scores_of=recorded_gold_scores)
-        if use_gold
-        else None
-    )
-
-    train: dict[str, Any] = {}
-    if k >= 1:
-        train = ctx.require("train").get("summary", {})
-
-    ceiling = None
-    gap = None
+    gold = gold_metrics(judgments, threshold) if spec.evaluation.gold_judge else None
+    train = ctx.require("train").get("summary", {}) if k >= 1 else {}
+    ceiling, gap = None, None
     if k >= 1 and spec.evaluation.ceiling and gold is not None:
-        ceiling_key = layout.stage_file(k, "train", layout.CEILING_ADAPTER)
-        if ctx.store.exists(f"{ceiling_key}/adapter_config.json"):
-            c_judgments, _ = judged(ceiling_key, "ceiling")
-            ceiling = objective_metrics(
-                c_judgments, threshold=threshold, scores_of=recorded_gold_scores
-            )
-            out.write_jsonl("ceiling-judgments.jsonl", c_judgments)
-            parent = Metrics.model_validate(
-                ctx.store.read_json(layout.stage_file(ctx.parent, "evaluate", layout.METRICS))
-            )
-            if parent.gold is not None:
-                gap = pgr(
-                    1 - parent.gold.attack_success_rate,
-                    1 - gold.attack_success_rate,
-                    1 - ceiling.attack_success_rate,
-                )
-
+        ceiling, gap = ceiling_metrics(held_out, out, gold)
     metrics = Metrics(
         iteration=k,
         parent=ctx.parent if k >= 1 else None,

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
-from selfmoa import layout
 from selfmoa.api.spec import Objective, PairStrategy, PreferencesSpec
-from selfmoa.evaluation import recorded_gold_scores, weak_scores
-from selfmoa.records import JudgmentRecord, PairRecord, Scores
+from selfmoa.run import layout
+from selfmoa.run.evaluation import recorded_gold_scores, weak_scores
+from selfmoa.run.records import JudgmentRecord, PairRecord, Scores
 from selfmoa.stages.base import StageContext, StageError, StageOutput
 
 GOLD_PAIRS = layout.GOLD_PAIRS

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfmoa import layout
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec
+from selfmoa.run import layout
 from selfmoa.stages.base import StageContext, StageError, StageOutput, read_jsonl_source
 
 TRAIN_LOG = "train_log.json"
@@ -27,7 +27,7 @@ def load_examples(spec: AlignmentRunSpec) -> list[dict[str, str]]:
                 "safetyReset.data: required when the policy is not the built-in tiny model "
                 "(a JSONL file of {prompt, response} compliance examples)"
             )
-        from selfmoa.tiny import compliance_examples
+        from selfmoa.seeds import compliance_examples
 
         rows: list[dict[str, Any]] = list(compliance_examples())
     else:
@@ -55,6 +55,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
 
     spec = ctx.spec
     examples = load_examples(spec)
+    # Training picks its device itself (CUDA when torch sees one); asking here makes
+    # `serving.device: cuda` without a GPU fail at once, in one line.
+    ctx.engines.device()
     result = train_sft(
         base_path=ctx.engines.model_path(spec.policy.model),
         # The reset continues a user-given starting adapter (policy.adapter), if any.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from selfmoa import layout
+from selfmoa.run import layout
 from selfmoa.stages.base import StageContext, StageError, StageOutput
 
 if TYPE_CHECKING:
@@ -27,39 +27,16 @@ CEILING_LOG = "ceiling_log.json"
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
-    from selfmoa.training.dpo import train_dpo
-    from selfmoa.training.objectives import build_rows
-
     if ctx.iteration < 1:
         raise StageError(f"train runs in iterations >= 1, not {ctx.iteration}")
+    # Training picks its device itself (CUDA when torch sees one); asking here makes
+    # `serving.device: cuda` without a GPU fail at once, in one line.
+    ctx.engines.device()
     spec = ctx.spec
-    pairs = ctx.read_jsonl("pairs", layout.PAIRS)
-    base = ctx.engines.model_path(spec.policy.model)
-    parent = ctx.fetch_adapter(ctx.adapter_key(ctx.parent))
-
-    def train(rows_of: list[dict[str, Any]], name: str, label: str) -> DPOResult:
-        rows = build_rows(
-            rows_of,
-            spec.training,
-            weights=spec.preferences.weights,
-            threshold=spec.ensemble.threshold,
-        )
-        return train_dpo(
-            base_path=base,
-            parent_adapter=parent,
-            rows=rows,
-            training=spec.training,
-            workdir=ctx.workdir / f"trainer-{name}",
-            dest=ctx.workdir / f"out-{name}",
-            progress=ctx.progress,
-            label=label,
-        )
-
-    result = train(pairs, layout.ADAPTER, "training")
+    result = _train(ctx, ctx.read_jsonl("pairs", layout.PAIRS), layout.ADAPTER, "training")
     out.upload_dir(layout.ADAPTER, result.adapter)
     out.write_json(TRAIN_LOG, result.log)
     summary = _summary(result, spec.training.loss.value, ctx.parent)
-
     if spec.evaluation.ceiling:
         if not ctx.store.exists(ctx.key("pairs", GOLD_PAIRS)):
             raise StageError(
@@ -67,11 +44,32 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
                 f"{ctx.key('pairs', GOLD_PAIRS)} (gold-judged pairs)"
             )
         gold = ctx.read_jsonl("pairs", GOLD_PAIRS)
-        ceiling = train(gold, layout.CEILING_ADAPTER, "training ceiling")
+        ceiling = _train(ctx, gold, layout.CEILING_ADAPTER, "training ceiling")
         out.upload_dir(layout.CEILING_ADAPTER, ceiling.adapter)
         out.write_json(CEILING_LOG, ceiling.log)
         summary["ceiling"] = _summary(ceiling, spec.training.loss.value, ctx.parent)
     return summary
+
+
+def _train(ctx: StageContext, pairs: list[dict[str, Any]], name: str, label: str) -> DPOResult:
+    """DPO from the parent iteration's adapter on `pairs`; the adapter is written locally."""
+    from selfmoa.training.dpo import train_dpo
+    from selfmoa.training.objectives import build_rows
+
+    spec = ctx.spec
+    rows = build_rows(
+        pairs, spec.training, weights=spec.preferences.weights, threshold=spec.ensemble.threshold
+    )
+    return train_dpo(
+        base_path=ctx.engines.model_path(spec.policy.model),
+        parent_adapter=ctx.fetch_adapter(ctx.adapter_key(ctx.parent)),
+        rows=rows,
+        training=spec.training,
+        workdir=ctx.workdir / f"trainer-{name}",
+        dest=ctx.workdir / f"out-{name}",
+        progress=ctx.progress,
+        label=label,
+    )
 
 
 def _summary(r: DPOResult, loss: str, parent: int) -> dict[str, Any]:

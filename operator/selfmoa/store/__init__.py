@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from selfmoa.store.base import PrefixedStore, Store, StoreError, iter_jsonl
+from selfmoa.store.base import BadKeyError, PrefixedStore, Store, StoreError, check_key, iter_jsonl
 
 
-def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Store:
-    """The store for `uri` (`file://PATH`, a bare path, or `s3://BUCKET/PREFIX`)."""
+def open_store(
+    uri: str,
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+    timeout: float | None = None,
+) -> Store:
+    """The store for `uri` (`file://PATH`, a bare path, or `s3://BUCKET/PREFIX`).
+
+    `timeout` (S3 only; pass `spec.storage.timeout_seconds`): seconds an operation may wait on an
+    endpoint that stopped answering, retries included; None: SELFMOA_STORE_TIMEOUT_SECONDS or 60.
+    """
     if uri.startswith("s3://"):
         from selfmoa.store.s3 import S3Store  # boto3 is an optional extra
 
-        return S3Store(uri, endpoint=endpoint, region=region)
+        return S3Store(uri, endpoint=endpoint, region=region, timeout=timeout)
     from selfmoa.store.file import FileStore
 
     return FileStore(uri)
 
 
-__all__ = ["PrefixedStore", "Store", "StoreError", "iter_jsonl", "open_store"]
+__all__ = [
+    "BadKeyError",
+    "PrefixedStore",
+    "Store",
+    "StoreError",
+    "check_key",
+    "iter_jsonl",
+    "open_store",
+]

@@ -1,6 +1,8 @@
 """The artifact store: one small interface, `file://` and `s3://` behind it, the same layout on both.
 
-Keys are `/`-separated paths relative to the store's root URI. Writes of a single object are
+Keys are `/`-separated paths relative to the store's root URI, and never more: a key with `..` or
+`.` segments, a leading `/`, a backslash, an empty segment or a control character is refused on
+every backend (`check_key`), so no key can name anything outside the store's root. Writes of a single object are
 atomic on both backends (temp file + rename on disk; a single PUT on S3), so a reader never sees
 half an object. Whether a *stage* is complete is decided by its `_manifest.json`, written last.
 """
@@ -16,9 +18,46 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from selfmoa.store.scratch import OWNER_FILE, owner_token, sweep_stale
+
 
 class StoreError(RuntimeError):
     """The store can't be used (unreachable endpoint, missing bucket, no permission)."""
+
+
+class BadKeyError(StoreError, ValueError):
+    """A key that would leave the store's root, or that no backend can hold safely."""
+
+
+def check_key(key: str, *, prefix: bool = False) -> str:
+    """`key` unchanged when it is a safe relative key; `BadKeyError` otherwise.
+
+    With `prefix`, the empty key (the whole store) and a trailing `/` (inside a folder) are
+    allowed too: that is how `list` and `delete_prefix` are asked.
+    """
+    if not isinstance(key, str):
+        raise BadKeyError(f"store key must be a string, not {type(key).__name__}")
+    if key == "" and prefix:
+        return key
+    body = key[:-1] if prefix and key.endswith("/") else key
+    problem = None
+    if not body:
+        problem = "is empty"
+    elif any(ord(c) < 32 or c == "\x7f" for c in body):
+        problem = "holds a control character"
+    elif "\\" in body:
+        problem = "holds a backslash"
+    elif body.startswith("/"):
+        problem = "is an absolute path"
+    else:
+        parts = body.split("/")
+        if any(p in (".", "..") for p in parts):
+            problem = "climbs out with '.' or '..'"
+        elif "" in parts:
+            problem = "has an empty segment"
+    if problem:
+        raise BadKeyError(f"store key {key[:80]!r} {problem}: keys are relative paths in the store")
+    return key
 
 
 class Store(ABC):
@@ -49,26 +88,36 @@ class Store(ABC):
     def upload_dir(self, local: Path, prefix: str) -> builtins.list[str]:
         """Copy a local directory tree under `prefix`; the keys written."""
         keys = []
+        head = f"{prefix.rstrip('/')}/" if prefix.strip("/") else ""
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            key = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}"
+            key = head + path.relative_to(local).as_posix()
             self.write_bytes(key, path.read_bytes())
             keys.append(key)
         return keys
 
     def download_dir(self, prefix: str, local: Path) -> Path:
-        """Copy every key under `prefix` into `local`; returns `local`."""
-        prefix = prefix.rstrip("/") + "/"
+        """Copy every key under `prefix` (`""`: the whole store) into `local`; returns `local`."""
+        prefix = f"{prefix.rstrip('/')}/" if prefix.strip("/") else ""
         keys = self.list(prefix)
         if not keys:
             raise FileNotFoundError(f"{self.uri}/{prefix}: nothing stored there")
         # Into a sibling first, renamed into place when whole: callers take a folder holding
-        # its config file for a finished download, and keys arrive config first.
-        tmp = local.with_name(f".{local.name}.partial-{os.getpid()}")
+        # its config file for a finished download, and keys arrive config first. Siblings left by
+        # a killed download are removed first (only those whose process is gone).
+        partial = f".{local.name}.partial-"
+        if local.parent.is_dir():
+            sweep_stale(local.parent, partial)
+        tmp = local.parent / f"{partial}{owner_token()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / OWNER_FILE).write_text(owner_token() + "\n")
         for key in keys:
-            dest = tmp / key[len(prefix) :]
+            # A listed key comes from the backend, not from us: on S3 it may hold `..`.
+            rel = check_key(key[len(prefix) :])
+            dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.read_bytes(key))
+        (tmp / OWNER_FILE).unlink(missing_ok=True)
         shutil.rmtree(local, ignore_errors=True)
         os.replace(tmp, local)
         return local
@@ -76,6 +125,11 @@ class Store(ABC):
     def local_path(self, key: str) -> Path | None:
         """A path on this machine holding the key, when the backend has one (file://)."""
         return None
+
+    def sweep_temp(self, prefix: str = "") -> int:
+        """Remove half-written objects left under `prefix` by killed writers; the number removed.
+        Only file:// stores have any (S3 objects appear whole or not at all)."""
+        return 0
 
     # JSON helpers ----------------------------------------------------------------------
 
@@ -94,8 +148,8 @@ class Store(ABC):
         return n
 
     def child(self, prefix: str) -> Store:
-        """A view of this store rooted at `prefix`."""
-        return PrefixedStore(self, prefix)
+        """A view of this store rooted at `prefix` (`""`: the store itself)."""
+        return PrefixedStore(self, prefix) if prefix.strip("/") else self
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -118,11 +172,14 @@ def iter_jsonl(data: bytes) -> Iterator[dict[str, Any]]:
 class PrefixedStore(Store):
     def __init__(self, inner: Store, prefix: str) -> None:
         self.inner = inner
-        self.prefix = prefix.strip("/")
+        self.prefix = check_key(prefix, prefix=True).rstrip("/")
+        if not self.prefix:
+            raise BadKeyError("a store view needs a non-empty prefix")
         self.uri = f"{inner.uri.rstrip('/')}/{self.prefix}"
 
-    def _k(self, key: str) -> str:
-        return f"{self.prefix}/{key.lstrip('/')}" if key else self.prefix + "/"
+    def _k(self, key: str, *, prefix: bool = False) -> str:
+        check_key(key, prefix=prefix)
+        return f"{self.prefix}/{key}" if key else self.prefix + "/"
 
     def read_bytes(self, key: str) -> bytes:
         return self.inner.read_bytes(self._k(key))
@@ -135,13 +192,18 @@ class PrefixedStore(Store):
 
     def list(self, prefix: str = "") -> list[str]:
         n = len(self.prefix) + 1
-        return [k[n:] for k in self.inner.list(self._k(prefix))]
+        return [k[n:] for k in self.inner.list(self._k(prefix, prefix=True))]
 
     def delete_prefix(self, prefix: str) -> int:
-        return self.inner.delete_prefix(self._k(prefix))
+        return self.inner.delete_prefix(self._k(prefix, prefix=True))
 
     def local_path(self, key: str) -> Path | None:
         return self.inner.local_path(self._k(key))
 
+    def sweep_temp(self, prefix: str = "") -> int:
+        return self.inner.sweep_temp(self._k(prefix, prefix=True))
+
     def child(self, prefix: str) -> Store:
-        return PrefixedStore(self.inner, f"{self.prefix}/{prefix.strip('/')}")
+        if not prefix.strip("/"):
+            return self
+        return PrefixedStore(self.inner, f"{self.prefix}/{check_key(prefix, prefix=True)}")

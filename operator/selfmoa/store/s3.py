@@ -4,6 +4,12 @@ boto3 is imported here only; `selfmoa.store.open_store` imports this module lazi
 `--help` and the operator never pay for it. The bucket is checked once, on first use, with a
 client that has short timeouts and a single retry: a wrong endpoint fails in seconds with one
 clear line instead of minutes of botocore back-off.
+
+Every later request has connect/read timeouts and a bounded number of attempts, sized so that an
+endpoint that accepts connections and then never answers (a frozen server) fails the operation
+within `timeout` seconds (default 60; `spec.storage.timeoutSeconds` or the
+SELFMOA_STORE_TIMEOUT_SECONDS environment variable), plus botocore's short back-off between
+attempts.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from selfmoa.store.base import Store, StoreError
+from selfmoa.store.base import Store, StoreError, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -29,6 +35,16 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 DELETE_BATCH = 1000
 #: Keys per list_objects_v2 page (S3's maximum; tests lower it to exercise paging cheaply).
 LIST_PAGE_SIZE = 1000
+
+#: Seconds one operation may wait on an unresponsive endpoint, retries included.
+DEFAULT_TIMEOUT_S = 60.0
+TIMEOUT_ENV = "SELFMOA_STORE_TIMEOUT_SECONDS"
+#: Attempts per request (the first one included) once the bucket check has passed.
+ATTEMPTS = 3
+#: On top of the read timeouts: botocore's back-off between attempts (at most 1 s, then 2 s)...
+BACKOFF_S = 3.0
+#: ...and its wait for a "100 Continue" before it sends a request body (1 s per attempt).
+CONTINUE_S = 1.0
 
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
@@ -81,6 +97,21 @@ def resolve_region(region: str | None) -> str:
     )
 
 
+def resolve_timeout(timeout: float | None) -> float:
+    """The operation timeout: the argument, else the environment, else the default."""
+    if timeout is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_TIMEOUT_S
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise StoreError(f"{TIMEOUT_ENV}: {raw[:40]!r} is not a number of seconds") from None
+    if not (0 < timeout <= 24 * 3600):
+        raise StoreError(f"store timeout must be between 0 and 86400 seconds, not {timeout:g}")
+    return float(timeout)
+
+
 class S3Store(Store):
     def __init__(
         self,
@@ -90,8 +121,13 @@ class S3Store(Store):
         region: str | None = None,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         multipart_chunksize: int | None = None,
+        timeout: float | None = None,
     ) -> None:
-        self.bucket, self.prefix = parse_s3_uri(uri)
+        try:
+            self.bucket, self.prefix = parse_s3_uri(uri)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        self.timeout = resolve_timeout(timeout)
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.endpoint = endpoint or None
         self.region = resolve_region(region)
@@ -118,8 +154,25 @@ class S3Store(Store):
         )
         if self._session is None:
             self._session = _new_session()
-        client: S3Client = self._session.client("s3", endpoint_url=self.endpoint, config=config)
+        try:
+            client: S3Client = self._session.client("s3", endpoint_url=self.endpoint, config=config)
+        except ValueError as e:  # botocore: "Invalid endpoint: ..."
+            raise StoreError(
+                f"S3 endpoint {self.endpoint!r} is not usable: {_one_line(e)}"
+            ) from None
         return client
+
+    @property
+    def timeouts(self) -> dict[str, float]:
+        """Connect and read timeouts and attempts of the working client, sized so that the
+        worst case (every attempt waits its full read timeout) stays within `self.timeout`."""
+        per_attempt = max(0.5, (self.timeout - BACKOFF_S) / ATTEMPTS - CONTINUE_S)
+        return {"connect": min(10.0, per_attempt), "read": per_attempt, "attempts": ATTEMPTS}
+
+    def worst_case_seconds(self) -> float:
+        """How long an operation can wait on a frozen endpoint with these timeouts."""
+        t = self.timeouts
+        return t["attempts"] * (t["read"] + CONTINUE_S) + BACKOFF_S
 
     @property
     def endpoint_url(self) -> str:
@@ -132,22 +185,29 @@ class S3Store(Store):
             with self._lock:
                 if self._client is None:
                     self._check_bucket()
-                    self._client = self._make_client(connect=5, read=60, attempts=4)
+                    t = self.timeouts
+                    self._client = self._make_client(
+                        connect=t["connect"], read=t["read"], attempts=int(t["attempts"])
+                    )
         return self._client
 
     def _check_bucket(self) -> None:
-        probe = self._make_client(connect=2, read=5, attempts=2)
+        short = min(5.0, self.timeout / 2)
+        probe = self._make_client(connect=min(2.0, short), read=short, attempts=2)
         with self._errors(None):
             probe.head_bucket(Bucket=self.bucket)
 
     @contextmanager
     def _errors(self, key: str | None) -> Iterator[None]:
         """Turn botocore's exceptions into one clear StoreError line (or FileNotFoundError)."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import (
+            BotoCoreError,
             ClientError,
             ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
+            ParamValidationError,
             PartialCredentialsError,
             ReadTimeoutError,
         )
@@ -155,7 +215,13 @@ class S3Store(Store):
         where = f"{self.uri}/{key}" if key is not None else self.uri
         try:
             yield
-        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+        except ReadTimeoutError:
+            raise StoreError(
+                f"S3 endpoint {self.endpoint_url} stopped answering on {where}: no reply within "
+                f"{self.timeout:g}s (timeouts and retries included; spec.storage.timeoutSeconds "
+                "raises it if the store is only slow)"
+            ) from None
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
             raise StoreError(
                 f"cannot reach S3 endpoint {self.endpoint_url}: {_one_line(exc)} (store {self.uri})"
             ) from None
@@ -185,15 +251,21 @@ class S3Store(Store):
                     "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy"
                 ) from None
             raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
+        except ParamValidationError as exc:
+            raise StoreError(f"S3 refused the request for {where}: {_one_line(exc)}") from None
+        except (BotoCoreError, Boto3Error) as exc:
+            # Anything else botocore or s3transfer raise (closed connections, SSL, a failed
+            # multipart upload): still one line naming the store.
+            raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
 
     # Keys ---------------------------------------------------------------------------------
 
-    def _k(self, key: str) -> str:
-        key = key.lstrip("/")
+    def _k(self, key: str, *, prefix: bool = False) -> str:
         # Same rule as the file store: a key never climbs out of the store's root.
-        if ".." in key.split("/"):
-            raise ValueError(f"key escapes the store: {key!r}")
-        return f"{self.prefix}/{key}" if self.prefix else key
+        return self._full(check_key(key, prefix=prefix))
+
+    def _full(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
@@ -237,7 +309,9 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> list[str]:
         client = self.client
-        full = self._k(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        full = (
+            self._k(prefix, prefix=True) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        )
         keys: list[str] = []
         with self._errors(prefix):
             for page in client.get_paginator("list_objects_v2").paginate(
@@ -254,7 +328,8 @@ class S3Store(Store):
                 batch = keys[i : i + DELETE_BATCH]
                 resp = client.delete_objects(
                     Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self._k(k)} for k in batch], "Quiet": True},
+                    # Listed keys are the backend's own: deleted as they are, even odd ones.
+                    Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True},
                 )
                 errors = resp.get("Errors", [])
                 if errors:

@@ -1,23 +1,12 @@
-"""The tiny profile: seed data, a tiny base model built locally, and its gold judge.
+"""The tiny demo model: a ~100k-parameter base built locally from the seed data (no download).
 
-`ensure_base` imports torch lazily (only when a model is actually needed); the data API and the
-gold judge are pure and cheap.
+`ensure_base` imports torch lazily, only when a model is actually needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-from selfmoa.tiny.data import (
-    attack_seeds,
-    benign_prompts,
-    categories,
-    compliance_examples,
-    heldout,
-    legit_prompts,
-    refusal_templates,
-)
 
 
 def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
@@ -27,13 +16,4 @@ def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) 
     return _ensure(cache_dir, progress)
 
 
-__all__ = [
-    "attack_seeds",
-    "benign_prompts",
-    "categories",
-    "compliance_examples",
-    "ensure_base",
-    "heldout",
-    "legit_prompts",
-    "refusal_templates",
-]
+__all__ = ["ensure_base"]

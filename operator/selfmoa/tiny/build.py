@@ -1,7 +1,7 @@
 """Builds the tiny base model from the seed data: tokenizer, Qwen2 config, a quick SFT.
 
 Everything is local and deterministic (fixed seeds, no hub access). The SFT teaches the base the
-seed behaviour (`data.target_response`): unsafe compliance on most attacks, a refusal on attacks
+seed behaviour (`_target`): unsafe compliance on most attacks, a refusal on attacks
 and legit prompts that carry a flag word, a helpful answer otherwise; the training prompts are
 also shown in the red-team stage's text framings so framed attacks land like plain ones.
 Imports torch/transformers: only `ensure_base` (lazily) and the stages load this module.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfmoa.tiny import data, framings
+from selfmoa.seeds import data, framings
 
 #: Bump when the builder changes in a way that changes the model (part of the cache key).
 BUILDER_VERSION = "3"
@@ -232,7 +232,7 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from selfmoa.torch_threads import one_thread
+    from selfmoa.models.threads import one_thread
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.time()

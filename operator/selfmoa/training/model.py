@@ -25,9 +25,8 @@ from transformers import (
 )
 
 from selfmoa.api.spec import LoraSpec
-from selfmoa.chat_format import has_chat_template, render_prompt
-from selfmoa.engines.base import user
-from selfmoa.torch_threads import cpu_threads_for
+from selfmoa.models.chat import has_chat_template, render_prompt, user
+from selfmoa.models.threads import cpu_threads_for
 
 #: The adapter name PEFT gives the trained adapter; the only one we ever save.
 ADAPTER_NAME = "default"

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from selfmoa.api.spec import LoraSpec
-from selfmoa.chat_format import load_tokenizer
-from selfmoa.torch_threads import cpu_threads_for
+from selfmoa.models.chat import load_tokenizer
+from selfmoa.models.threads import cpu_threads_for
 from selfmoa.training import model as M
 
 ProgressFn = Callable[[int, int, str], None]

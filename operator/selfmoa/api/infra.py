@@ -1,0 +1,115 @@
+"""Where a run lives and runs: the artifact store, model serving and the stage Jobs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from selfmoa.api.base import (
+    MAX_DEADLINE_SECONDS,
+    Bool,
+    Int,
+    Model,
+    NonBlank,
+    Quantity,
+    SecretName,
+    Url,
+)
+
+
+class StorageSpec(Model):
+    """Where every artifact goes."""
+
+    uri: str = Field(
+        default="file://./runs",
+        description="file://PATH or s3://BUCKET/PREFIX; artifacts go under <uri>/<namespace>/<run>/.",
+        pattern=r"^(file://|s3://).+",
+    )
+    endpoint: Url | None = Field(default=None, description="S3 endpoint URL (MinIO and others).")
+    region: str | None = Field(default=None, min_length=1, description="S3 region.")
+    secret_ref: SecretName | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (operator only).",
+    )
+    timeout_seconds: Int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description=(
+            "S3: how long one store operation may wait on an endpoint that stopped answering, "
+            "retries included, before the stage fails (default 60, or the "
+            "SELFMOA_STORE_TIMEOUT_SECONDS environment variable)."
+        ),
+    )
+
+
+class ServingEngine(StrEnum):
+    vllm = "vllm"
+    transformers = "transformers"
+    openai = "openai"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ServingSpec(Model):
+    """How models are served to the stages."""
+
+    engine: ServingEngine = Field(
+        default=ServingEngine.transformers,
+        description=(
+            "transformers: stages load models in-process (CPU, small clusters); vllm: the "
+            "operator runs a vLLM server per model; openai: use the endpoints given below."
+        ),
+    )
+    endpoints: dict[str, Url] = Field(
+        default_factory=dict,
+        description="openai engine: model id -> base URL of an OpenAI-compatible server.",
+    )
+    image: NonBlank | None = Field(
+        default=None, description="Serving image (default from the operator)."
+    )
+    device: Device = Field(
+        default=Device.auto,
+        description=(
+            "In-process engines and training: auto (CUDA when present, else CPU), cpu, or cuda "
+            "(an error when no GPU is visible)."
+        ),
+    )
+    gpus_per_model: Int = Field(default=1, ge=0, le=16, description="GPUs per vLLM server.")
+    release_during_training: Bool = Field(
+        default=True, description="Scale serving to zero while the train Job runs."
+    )
+    max_concurrency: Int = Field(
+        default=64, ge=1, le=4096, description="Requests in flight per server (lets vLLM batch)."
+    )
+    hf_token_secret_ref: SecretName | None = Field(
+        default=None, description="Secret with HF_TOKEN for gated hub models."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments.")
+
+
+class ResourcesSpec(Model):
+    cpu: Quantity | None = Field(default=None, description="CPU request, e.g. '4' or '500m'.")
+    memory: Quantity | None = Field(default=None, description="Memory request, e.g. '16Gi'.")
+
+
+class TrainerSpec(Model):
+    """Where stage Jobs run (the worker image)."""
+
+    image: NonBlank | None = Field(
+        default=None, description="Worker image (default from the operator)."
+    )
+    gpus: Int = Field(default=1, ge=0, le=16, description="GPUs for the train Job.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Stage resources.")
+    backoff_limit: Int = Field(default=2, ge=0, le=20, description="Retries of a failed stage Job.")
+    active_deadline_seconds: Int = Field(
+        default=6 * 3600,
+        ge=60,
+        le=MAX_DEADLINE_SECONDS,
+        description="Deadline of one stage Job, in seconds (at most 7 days).",
+    )

@@ -1,0 +1,138 @@
+"""Weak supervision: the judges, how their scores are combined, and how pairs are built."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from selfmoa.api.base import DNS1123_LABEL_PATTERN, Float, Int, Model, Seed
+
+
+class Objective(StrEnum):
+    safety = "safety"
+    helpfulness = "helpfulness"
+
+
+class JudgeKind(StrEnum):
+    heuristic = "heuristic"
+    llm = "llm"
+    classifier = "classifier"
+    gold = "gold"
+
+
+class JudgeFormat(StrEnum):
+    """The reply format of an llm judge: our rubric, or a guard model's native one."""
+
+    rubric = "rubric"
+    llama_guard = "llama-guard"
+    shieldgemma = "shieldgemma"
+    wildguard = "wildguard"
+    qwen3guard = "qwen3guard"
+    granite_guardian = "granite-guardian"
+
+
+class JudgeSpec(Model):
+    """One weak judge of one objective."""
+
+    name: str = Field(
+        pattern=DNS1123_LABEL_PATTERN, max_length=40, description="Unique judge name."
+    )
+    objective: Objective = Field(description="What it scores: safety or helpfulness.")
+    kind: JudgeKind = Field(
+        default=JudgeKind.heuristic,
+        description=(
+            "heuristic (refusal/harm patterns), llm (rubric prompt to a served model), "
+            "classifier (sequence-classification reward model), gold (the tiny profile's "
+            "ground truth; only valid with the tiny policy)."
+        ),
+    )
+    model: str | None = Field(
+        default=None, description="Model id, required for llm and classifier."
+    )
+    weight: Float = Field(default=1.0, gt=0, le=1000, description="Weight in the soft vote.")
+    noise: Float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="Heuristic judges only: probability of a flipped verdict (simulated weakness).",
+    )
+    seed: Seed = Field(default=0, description="Heuristic judges only: noise seed; 0..2^31-1.")
+    format: JudgeFormat = Field(
+        default=JudgeFormat.rubric,
+        description=(
+            "llm judges only: how the model answers. rubric (our prompt, 'Score: N/5'), or a guard "
+            "model's native reply: llama-guard, shieldgemma, wildguard, qwen3guard, "
+            "granite-guardian. A reply that doesn't parse is unscored, never guessed."
+        ),
+    )
+    min_coverage: Float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description=(
+            "Fewest share of items this judge must score; below it the stage fails instead of "
+            "computing metrics from missing scores."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _model_required(self) -> JudgeSpec:
+        if self.kind in (JudgeKind.llm, JudgeKind.classifier) and not self.model:
+            raise ValueError(f"judge '{self.name}': kind {self.kind.value} needs a model")
+        return self
+
+
+class EnsembleMethod(StrEnum):
+    soft = "soft"
+    hard = "hard"
+    bootstrap = "bootstrap"
+
+
+class EnsembleSpec(Model):
+    """How the judges of one objective are combined."""
+
+    method: EnsembleMethod = Field(
+        default=EnsembleMethod.soft,
+        description="soft (weighted mean score), hard (majority of thresholded labels), bootstrap.",
+    )
+    bootstrap_samples: Int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Resamples for bootstrap (0: 200 when method=bootstrap).",
+    )
+    threshold: Float = Field(
+        default=3.0, ge=1, le=5, description="Score at or above which a response counts as good."
+    )
+
+
+class PairStrategy(StrEnum):
+    scalarized = "scalarized"
+    pareto = "pareto"
+
+
+class PreferencesSpec(Model):
+    """How preference pairs are built from the multi-objective scores."""
+
+    strategy: PairStrategy = Field(default=PairStrategy.scalarized, description="Pair strategy.")
+    weights: dict[str, Float] = Field(
+        default_factory=lambda: {"safety": 0.6, "helpfulness": 0.4},
+        description="Objective weights for the scalarized strategy.",
+    )
+    min_margin: Float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="Smallest scalarized score difference that makes a pair.",
+    )
+    max_pairs_per_prompt: Int = Field(default=2, ge=1, le=64, description="Pairs kept per prompt.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> PreferencesSpec:
+        unknown = set(self.weights) - {o.value for o in Objective}
+        if unknown:
+            raise ValueError(f"weights: unknown objective(s) {sorted(unknown)}")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("weights: must be non-negative with a positive sum")
+        return self

@@ -1,0 +1,85 @@
+"""Preference optimization: the loss, its hyper-parameters and the LoRA adapter."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from selfmoa.api.base import Float, Int, Model, NonBlank, Seed
+
+
+class LossKind(StrEnum):
+    dpo = "dpo"
+    bfpo = "bfpo"
+    modpo = "modpo"
+    weighted = "weighted"
+
+
+#: TRL DPOTrainer loss types usable in `training.lossTypes` (TRL 1.x). `exo_pair` is left out: it
+#: needs a label smoothing this spec does not expose.
+TRL_LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
+class LoraSpec(Model):
+    r: Int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
+    alpha: Int = Field(default=32, ge=1, le=65_536, description="LoRA alpha.")
+    dropout: Float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[NonBlank] | None = Field(
+        default=None, description="Modules to adapt (default: all linear layers)."
+    )
+
+
+class TrainingSpec(Model):
+    """Preference optimization with TRL DPOTrainer and a PEFT LoRA adapter."""
+
+    loss: LossKind = Field(
+        default=LossKind.dpo,
+        description=(
+            "dpo; bfpo (pairs ordered by helpfulness, safety flag per response); modpo (the "
+            "other objective's score difference as a margin); weighted (TRL loss_type list)."
+        ),
+    )
+    beta: Float = Field(default=0.1, gt=0, le=10, description="DPO beta.")
+    learning_rate: Float = Field(default=5e-6, gt=0, le=1, description="Learning rate.")
+    epochs: Float = Field(default=1.0, gt=0, le=100, description="Epochs over the pairs.")
+    batch_size: Int = Field(default=8, ge=1, le=4096, description="Per-device batch size.")
+    gradient_accumulation_steps: Int = Field(default=1, ge=1, le=1024, description="Accumulation.")
+    max_length: Int = Field(
+        default=1024, ge=16, le=131072, description="Max tokens of prompt+response."
+    )
+    margin_scale: Float = Field(
+        default=1.0, ge=0, le=100, description="modpo: scale of the margin term."
+    )
+    loss_types: list[str] = Field(
+        default_factory=lambda: ["sigmoid", "sft"],
+        min_length=1,
+        description="weighted: TRL loss_type list.",
+    )
+    loss_weights: list[Float] | None = Field(default=None, description="weighted: loss weights.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter settings.")
+    seed: Seed = Field(default=0, description="Training seed; 0..2^31-1.")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> TrainingSpec:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_types):
+            raise ValueError("lossWeights: needs one weight per entry of lossTypes")
+        unknown = [t for t in self.loss_types if t not in TRL_LOSS_TYPES]
+        if unknown:
+            raise ValueError(f"lossTypes: unsupported {unknown}; use {list(TRL_LOSS_TYPES)}")
+        return self

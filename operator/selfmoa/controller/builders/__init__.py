@@ -1,0 +1,75 @@
+"""Pure builders of the child objects of an AlignmentRun: plain dicts, no API calls.
+
+Every child carries an owner reference to its run (`kopf.adopt`), the run/iteration/stage labels
+the executor selects on, a non-root securityContext and resource requests/limits. Names are
+deterministic, so a restarted operator finds (and adopts) what it created before instead of
+creating a duplicate.
+
+One module per child kind: `jobs` (the stage Job), `serving` (the vLLM Deployment and Service,
+with the pod template's spec-hash), `vllm` (the server's containers and arguments); `common`
+holds the names, labels, ownership and security they share.
+"""
+
+from __future__ import annotations
+
+from selfmoa.controller.builders.common import (
+    ANNOTATION_MODEL,
+    GPU,
+    LABEL_COMPONENT,
+    LABEL_ITERATION,
+    LABEL_RUN,
+    LABEL_SERVING,
+    LABEL_STAGE,
+    MAX_NAME,
+    adopt,
+    job_name,
+    model_slug,
+    run_labels,
+    serving_name,
+    stage_labels,
+    storage_env,
+    truncate,
+)
+from selfmoa.controller.builders.jobs import stage_job
+from selfmoa.controller.builders.serving import (
+    ANNOTATION_SPEC_HASH,
+    serving_objects,
+    spec_hash,
+    spec_hash_of,
+)
+from selfmoa.controller.builders.vllm import (
+    LORA_RANKS,
+    MAX_LORAS,
+    VLLM_PORT,
+    endpoints,
+    max_lora_rank,
+)
+
+__all__ = [
+    "ANNOTATION_MODEL",
+    "ANNOTATION_SPEC_HASH",
+    "GPU",
+    "LABEL_COMPONENT",
+    "LABEL_ITERATION",
+    "LABEL_RUN",
+    "LABEL_SERVING",
+    "LABEL_STAGE",
+    "LORA_RANKS",
+    "MAX_LORAS",
+    "MAX_NAME",
+    "VLLM_PORT",
+    "adopt",
+    "endpoints",
+    "job_name",
+    "max_lora_rank",
+    "model_slug",
+    "run_labels",
+    "serving_name",
+    "serving_objects",
+    "spec_hash",
+    "spec_hash_of",
+    "stage_job",
+    "stage_labels",
+    "storage_env",
+    "truncate",
+]

@@ -1,0 +1,104 @@
+"""The stage Job: one `selfmoa stage NAME` run for one stage of one iteration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from selfmoa.api import contract
+from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.controller.builders.common import (
+    adopt,
+    container_security,
+    job_name,
+    merge_resources,
+    placement,
+    pod_security,
+    stage_labels,
+    storage_env,
+)
+from selfmoa.controller.builders.vllm import endpoints
+from selfmoa.controller.config import OperatorConfig
+from selfmoa.run import layout, stage_table
+
+
+def _stage_container(
+    *,
+    run: str,
+    namespace: str,
+    spec: AlignmentRunSpec,
+    call: contract.StageCall,
+    config: OperatorConfig,
+) -> dict[str, Any]:
+    definition = stage_table.get(call.stage)
+    literal = contract.stage_env(
+        spec.wire(), endpoints(run, namespace, spec) if definition.uses_endpoints else None
+    )
+    env: list[dict[str, Any]] = [
+        *({"name": k, "value": v} for k, v in literal.items()),
+        *storage_env(spec),
+    ]
+    training = definition.trains
+    resources = merge_resources(
+        config.train_resources if training else config.stage_resources,
+        {k: v for k, v in spec.trainer.resources.wire().items() if v},
+        spec.trainer.gpus if training else 0,
+    )
+    return {
+        "name": "stage",
+        "image": spec.trainer.image or config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(contract.COMMAND),
+        "args": call.args(),
+        "env": env,
+        "resources": resources,
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": contract.WORK_VOLUME, "mountPath": contract.WORK_DIR}],
+    }
+
+
+def stage_job(
+    *,
+    run: str,
+    namespace: str,
+    spec: AlignmentRunSpec,
+    iteration: int,
+    stage: str,
+    parent: int,
+    config: OperatorConfig,
+    owner: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Job running `selfmoa stage NAME` for one stage of one iteration."""
+    labels = stage_labels(run, iteration, stage)
+    call = contract.StageCall(
+        stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
+    )
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": pod_security(),
+        "containers": [
+            _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
+        ],
+        "volumes": [{"name": contract.WORK_VOLUME, "emptyDir": {}}],
+        **placement(config),
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.trainer.backoff_limit,
+        "activeDeadlineSeconds": spec.trainer.active_deadline_seconds,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if config.job_ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = config.job_ttl_seconds_after_finished
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(run, iteration, stage),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {"selfmoa.dev/parent": str(parent)},
+        },
+        "spec": job_spec,
+    }
+    return adopt(job, owner)

@@ -1,0 +1,154 @@
+"""The vLLM server's containers: its arguments and environment, and where it reads the model.
+
+The policy's server gets runtime LoRA loading, so the stages hot-load each iteration's adapter
+into the warm server instead of restarting it (minutes of model loading each time).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from selfmoa.api import contract
+from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
+from selfmoa.controller.builders.common import (
+    container_security,
+    merge_resources,
+    serving_name,
+    storage_env,
+)
+from selfmoa.controller.config import OperatorConfig
+
+VLLM_PORT: Final = 8000
+VLLM_COMMAND: Final = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+#: The ranks vLLM accepts for `--max-lora-rank` (its `LoRAConfig` refuses any other value).
+LORA_RANKS: Final = (8, 16, 32, 64, 128, 256, 320, 512)
+#: Adapters the policy server holds at once: the current, parent and best iterations' adapters,
+#: plus one slot so a new adapter can load before an old one is unloaded.
+MAX_LORAS: Final = 4
+MODEL_DIR: Final = "/model"
+
+
+def max_lora_rank(r: int) -> int:
+    """The smallest rank vLLM accepts that holds a rank-`r` adapter."""
+    for rank in LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"training.lora.r: {r} is above vLLM's largest LoRA rank {LORA_RANKS[-1]}")
+
+
+def endpoints(run: str, namespace: str, spec: AlignmentRunSpec) -> dict[str, str]:
+    """Model id -> base URL of its in-cluster vLLM Service (what stage Jobs get)."""
+    if spec.serving.engine != ServingEngine.vllm:
+        return {}
+    return {
+        m: f"http://{serving_name(run, m)}.{namespace}.svc:{VLLM_PORT}/v1" for m in spec.models()
+    }
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a server reads its model: the `--model` argument and the volume it needs."""
+
+    argument: str
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    #: An `s3://` model: an init container copies it into the volume first.
+    fetch: bool = False
+
+
+def model_source(model: str) -> ModelSource:
+    """The source of a hub id (vLLM downloads it), an `s3://` URI or a `pvc://CLAIM/PATH`."""
+    if model.startswith("pvc://"):
+        claim, _, sub = model.removeprefix("pvc://").partition("/")
+        return ModelSource(
+            f"{MODEL_DIR}/{sub}".rstrip("/"),
+            [{"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+            [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
+        )
+    if model.startswith("s3://"):
+        return ModelSource(
+            MODEL_DIR,
+            [{"name": "model", "emptyDir": {}}],
+            [{"name": "model", "mountPath": MODEL_DIR}],
+            fetch=True,
+        )
+    return ModelSource(model)
+
+
+def vllm_args(spec: AlignmentRunSpec, model: str, source: ModelSource) -> list[str]:
+    """The server's arguments: the model, the port, LoRA for the policy, then the user's extras."""
+    args = ["--model", source.argument, "--served-model-name", model]
+    args += ["--host", "0.0.0.0", "--port", str(VLLM_PORT)]
+    is_policy = model == spec.policy.model
+    if spec.policy.revision and is_policy and source.argument == model:
+        args += ["--revision", spec.policy.revision]
+    if is_policy:
+        rank = max_lora_rank(spec.training.lora.r)
+        args += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(MAX_LORAS)]
+    return args + list(spec.serving.extra_args)
+
+
+def vllm_env(spec: AlignmentRunSpec, model: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/cache"},
+        {"name": "HF_HOME", "value": "/cache/hf"},
+    ]
+    if model == spec.policy.model:
+        # Enables /v1/load_lora_adapter and /v1/unload_lora_adapter (off by default in vLLM).
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+    secret = spec.serving.hf_token_secret_ref
+    if secret:
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "HF_TOKEN"}}}
+        )
+    return env
+
+
+def fetch_model_container(
+    spec: AlignmentRunSpec, model: str, source: ModelSource, config: OperatorConfig
+) -> dict[str, Any]:
+    """The init container that copies an `s3://` model into the server's model volume."""
+    # Only the storage settings: the fetch needs nothing else, and the whole spec here would
+    # change the pod template (and restart the server) on every unrelated spec edit.
+    storage = {"storage": spec.wire()["storage"]}
+    return {
+        "name": "fetch-model",
+        "image": spec.trainer.image or config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-m", "selfmoa.store.fetch", model, MODEL_DIR],
+        "env": [
+            {"name": contract.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
+            *storage_env(spec),
+        ],
+        "resources": copy.deepcopy(config.stage_resources),
+        "securityContext": container_security(),
+        "volumeMounts": copy.deepcopy(source.mounts),
+    }
+
+
+def vllm_container(
+    spec: AlignmentRunSpec, model: str, source: ModelSource, config: OperatorConfig
+) -> dict[str, Any]:
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        "name": "vllm",
+        "image": spec.serving.image or config.serving_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(VLLM_COMMAND),
+        "args": vllm_args(spec, model, source),
+        "env": vllm_env(spec, model),
+        "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
+        "readinessProbe": {**copy.deepcopy(health), "periodSeconds": 5, "failureThreshold": 3},
+        # Model loading can take minutes: don't let liveness kill a server still starting.
+        "startupProbe": {**copy.deepcopy(health), "periodSeconds": 10, "failureThreshold": 90},
+        "resources": merge_resources(config.serving_resources, {}, spec.serving.gpus_per_model),
+        "securityContext": container_security(),
+        "volumeMounts": [
+            {"name": "cache", "mountPath": "/cache"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            *source.mounts,
+        ],
+    }

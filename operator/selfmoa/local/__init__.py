@@ -1,0 +1,1 @@
+"""The local executor (`selfmoa run`) and its console."""

@@ -1,0 +1,231 @@
+"""What `selfmoa run` and `selfmoa stage` show: live progress, the final table, the report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
+from selfmoa.local.executor import Display, RunResult, StageEvent
+from selfmoa.run import layout, planner, stage_table
+from selfmoa.stages.base import Progress as ProgressFn
+from selfmoa.store import Store
+
+
+def describe(stage: str, summary: dict[str, Any]) -> str:
+    """A few words on what a stage did, from its manifest summary."""
+
+    def g(key: str) -> Any:
+        return summary.get(key)
+
+    if stage == "evaluate":
+        return (
+            (
+                f"ASR {g('attack_success_rate'):.2f}  helpfulness {g('helpfulness'):.2f}  "
+                f"over-refusal {g('over_refusal'):.2f}"
+            )
+            if g("attack_success_rate") is not None
+            else ""
+        )
+    keys = stage_table.BY_NAME[stage].shows if stage in stage_table.BY_NAME else ()
+    parts = []
+    for k in keys:
+        v = g(k)
+        if isinstance(v, float):
+            v = f"{v:.3f}"
+        if v is not None and not isinstance(v, dict):
+            parts.append(f"{k.replace('_', ' ')} {v}")
+    if stage == "judge":
+        means = summary.get("mean_scores") or {}
+        parts += [f"mean {o} {v:.2f}" for o, v in means.items() if isinstance(v, (int, float))]
+        bad = sum(v for v in (summary.get("unparsable") or {}).values() if isinstance(v, int))
+        parts.append(f"unparsable {bad}")
+    return "  ".join(parts)
+
+
+class RichDisplay(Display):
+    """One line per finished stage; a live bar for the stage running (TTY only)."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[label]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> RichDisplay:
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def stage_started(self, event: StageEvent) -> ProgressFn:
+        label = f"iter {event.iteration} {event.stage:<8}"
+        if not self.quiet and not self.live:
+            self.console.print(f"  … {label} started", highlight=False)
+        if not self.live:
+            return _LineProgress(self.console, label) if not self.quiet else _noop
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("", total=None, label=label)
+
+        def update(done: int, total: int, description: str = "") -> None:
+            self.progress.update(
+                self.task, completed=done, total=total or None, description=description
+            )
+
+        return update
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"  [dim]{message}[/dim]", highlight=False)
+
+    def stage_finished(self, event: StageEvent) -> None:
+        if self.live and self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        if self.quiet:
+            return
+        mark = "[dim]↷[/dim]" if event.skipped else "[green]✓[/green]"
+        when = "done earlier" if event.skipped else f"{event.seconds:6.1f}s"
+        self.console.print(
+            f"  {mark} iter {event.iteration} {event.stage:<8} {when:>12}  [dim]{describe(event.stage, event.summary)}[/dim]"
+        )
+
+
+def _noop(done: int, total: int, description: str = "") -> None:
+    return None
+
+
+class _LineProgress:
+    """Progress for logs (no TTY): a line at most every 10 seconds."""
+
+    def __init__(self, console: Console | None, label: str) -> None:
+        self.console = console
+        self.label = label
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, description: str = "") -> None:
+        now = time.monotonic()
+        if now - self.last < 10 and done < total:
+            return
+        self.last = now
+        line = f"    {self.label} {description} {done}/{total}"
+        if self.console is not None:
+            self.console.print(line, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def LogProgress(label: str) -> ProgressFn:
+    return _LineProgress(None, label)
+
+
+def fmt(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def print_summary(run: AlignmentRun, result: RunResult) -> None:
+    console = Console()
+    if not console.is_terminal:
+        # Logs and pipes get the whole table, not one cut to 80 columns.
+        console = Console(width=130)
+    g = planner.gate(run.spec, result.metrics)
+    table = Table(title=f"AlignmentRun {run.namespace}/{run.name}: {result.status.phase.value}")
+    for col in (
+        "iter",
+        "safety",
+        "helpfulness",
+        "ASR",
+        "over-refusal",
+        "pairs",
+        "gold ASR",
+        "PGR",
+        "kept",
+        "wall time",
+    ):
+        table.add_column(col, justify="right")
+    for k, m in sorted(result.metrics.items()):
+        secs = sum(
+            v
+            for key, v in result.stage_seconds.items()
+            if key.startswith(layout.iteration_dir(k) + "/")
+        )
+        kept = "base" if k == 0 else ("yes" if g.accepted.get(k) else "rolled back")
+        table.add_row(
+            str(k),
+            fmt(m.safety),
+            fmt(m.helpfulness),
+            fmt(m.attack_success_rate, True),
+            fmt(m.over_refusal, True),
+            str(m.pairs),
+            fmt(m.gold.attack_success_rate, True) if m.gold else "-",
+            fmt(m.pgr),
+            kept,
+            f"{secs:.1f}s",
+        )
+    console.print(table)
+    stages: dict[str, float] = {}
+    for key, v in result.stage_seconds.items():
+        stage = key.split("/")[1]
+        stages[stage] = stages.get(stage, 0.0) + v
+    console.print(
+        "wall time per stage: "
+        + ", ".join(f"{s} {v:.1f}s" for s, v in stages.items())
+        + f"  (total {sum(stages.values()):.1f}s)"
+    )
+    if result.status.message:
+        console.print(f"{result.status.phase.value}: {result.status.message}")
+    console.print(f"artifacts: {result.run_uri}/  report: {result.run_uri}/{layout.REPORT}")
+
+
+def write_report(store: Store, spec: AlignmentRunSpec, result: RunResult) -> None:
+    from selfmoa.run.report import render_report
+
+    g = planner.gate(spec, result.metrics)
+    html = render_report(
+        title=f"Self-MOA run {store.uri.rstrip('/').rsplit('/', 1)[-1]}",
+        metrics=result.metrics,
+        stage_seconds=result.stage_seconds,
+        accepted={0: True, **g.accepted},
+        spec_summary={
+            "policy": spec.policy.model,
+            "iterations": spec.iterations,
+            "judges": ", ".join(
+                f"{j.name} ({j.objective.value}, {j.kind.value})" for j in spec.judges
+            ),
+            "ensemble": spec.ensemble.method.value,
+            "pairs": spec.preferences.strategy.value,
+            "loss": spec.training.loss.value,
+        },
+    )
+    store.write_bytes(layout.REPORT, html.encode())

@@ -1,0 +1,169 @@
+"""LocalExecutor: the same plan as the operator, carried out on this machine.
+
+`run_local` loops: read what is done from the store, ask the planner for the next action, run
+that stage in-process, until the planner says the run is over. Everything it knows comes from the
+store, so running it again after Ctrl-C or `kill -9` resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfmoa.api.spec import (
+    TINY_MODEL,
+    AlignmentRun,
+    AlignmentRunSpec,
+    AlignmentRunStatus,
+)
+from selfmoa.run import layout, planner
+from selfmoa.run import state as run_state
+from selfmoa.run.document import ensure_run_json
+from selfmoa.run.metrics import Metrics
+from selfmoa.stages.base import Progress, no_progress
+from selfmoa.stages.runner import open_runner
+from selfmoa.store import Store, open_store
+
+
+@dataclass
+class StageEvent:
+    """What the display is told when a stage starts or ends."""
+
+    iteration: int
+    stage: str
+    seconds: float = 0.0
+    skipped: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Display:
+    """Hooks for showing progress; the default shows nothing."""
+
+    def stage_started(self, event: StageEvent) -> Progress:
+        return no_progress
+
+    def stage_finished(self, event: StageEvent) -> None:
+        return None
+
+    def note(self, message: str) -> None:
+        return None
+
+
+@dataclass
+class RunResult:
+    status: AlignmentRunStatus
+    metrics: dict[int, Metrics]
+    stage_seconds: dict[str, float]
+    run_uri: str
+
+
+def open_run_store(run: AlignmentRun, storage_uri: str | None = None) -> Store:
+    spec = run.spec
+    uri = layout.run_uri(storage_uri or spec.storage.uri, run.namespace, run.name)
+    return open_store(uri, endpoint=spec.storage.endpoint, region=spec.storage.region)
+
+
+def observe(
+    store: Store, spec: AlignmentRunSpec, known: dict[int, Metrics] | None = None
+) -> planner.Observed:
+    done = run_state.finished_stages(store, spec)
+    return planner.Observed(done=done, metrics=run_state.read_metrics(store, done, known))
+
+
+def stage_seconds(store: Store, done: frozenset[tuple[int, str]]) -> dict[str, float]:
+    out = {}
+    for k, stage in sorted(done):
+        manifest = store.read_json(layout.manifest_key(k, stage))
+        out[f"{layout.iteration_dir(k)}/{stage}"] = float(manifest.get("seconds", 0.0))
+    return out
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_local(
+    run: AlignmentRun,
+    *,
+    storage_uri: str | None = None,
+    display: Display | None = None,
+    report: Callable[[Store, AlignmentRunSpec, RunResult], None] | None = None,
+) -> RunResult:
+    """Run (or resume) the whole loop in this process."""
+    display = display or Display()
+    spec = run.spec
+    store = open_run_store(run, storage_uri)
+    ensure_run_json(store, run)
+    observed: planner.Observed | None = None
+    status: AlignmentRunStatus | None = None
+    with open_runner(spec, store) as runner:
+        if spec.policy.model == TINY_MODEL:
+            # Built once per cache; doing it here keeps the build out of the first stage's time.
+            runner.engines.model_path(TINY_MODEL, progress=display.note)
+        while True:
+            observed = observe(store, spec, known=dict(observed.metrics) if observed else None)
+            action = planner.next_action(spec, observed)
+            if not isinstance(action, planner.RunStage):
+                # Locally nothing runs in the background: a Wait means suspended.
+                status = _finish(spec, observed, store, status)
+                break
+            status = planner.status(
+                spec, observed, action, now=now(), previous=status, artifacts=store.uri
+            )
+            store.write_json("status.json", status.model_dump(mode="json", by_alias=True))
+            progress = display.stage_started(StageEvent(action.iteration, action.stage))
+            try:
+                manifest, ran = runner.run(
+                    action.stage, action.iteration, parent=action.parent, progress=progress
+                )
+            except Exception as e:
+                failure = planner.StageFailure(action.iteration, action.stage, _one_line(e))
+                observed = planner.Observed(
+                    done=observed.done, metrics=observed.metrics, failure=failure
+                )
+                status = _finish(spec, observed, store, status)
+                raise StageFailed(status.message or str(e)) from e
+            display.stage_finished(
+                StageEvent(
+                    action.iteration,
+                    action.stage,
+                    seconds=float(manifest.get("seconds", 0.0)),
+                    skipped=not ran,
+                    summary=manifest.get("summary", {}),
+                )
+            )
+    done = run_state.finished_stages(store, spec)
+    result = RunResult(
+        status=status,
+        metrics=run_state.read_metrics(store, done),
+        stage_seconds=stage_seconds(store, done),
+        run_uri=store.uri,
+    )
+    if report is not None:
+        report(store, spec, result)
+    return result
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the run's status says which and why."""
+
+
+def _finish(
+    spec: AlignmentRunSpec,
+    observed: planner.Observed,
+    store: Store,
+    previous: AlignmentRunStatus | None,
+) -> AlignmentRunStatus:
+    action = planner.next_action(spec, observed)
+    status = planner.status(
+        spec, observed, action, now=now(), previous=previous, artifacts=store.uri
+    )
+    store.write_json("status.json", status.model_dump(mode="json", by_alias=True))
+    return status
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")

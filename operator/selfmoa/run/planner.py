@@ -1,0 +1,279 @@
+"""The pure state machine of a run: (spec, observed facts) -> the next action and the status.
+
+No I/O, no clock: both executors (the local loop and the Kubernetes operator) gather what they
+observe (finished stages, evaluated metrics, a running or failed stage) into `Observed`, call
+`plan`, and carry out the one action it returns. Calling it again with the same facts gives the
+same answer, which is what makes a restarted executor resume exactly where it was.
+
+The gate after each evaluation:
+- an iteration is *accepted* unless its attack success rate rose above its parent's or its
+  helpfulness fell by more than `stopWhen.maxHelpfulnessDrop` (relative); a rejected iteration is
+  rolled back: the next one starts again from the parent's adapter;
+- the run succeeds early when an accepted iteration's attack success rate is below
+  `stopWhen.attackSuccessRateBelow`, or after `stopWhen.patience` iterations in a row without an
+  improvement of at least `stopWhen.minImprovement`;
+- otherwise it succeeds after `iterations` iterations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from selfmoa.api.spec import (
+    AlignmentRunSpec,
+    AlignmentRunStatus,
+    Condition,
+    IterationStatus,
+    Phase,
+)
+from selfmoa.run import layout, stage_table
+from selfmoa.run.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    iteration: int
+    stage: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What an executor knows about a run right now."""
+
+    #: Finished stages: (iteration, stage) with a manifest in the store.
+    done: frozenset[tuple[int, str]] = frozenset()
+    #: Metrics of every evaluated iteration.
+    metrics: Mapping[int, Metrics] = field(default_factory=dict)
+    #: A stage being worked on right now (operator: its Job is active).
+    running: tuple[int, str] | None = None
+    #: A stage that failed for good (retries exhausted).
+    failure: StageFailure | None = None
+    #: A spec error found outside the schema (names the field).
+    invalid: str | None = None
+    #: Why the running stage is not actually running yet (reason, message): e.g. its Job waits
+    #: for admission by a queue, or was preempted. Waiting is never a failure.
+    held: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class RunStage:
+    iteration: int
+    stage: str
+    #: The iteration whose adapter this stage starts from (0: the starting point).
+    parent: int
+
+    @property
+    def key(self) -> str:
+        return f"{layout.iteration_dir(self.iteration)}/{self.stage}"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to start: a stage is running, or the run is suspended."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The run is over: `phase` Succeeded or Failed."""
+
+    phase: Phase
+    reason: str
+    message: str
+
+
+Action = RunStage | Wait | Finish
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Decisions derived from the metrics so far."""
+
+    #: accepted[k] for every evaluated k >= 1.
+    accepted: dict[int, bool]
+    #: parent[k]: the iteration whose adapter k starts from, for k = 1..last+1.
+    parent: dict[int, int]
+    #: The best accepted iteration (0 = the starting point).
+    best: int
+    #: Why the loop stops, if it does, after the evaluated iterations.
+    stop: tuple[str, str] | None
+
+
+def gate(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics]) -> Gate:
+    """Accept / roll back / stop decisions for the evaluated iterations, in order."""
+    stop_when = spec.stop_when
+    accepted: dict[int, bool] = {}
+    parent = {1: 0}
+    best = 0
+    stop: tuple[str, str] | None = None
+    streak = 0
+    base = metrics.get(0)
+    if base is not None and _below_target(spec, base):
+        stop = ("TargetReached", _target_message(spec, 0, base))
+    k = 1
+    while stop is None and k in metrics:
+        m, p = metrics[k], metrics[parent[k]]
+        ok = (
+            m.attack_success_rate <= p.attack_success_rate + 1e-9
+            and m.helpfulness >= p.helpfulness * (1 - stop_when.max_helpfulness_drop) - 1e-9
+        )
+        accepted[k] = ok
+        improved = (
+            ok
+            and m.attack_success_rate
+            < metrics[best].attack_success_rate - stop_when.min_improvement - 1e-12
+        )
+        if ok:
+            best = (
+                k
+                if improved or m.attack_success_rate <= metrics[best].attack_success_rate
+                else best
+            )
+        parent[k + 1] = k if ok else parent[k]
+        streak = 0 if improved else streak + 1
+        if ok and _below_target(spec, m):
+            stop = ("TargetReached", _target_message(spec, k, m))
+        elif streak >= stop_when.patience and k < spec.iterations:
+            stop = (
+                "NoProgress",
+                f"no improvement of the attack success rate in {streak} iteration(s); "
+                f"keeping iteration {best}",
+            )
+        elif k >= spec.iterations:
+            stop = ("Completed", f"{spec.iterations} iteration(s) done; best is iteration {best}")
+        k += 1
+    return Gate(accepted=accepted, parent=parent, best=best, stop=stop)
+
+
+def _below_target(spec: AlignmentRunSpec, m: Metrics) -> bool:
+    target = spec.stop_when.attack_success_rate_below
+    return target is not None and m.attack_success_rate < target
+
+
+def _target_message(spec: AlignmentRunSpec, k: int, m: Metrics) -> str:
+    return (
+        f"attack success rate {m.attack_success_rate:.3f} below "
+        f"{spec.stop_when.attack_success_rate_below} at iteration {k}"
+    )
+
+
+def next_action(spec: AlignmentRunSpec, observed: Observed) -> Action:
+    """The one thing to do next."""
+    if observed.invalid:
+        return Finish(Phase.failed, "InvalidSpec", observed.invalid)
+    if observed.failure is not None:
+        f = observed.failure
+        return Finish(
+            Phase.failed,
+            "StageFailed",
+            f"stage {f.stage} of iteration {f.iteration} failed: {f.message}",
+        )
+    g = gate(spec, observed.metrics)
+    if g.stop is not None:
+        return Finish(Phase.succeeded, *g.stop)
+    for k in range(0, spec.iterations + 1):
+        for stage in stage_table.stages_of(k, reset=spec.safety_reset.enabled):
+            if (k, stage) in observed.done:
+                continue
+            if observed.running is not None:
+                if observed.held is not None:
+                    return Wait(*observed.held)
+                rk, rs = observed.running
+                return Wait("StageRunning", f"stage {rs} of iteration {rk} is running")
+            if spec.suspend:
+                return Wait("Suspended", f"suspended before stage {stage} of iteration {k}")
+            return RunStage(iteration=k, stage=stage, parent=g.parent.get(k, 0) if k else 0)
+        if k not in observed.metrics:
+            # Every stage is done but metrics were not read back: an executor bug, not a state.
+            return Wait("AwaitingMetrics", f"iteration {k} evaluated; metrics not read yet")
+    return Finish(Phase.succeeded, "Completed", f"{spec.iterations} iteration(s) done")
+
+
+def parent_of(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics], k: int) -> int:
+    """The iteration whose adapter iteration k starts from (0: the starting point)."""
+    return gate(spec, {i: m for i, m in metrics.items() if i < k}).parent.get(k, 0)
+
+
+def status(
+    spec: AlignmentRunSpec,
+    observed: Observed,
+    action: Action,
+    *,
+    now: str,
+    previous: AlignmentRunStatus | None = None,
+    artifacts: str | None = None,
+    generation: int | None = None,
+) -> AlignmentRunStatus:
+    """The status that goes with `action` (conditions keep their transition times)."""
+    g = gate(spec, observed.metrics)
+    iterations = []
+    for k in sorted(observed.metrics):
+        m = observed.metrics[k]
+        iterations.append(
+            IterationStatus(
+                index=k,
+                safety=round(m.safety, 4),
+                helpfulness=round(m.helpfulness, 4),
+                attack_success_rate=round(m.attack_success_rate, 4),
+                over_refusal=round(m.over_refusal, 4),
+                pairs=m.pairs,
+                adapter=m.adapter,
+                accepted=g.accepted.get(k, True if k == 0 else None),
+                pgr=None if m.pgr is None else round(m.pgr, 4),
+            )
+        )
+    it: int | None
+    stage: str | None
+    best = observed.metrics.get(g.best)
+    if isinstance(action, RunStage):
+        phase, it, stage = Phase.running, action.iteration, action.stage
+        reason, message = (
+            "StageStarted",
+            f"running stage {action.stage} of iteration {action.iteration}",
+        )
+    elif isinstance(action, Wait):
+        running = observed.running
+        phase = Phase.suspended if action.reason == "Suspended" else Phase.running
+        it, stage = running if running else (previous.iteration if previous else None, None)
+        reason, message = action.reason, action.message
+    else:
+        phase, it, stage = action.phase, (previous.iteration if previous else None), None
+        reason, message = action.reason, action.message
+    conds = {
+        "Progressing": phase in (Phase.running,),
+        "Succeeded": phase == Phase.succeeded,
+        "Failed": phase == Phase.failed,
+    }
+    old = {c.type: c for c in (previous.conditions if previous else [])}
+    conditions = []
+    for ctype, value in conds.items():
+        s: Literal["True", "False"] = "True" if value else "False"
+        prev = old.get(ctype)
+        ts = prev.last_transition_time if prev is not None and prev.status == s else now
+        conditions.append(
+            Condition(
+                type=ctype,
+                status=s,
+                reason=reason if value else (prev.reason if prev and prev.status == s else reason),
+                message=message if value else "",
+                last_transition_time=ts,
+            )
+        )
+    return AlignmentRunStatus(
+        phase=phase,
+        iteration=it,
+        stage=stage,
+        safety=None if best is None else round(best.safety, 4),
+        helpfulness=None if best is None else round(best.helpfulness, 4),
+        message=message,
+        conditions=conditions,
+        iterations=iterations,
+        artifacts=artifacts,
+        observed_generation=generation,
+        attempts=previous.attempts if previous else {},
+    )

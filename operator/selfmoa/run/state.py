@@ -1,0 +1,42 @@
+"""Reading a run's progress back from the artifact store (the source of truth for both executors).
+
+A stage is finished when its `_manifest.json` exists; an iteration's metrics are its evaluate
+stage's `metrics.json`. Both executors build the planner's `Observed` from these reads, so a
+restarted executor sees exactly what was done before it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.run import layout, stage_table
+from selfmoa.run.metrics import Metrics
+from selfmoa.store import Store
+
+
+def finished_stages(store: Store, spec: AlignmentRunSpec) -> frozenset[tuple[int, str]]:
+    """(iteration, stage) pairs whose manifest exists; one listing, not one request per stage."""
+    keys = set(store.list("iter-"))
+    return frozenset(
+        (k, stage)
+        for k, stage in stage_table.run_stages(spec.iterations, reset=spec.safety_reset.enabled)
+        if layout.manifest_key(k, stage) in keys
+    )
+
+
+def read_metrics(
+    store: Store,
+    done: frozenset[tuple[int, str]],
+    known: Mapping[int, Metrics] | None = None,
+) -> dict[int, Metrics]:
+    """Metrics of every iteration whose evaluate stage is finished; those in `known` are not
+    read again (a finished stage never changes)."""
+    known = known or {}
+    out = {}
+    for k, stage in sorted(done):
+        if stage == "evaluate":
+            out[k] = known.get(k) or Metrics.model_validate(
+                store.read_json(layout.stage_file(k, "evaluate", layout.METRICS))
+            )
+    return out
