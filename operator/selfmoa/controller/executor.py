@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmoa.api.spec import API_VERSION, PLURAL, AlignmentRunSpec
+from selfmoa.api.spec import API_VERSION, PLURAL, AlignmentRun, AlignmentRunSpec
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.failures import StorageConfigError
 from selfmoa.controller.kube import Kube, collection
 from selfmoa.run import layout, stage_table
 from selfmoa.run import state as run_state
+from selfmoa.run.document import fixed_fields_changed, run_document
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Observed, RunStage, StageFailure
 from selfmoa.store import Store, open_store
@@ -50,6 +51,8 @@ class Runtime:
     #: Metrics already read per run (a finished evaluate stage never changes).
     metrics_cache: dict[tuple[str, str], dict[int, Metrics]] = field(default_factory=dict)
     stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
+    #: Each run's run.json as first written (the spec its artifacts were made with).
+    run_documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def trigger(self, namespace: str, name: str) -> asyncio.Event:
         return self.triggers.setdefault((namespace, name), asyncio.Event())
@@ -60,7 +63,13 @@ class Runtime:
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        for d in (self.triggers, self.last_status, self.phases, self.metrics_cache):
+        for d in (
+            self.triggers,
+            self.last_status,
+            self.phases,
+            self.metrics_cache,
+            self.run_documents,
+        ):
             d.pop(key, None)  # type: ignore[attr-defined]
 
     def store(self, uri: str, spec: AlignmentRunSpec) -> Store:
@@ -215,6 +224,39 @@ class KubernetesExecutor:
             return best[1].splitlines()[-1][:1000]
         cond = _condition(job, "Failed") or {}
         return str(cond.get("message") or cond.get("reason") or "the Job failed")
+
+    def spec_change_refused(self, artifacts: str | None) -> str | None:
+        """Why the current spec must not run (a field fixed at the start was edited), or None.
+
+        The first reconcile writes run.json; later ones compare against it, so an edit of the
+        policy, data, judges, objective or storage is refused instead of half-applied (stages
+        already done used the old values). Blocking I/O: call it in a thread.
+        """
+        if artifacts and artifacts != self.run_uri:
+            return (
+                f"spec.storage: changed after the run started (its artifacts are in {artifacts}); "
+                "revert it or create a new AlignmentRun"
+            )
+        key = (self.namespace, self.name)
+        run = AlignmentRun(
+            metadata={"name": self.name, "namespace": self.namespace}, spec=self.spec
+        )
+        saved = self.rt.run_documents.get(key)
+        if saved is None:
+            store = self.rt.store(self.run_uri, self.spec)
+            try:
+                saved = store.read_json(layout.RUN_JSON)
+            except FileNotFoundError:
+                saved = run_document(run)
+                store.write_json(layout.RUN_JSON, saved)
+            self.rt.run_documents[key] = saved
+        changed = fixed_fields_changed(saved, run)
+        if not changed:
+            return None
+        return (
+            f"spec.{changed[0]}: changed after the run started, which would mix two runs' "
+            "artifacts; revert it, or create a new AlignmentRun for the new spec"
+        )
 
     # ------------------------------------------------------------------ act
 

@@ -100,8 +100,15 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         return
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
+    refused = await asyncio.to_thread(
+        ex.spec_change_refused, previous.artifacts if previous else None
+    )
     snap = await ex.observe()
     action = next_action(spec, snap.observed)
+    if refused is not None and not isinstance(action, Finish):
+        if previous is None or previous.message != refused:
+            emit("Warning", "SpecChangeRefused", refused)
+        action = Wait("SpecChangeRefused", refused)
     replicas = serving_replicas(spec, action, snap.observed)
     if replicas:
         ready = await ex.ensure_serving(replicas)

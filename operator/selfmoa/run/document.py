@@ -15,8 +15,10 @@ from selfmoa.api.spec import AlignmentRun
 from selfmoa.run import layout
 from selfmoa.store import Store
 
-#: Spec fields a user may change when re-running an existing run (to extend or stop it).
-MUTABLE_FIELDS = {"iterations", "stopWhen", "suspend"}
+#: Spec fields a user may change in a started run: extend or stop it, pause it, or change where
+#: and how big its pods are. Everything else (the policy, the data, the judges, the objective,
+#: the storage) defines what the run's artifacts mean and is fixed once the run has started.
+MUTABLE_FIELDS = {"iterations", "stopWhen", "suspend", "serving", "trainer", "queueName"}
 
 
 def run_document(run: AlignmentRun) -> dict[str, Any]:
@@ -31,17 +33,19 @@ def run_document(run: AlignmentRun) -> dict[str, Any]:
 
 def ensure_run_json(store: Store, run: AlignmentRun) -> None:
     """Write the spec snapshot; refuse to mix two different specs in one run directory."""
-    wire = run.spec.wire()
     if store.exists(layout.RUN_JSON):
-        saved = store.read_json(layout.RUN_JSON).get("spec", {})
-        changed = sorted(
-            k
-            for k in set(saved) | set(wire)
-            if saved.get(k) != wire.get(k) and k not in MUTABLE_FIELDS
-        )
+        changed = fixed_fields_changed(store.read_json(layout.RUN_JSON), run)
         if changed:
             raise SpecError(
                 f"spec.{changed[0]}: differs from the existing run at {store.uri} "
                 "(use another metadata.name or --store to start a new run)"
             )
     store.write_json(layout.RUN_JSON, run_document(run))
+
+
+def fixed_fields_changed(saved_document: dict[str, Any], run: AlignmentRun) -> list[str]:
+    """Top-level spec fields outside `MUTABLE_FIELDS` that differ from the saved run.json."""
+    saved, wire = saved_document.get("spec", {}), run.spec.wire()
+    return sorted(
+        k for k in set(saved) | set(wire) if saved.get(k) != wire.get(k) and k not in MUTABLE_FIELDS
+    )

@@ -1,0 +1,123 @@
+"""Runs that can't make progress say why: reconcile errors and queue holds, in status."""
+
+from __future__ import annotations
+
+from harness import (
+    Cluster,
+    Operator,
+    apply,
+    condition,
+    events,
+    jobs,
+    patch_spec,
+    play_one,
+    run_status,
+    stand_in_stage,
+    tiny_run,
+    wait_for,
+)
+
+from selfmoa.api import SpecError
+from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.controller.executor import queue_hold
+from selfmoa.controller.failures import StorageConfigError, classify
+from selfmoa.controller.kube import KubeError
+from selfmoa.run.planner import Observed, Wait, next_action
+from selfmoa.store import StoreError
+
+
+def test_classify_tells_permanent_from_transient() -> None:
+    table = [
+        (
+            KubeError(422, "Job.batch is invalid: spec.template.spec.containers"),
+            "ChildRejected",
+            True,
+        ),
+        (KubeError(400, "quantities must match the regular expression"), "ChildRejected", True),
+        (KubeError(403, "jobs.batch is forbidden"), "Forbidden", False),
+        (KubeError(503, "etcdserver: leader changed"), "ApiError", False),
+        (StorageConfigError("s3:///p: no bucket"), "InvalidStorage", True),
+        (StoreError("could not connect to http://127.0.0.1:1"), "StorageUnavailable", False),
+        (SpecError("spec.judges: duplicate"), "InvalidSpec", True),
+        (ConnectionRefusedError(111, "refused"), "ApiUnavailable", False),
+        (RuntimeError("boom\nsecond line"), "ReconcileError", False),
+    ]
+    for exc, reason, permanent in table:
+        b = classify(exc)
+        assert (b.reason, b.permanent) == (reason, permanent), exc
+        assert "\n" not in b.message and b.message
+
+
+def test_a_suspended_job_is_waiting_not_failed() -> None:
+    job = {
+        "metadata": {"labels": {"kueue.x-k8s.io/queue-name": "gpu"}},
+        "spec": {"suspend": True},
+        "status": {},
+    }
+    reason, message = queue_hold(job, (1, "train")) or ("", "")
+    assert reason == "WaitingForAdmission" and "queue gpu" in message
+    job["status"] = {"startTime": "2026-12-01T00:00:00Z"}
+    assert (queue_hold(job, (1, "train")) or ("",))[0] == "Preempted"
+    assert queue_hold({"spec": {"suspend": False}}, (1, "train")) is None
+    spec = AlignmentRunSpec.model_validate({"policy": {"model": "m"}})
+    held = Observed(running=(0, "evaluate"), held=("WaitingForAdmission", "waits"))
+    assert next_action(spec, held) == Wait("WaitingForAdmission", "waits")
+
+
+async def test_a_store_no_one_can_open_fails_the_run_saying_why(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    run = tiny_run("nobucket", tmp_path)
+    run["spec"]["storage"] = {"uri": "s3:///prefix"}
+    await apply(cluster, run)
+    st = await wait_for(
+        lambda: (
+            run_status(cluster, "nobucket").get("phase") == "Failed"
+            and run_status(cluster, "nobucket")
+        )
+    )
+    failed = condition(st, "Failed")
+    assert failed is not None and failed["reason"] == "InvalidStorage"
+    assert "no bucket" in failed["message"]
+    await wait_for(lambda: events(cluster, "InvalidStorage"))
+    assert jobs(cluster) == {}
+
+
+async def test_an_unreachable_store_keeps_retrying_and_says_so(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    run = tiny_run("down", tmp_path)
+    run["spec"]["storage"] = {"uri": "s3://bucket/p", "endpoint": "http://127.0.0.1:1"}
+    await apply(cluster, run)
+    st = await wait_for(
+        lambda: (
+            "retrying" in (run_status(cluster, "down").get("message") or "")
+            and run_status(cluster, "down")
+        ),
+        timeout=60,
+    )
+    assert st["phase"] == "Running"
+    progressing = condition(st, "Progressing")
+    assert progressing is not None and progressing["reason"] == "StorageUnavailable"
+    assert jobs(cluster) == {}
+
+
+async def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    await apply(cluster, tiny_run("edit", tmp_path))
+    await wait_for(lambda: "edit-i0-reset" in jobs(cluster))
+    await patch_spec(cluster, "edit", {"policy": {"model": "org/other"}})
+    await play_one(cluster, stand_in_stage)  # the running stage may finish
+    st = await wait_for(
+        lambda: (
+            (run_status(cluster, "edit").get("message") or "").startswith("spec.policy")
+            and run_status(cluster, "edit")
+        )
+    )
+    assert "changed after the run started" in st["message"]
+    await wait_for(lambda: events(cluster, "SpecChangeRefused"))
+    assert sorted(jobs(cluster)) == ["edit-i0-reset"]  # nothing new starts meanwhile
+    # A field that may change (more iterations) is taken; reverting the fixed one resumes.
+    await patch_spec(cluster, "edit", {"policy": {"model": "selfmoa/tiny"}, "iterations": 3})
+    await wait_for(lambda: "edit-i0-evaluate" in jobs(cluster))
