@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from judge_helpers import response
@@ -227,3 +228,21 @@ def test_build_judges_passes_format_and_coverage_and_refuses_what_cannot_work() 
         )
         with pytest.raises(JudgeError, match=msg):
             build_judges(spec, _Provider(spec))
+
+
+def test_shieldgemma_uses_logprobs_when_the_engine_returns_them() -> None:
+    import math
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class WithLogprobs(Generation):
+        top_logprobs: dict[str, float] = field(default_factory=dict)
+
+    class Engine_(ScriptedEngine):
+        def chat(self, conversations: Sequence[Conversation], *a: object, **k: object) -> Any:
+            lp = {"Yes": math.log(0.1), "No": math.log(0.9)}
+            return [[WithLogprobs("No", 1, top_logprobs=lp)], [Generation("Yes", 1)]]
+
+    judge = LLMJudge("sg", Objective.safety, Engine_(lambda *_: ""), fmt=JudgeFormat.shieldgemma)
+    graded, label = judge.judge_batch(items("a", "b"))
+    assert graded.score == pytest.approx(1 + 4 * 0.9) and label.score == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 from harness import (
@@ -74,6 +75,16 @@ async def test_lifecycle_status_and_events(cluster: Cluster, operator: Operator,
     await wait_for(lambda: len(events(cluster, "StageSucceeded")) == len(EXPECTED_JOBS))
     assert len(events(cluster, "StageStarted")) == len(EXPECTED_JOBS)
     assert validate_all(cluster) == len(EXPECTED_JOBS)
+    # The run explains itself in its store, as a local run does.
+    root = tmp_path / "ml" / "r"
+    saved = await wait_for(
+        lambda: (
+            (root / "status.json").exists()
+            and json.loads((root / "status.json").read_text())["phase"] == "Succeeded"
+        )
+    )
+    assert saved
+    assert "iteration" in (root / "report.html").read_text()
 
 
 async def test_restarts_resume_without_duplicate_jobs(cluster: Cluster, tmp_path) -> None:

@@ -13,12 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmoa.api.spec import API_VERSION, PLURAL, AlignmentRun, AlignmentRunSpec
+from selfmoa.api.spec import (
+    API_VERSION,
+    PLURAL,
+    AlignmentRun,
+    AlignmentRunSpec,
+    AlignmentRunStatus,
+)
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.failures import StorageConfigError
 from selfmoa.controller.kube import Kube, collection
-from selfmoa.run import layout, stage_table
+from selfmoa.run import layout, outputs, stage_table
 from selfmoa.run import state as run_state
 from selfmoa.run.document import fixed_fields_changed, run_document
 from selfmoa.run.metrics import Metrics
@@ -257,6 +263,16 @@ class KubernetesExecutor:
             f"spec.{changed[0]}: changed after the run started, which would mix two runs' "
             "artifacts; revert it, or create a new AlignmentRun for the new spec"
         )
+
+    def write_outputs(
+        self, status: AlignmentRunStatus, observed: Observed, *, report: bool
+    ) -> None:
+        """status.json (and report.html when `report`) at the run's root. Blocking I/O."""
+        store = self.rt.store(self.run_uri, self.spec)
+        outputs.write_status(store, status)
+        if report:
+            seconds = outputs.stage_seconds(store, observed.done)
+            outputs.write_report(store, self.spec, observed.metrics, seconds)
 
     # ------------------------------------------------------------------ act
 

@@ -133,6 +133,33 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
     new.attempts = dict(snap.attempts)
     _events(previous, new, snap, action, emit)
     await _write_status(ex, rt, new, prev_raw)
+    await _write_outputs(ex, previous, new, snap.observed)
+
+
+async def _write_outputs(
+    ex: KubernetesExecutor,
+    previous: AlignmentRunStatus | None,
+    new: AlignmentRunStatus,
+    observed: Observed,
+) -> None:
+    """status.json on every stage or phase change; report.html when metrics or the phase
+    change. A store that refuses the write costs a log line, not the reconcile."""
+    stage_changed = previous is None or (previous.stage, previous.phase, previous.iteration) != (
+        new.stage,
+        new.phase,
+        new.iteration,
+    )
+    report = previous is None or (
+        len(previous.iterations) != len(new.iterations) or previous.phase != new.phase
+    )
+    if not (stage_changed or report):
+        return
+    try:
+        await asyncio.to_thread(ex.write_outputs, new, observed, report=report)
+    except Exception as e:
+        log.warning(
+            "run %s/%s: could not write status.json/report.html: %s", ex.namespace, ex.name, e
+        )
 
 
 async def _write_status(

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
 from selfmoa.local.executor import Display, RunResult, StageEvent
-from selfmoa.run import layout, planner, stage_table
+from selfmoa.run import layout, outputs, planner, stage_table
 from selfmoa.stages.base import Progress as ProgressFn
 from selfmoa.store import Store
 
@@ -209,23 +209,4 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
 
 
 def write_report(store: Store, spec: AlignmentRunSpec, result: RunResult) -> None:
-    from selfmoa.run.report import render_report
-
-    g = planner.gate(spec, result.metrics)
-    html = render_report(
-        title=f"Self-MOA run {store.uri.rstrip('/').rsplit('/', 1)[-1]}",
-        metrics=result.metrics,
-        stage_seconds=result.stage_seconds,
-        accepted={0: True, **g.accepted},
-        spec_summary={
-            "policy": spec.policy.model,
-            "iterations": spec.iterations,
-            "judges": ", ".join(
-                f"{j.name} ({j.objective.value}, {j.kind.value})" for j in spec.judges
-            ),
-            "ensemble": spec.ensemble.method.value,
-            "pairs": spec.preferences.strategy.value,
-            "loss": spec.training.loss.value,
-        },
-    )
-    store.write_bytes(layout.REPORT, html.encode())
+    outputs.write_report(store, spec, result.metrics, result.stage_seconds)

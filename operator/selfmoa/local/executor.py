@@ -18,7 +18,7 @@ from selfmoa.api.spec import (
     AlignmentRunSpec,
     AlignmentRunStatus,
 )
-from selfmoa.run import layout, planner
+from selfmoa.run import layout, outputs, planner
 from selfmoa.run import state as run_state
 from selfmoa.run.document import ensure_run_json
 from selfmoa.run.metrics import Metrics
@@ -72,14 +72,6 @@ def observe(
     return planner.Observed(done=done, metrics=run_state.read_metrics(store, done, known))
 
 
-def stage_seconds(store: Store, done: frozenset[tuple[int, str]]) -> dict[str, float]:
-    out = {}
-    for k, stage in sorted(done):
-        manifest = store.read_json(layout.manifest_key(k, stage))
-        out[f"{layout.iteration_dir(k)}/{stage}"] = float(manifest.get("seconds", 0.0))
-    return out
-
-
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -112,7 +104,7 @@ def run_local(
             status = planner.status(
                 spec, observed, action, now=now(), previous=status, artifacts=store.uri
             )
-            store.write_json("status.json", status.model_dump(mode="json", by_alias=True))
+            outputs.write_status(store, status)
             progress = display.stage_started(StageEvent(action.iteration, action.stage))
             try:
                 manifest, ran = runner.run(
@@ -138,7 +130,7 @@ def run_local(
     result = RunResult(
         status=status,
         metrics=run_state.read_metrics(store, done),
-        stage_seconds=stage_seconds(store, done),
+        stage_seconds=outputs.stage_seconds(store, done),
         run_uri=store.uri,
     )
     if report is not None:
@@ -160,7 +152,7 @@ def _finish(
     status = planner.status(
         spec, observed, action, now=now(), previous=previous, artifacts=store.uri
     )
-    store.write_json("status.json", status.model_dump(mode="json", by_alias=True))
+    outputs.write_status(store, status)
     return status
 
 

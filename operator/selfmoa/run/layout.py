@@ -15,6 +15,7 @@ from typing import Final
 MANIFEST: Final = "_manifest.json"
 RUN_JSON: Final = "run.json"
 REPORT: Final = "report.html"
+STATUS: Final = "status.json"
 
 PROMPTS: Final = "prompts.jsonl"
 RESPONSES: Final = "responses.jsonl"
