@@ -1,0 +1,137 @@
+"""Models materialized once and reused: by every stage of a run, on every node.
+
+A stage Pod starts with an empty disk. Without a shared copy, each one would rebuild the tiny base
+(~90 s) or download the policy and judges from the hub again (gigabytes, per stage, per
+iteration). Here a model is identified by a *key* that names its content (the tiny builder's
+hash of its inputs, or a hub repo at a revision); the first user builds or downloads it and
+publishes it into the run's store under `models/<key>/`; everyone after fetches it from there.
+
+Publishing follows the stages' rule: files first, `_manifest.json` last, and each publisher's
+files go under their own build id (`models/<key>/<build-id>/...`) that the manifest names. Two
+Pods that build the same model at once both publish whole copies; whichever manifest lands last
+wins, and it always names a complete set of files, so a reader never mixes two builds. Fetched
+files are checked against the manifest's sha256s before use.
+
+On one machine, a lock file serializes processes that share a cache directory, and a finished
+model directory appears by rename only, with a marker written inside it before.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from selfmoa.store.base import Store, StoreError
+
+MODELS = "models"
+MANIFEST = "_manifest.json"
+#: Written inside a local model directory once it is complete.
+COMPLETE = ".selfmoa-complete"
+
+#: Builds (or downloads) a model into the given empty directory; gets a progress callback.
+Build = Callable[[Path, Callable[[str], None]], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def manifest_key(key: str) -> str:
+    return f"{MODELS}/{key}/{MANIFEST}"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != COMPLETE)
+
+
+def materialize(
+    key: str,
+    build: Build,
+    *,
+    cache_dir: Path,
+    shared: Store | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """The local directory of model `key`: from the local cache, else fetched from `shared`,
+    else built once by `build` (and published to `shared` for everyone after)."""
+    say = progress or _quiet
+    final = Path(cache_dir) / MODELS / key
+    if (final / COMPLETE).exists():
+        return final
+    with _locked(Path(cache_dir) / MODELS / f".{key}.lock"):
+        if (final / COMPLETE).exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        try:
+            if shared is not None and shared.exists(manifest_key(key)):
+                say(f"model {key}: fetching from {shared.uri}/{MODELS}/{key}")
+                fetch(shared, key, tmp)
+            else:
+                started = time.monotonic()
+                say(f"model {key}: not in the shared cache; building it")
+                build(tmp, say)
+                if shared is not None:
+                    publish(shared, key, tmp)
+                    say(
+                        f"model {key}: built and shared in {time.monotonic() - started:.0f}s "
+                        f"({shared.uri}/{MODELS}/{key})"
+                    )
+            (tmp / COMPLETE).write_text(key)
+            if final.exists():  # an incomplete leftover of a killed process
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def publish(shared: Store, key: str, local: Path) -> dict[str, Any]:
+    """Upload `local` under a fresh build id, then the manifest naming it (last)."""
+    build_id = uuid.uuid4().hex[:12]
+    files: dict[str, dict[str, Any]] = {}
+    for path in _files(local):
+        data = path.read_bytes()
+        name = path.relative_to(local).as_posix()
+        shared.write_bytes(f"{MODELS}/{key}/{build_id}/{name}", data)
+        files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {"key": key, "build": build_id, "files": files, "published": time.time()}
+    shared.write_json(manifest_key(key), manifest)
+    return manifest
+
+
+def fetch(shared: Store, key: str, dest: Path) -> dict[str, Any]:
+    """Download the published copy of `key` into `dest`, checking every file's sha256."""
+    manifest: dict[str, Any] = shared.read_json(manifest_key(key))
+    build_id = manifest["build"]
+    for name, entry in sorted(manifest["files"].items()):
+        data = shared.read_bytes(f"{MODELS}/{key}/{build_id}/{name}")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise StoreError(
+                f"{shared.uri}/{MODELS}/{key}/{build_id}/{name}: sha256 differs from the "
+                "model's manifest (a corrupted or tampered copy); delete "
+                f"{MODELS}/{key}/ from the store to rebuild it"
+            )
+        out = dest / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    return manifest
