@@ -6,6 +6,7 @@
     selfmoa operator ...                  the Kubernetes operator
     selfmoa serve --model M               an OpenAI-compatible server (CPU clusters, tests)
     selfmoa crd [--output PATH]           write the CustomResourceDefinition
+    selfmoa export RUN_URI --out DIR      the aligned model: adapter or merged, with a card
 
 Bad input ends with one line on stderr and exit code 2; a failed stage with exit code 1. Heavy
 libraries (torch, transformers, kopf) load only in the command that needs them.
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("operator", "run the Kubernetes operator"),
         ("serve", "serve a model over an OpenAI-compatible HTTP API"),
         ("crd", "write the CustomResourceDefinition generated from the spec"),
+        ("export", "export a run's aligned model (adapter or merged) with a model card"),
     ):
         d = sub.add_parser(name, help=helptext, add_help=False)
         d.add_argument("args", nargs=argparse.REMAINDER)
@@ -120,7 +122,7 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Delegated commands parse their own flags (their --help must reach them).
-    if argv and argv[0] in ("operator", "serve", "crd"):
+    if argv and argv[0] in ("operator", "serve", "crd", "export"):
         return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     # Deprecation notices of the ML libraries are for us, not for someone running an alignment.
@@ -150,6 +152,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         from selfmoa.engines.server import main as serve_main
 
         return int(serve_main(rest))
+    if command == "export":
+        from selfmoa.export.command import main as export_main
+
+        return int(export_main(rest))
     from selfmoa.api.crd import main as crd_main
 
     return int(crd_main(rest))
@@ -256,7 +262,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from selfmoa.run import state as run_state
     from selfmoa.stages import StageError
     from selfmoa.stages.runner import open_runner
-    from selfmoa.store import StoreError, open_store
+    from selfmoa.store import StoreError, open_store, open_store_for
 
     if args.name not in stage_table.NAMES:
         raise UsageError(f"unknown stage '{args.name}' (one of: {', '.join(stage_table.NAMES)})")
@@ -264,11 +270,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise UsageError("--iteration: must be 0 or more")
     given = _given_run(args)
     try:
-        storage = given.spec.storage if given is not None else None
-        store = open_store(
-            args.run_uri,
-            endpoint=storage.endpoint if storage else None,
-            region=storage.region if storage else None,
+        store = (
+            open_store_for(args.run_uri, given.spec.storage)
+            if given is not None
+            else open_store(args.run_uri)
         )
         spec = _stage_spec(args, given, store)
         if args.iteration > spec.iterations:

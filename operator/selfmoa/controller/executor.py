@@ -29,7 +29,7 @@ from selfmoa.run import state as run_state
 from selfmoa.run.document import fixed_fields_changed, run_document
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Observed, RunStage, StageFailure
-from selfmoa.store import Store, open_store
+from selfmoa.store import Store, open_store_for
 
 #: The label Kueue reads to queue a Job (set by the builders from `spec.queueName`).
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -82,9 +82,7 @@ class Runtime:
         key = (uri, spec.storage.endpoint)
         if key not in self.stores:
             try:
-                self.stores[key] = open_store(
-                    uri, endpoint=spec.storage.endpoint, region=spec.storage.region
-                )
+                self.stores[key] = open_store_for(uri, spec.storage)
             except Exception as e:  # a URI no store can open: retrying won't help
                 raise StorageConfigError(f"{uri}: {e}") from e
         return self.stores[key]

@@ -24,7 +24,7 @@ from selfmoa.run.document import ensure_run_json
 from selfmoa.run.metrics import Metrics
 from selfmoa.stages.base import Progress, no_progress
 from selfmoa.stages.runner import open_runner
-from selfmoa.store import Store, open_store
+from selfmoa.store import Store, open_store_for
 
 
 @dataclass
@@ -62,7 +62,7 @@ class RunResult:
 def open_run_store(run: AlignmentRun, storage_uri: str | None = None) -> Store:
     spec = run.spec
     uri = layout.run_uri(storage_uri or spec.storage.uri, run.namespace, run.name)
-    return open_store(uri, endpoint=spec.storage.endpoint, region=spec.storage.region)
+    return open_store_for(uri, spec.storage)
 
 
 def observe(

@@ -7,11 +7,14 @@ mixes two specs.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+from pydantic import ValidationError
 
 from selfmoa import __version__
 from selfmoa.api.errors import SpecError
-from selfmoa.api.spec import AlignmentRun
+from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
 from selfmoa.run import layout
 from selfmoa.store import Store
 
@@ -44,8 +47,14 @@ def ensure_run_json(store: Store, run: AlignmentRun) -> None:
 
 
 def fixed_fields_changed(saved_document: dict[str, Any], run: AlignmentRun) -> list[str]:
-    """Top-level spec fields outside `MUTABLE_FIELDS` that differ from the saved run.json."""
+    """Top-level spec fields outside `MUTABLE_FIELDS` that differ from the saved run.json.
+
+    The saved spec is read through today's model first, so a field added since (with a default)
+    is not taken for an edit of a run started before it existed."""
     saved, wire = saved_document.get("spec", {}), run.spec.wire()
+    # When it no longer validates, compare as written: whatever differs is reported by name.
+    with contextlib.suppress(ValidationError):
+        saved = AlignmentRunSpec.model_validate(saved).wire()
     return sorted(
         k for k in set(saved) | set(wire) if saved.get(k) != wire.get(k) and k not in MUTABLE_FIELDS
     )

@@ -10,7 +10,6 @@ validating stages never loads torch).
 from __future__ import annotations
 
 import importlib
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from selfmoa.stages.base import (
     no_progress,
 )
 from selfmoa.store import Store
+from selfmoa.store.scratch import scratch_dir
 
 
 def load_stage(name: str) -> StageFn:
@@ -72,7 +72,9 @@ def open_runner(spec: AlignmentRunSpec, store: Store) -> Iterator[StageRunner]:
     """A runner with a fresh scratch directory; engines are closed and scratch removed after."""
     provider = EngineProvider(spec)
     try:
-        with tempfile.TemporaryDirectory(prefix="selfmoa-") as tmp:
-            yield StageRunner(spec, store, workdir=Path(tmp), engines=provider)
+        # Sweeps the scratch a killed stage left behind, and temp files of half-done writes.
+        store.sweep_temp()
+        with scratch_dir() as tmp:
+            yield StageRunner(spec, store, workdir=tmp, engines=provider)
     finally:
         provider.close()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from selfmoa.store.base import BadKeyError, PrefixedStore, Store, StoreError, check_key, iter_jsonl
+
+if TYPE_CHECKING:
+    from selfmoa.api.spec import StorageSpec
 
 
 def open_store(
@@ -26,6 +31,13 @@ def open_store(
     return FileStore(uri)
 
 
+def open_store_for(uri: str, storage: StorageSpec) -> Store:
+    """The store at `uri` with a run's storage settings (endpoint, region, timeout)."""
+    return open_store(
+        uri, endpoint=storage.endpoint, region=storage.region, timeout=storage.timeout_seconds
+    )
+
+
 __all__ = [
     "BadKeyError",
     "PrefixedStore",
@@ -34,4 +46,5 @@ __all__ = [
     "check_key",
     "iter_jsonl",
     "open_store",
+    "open_store_for",
 ]

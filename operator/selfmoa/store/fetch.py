@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     from selfmoa.store import open_store
 
     storage = (contract.spec_from_env() or {}).get("storage", {})
-    store = open_store(args[0], endpoint=storage.get("endpoint"), region=storage.get("region"))
+    store = open_store(
+        args[0],
+        endpoint=storage.get("endpoint"),
+        region=storage.get("region"),
+        timeout=storage.get("timeoutSeconds"),
+    )
     store.download_dir("", Path(args[1]))
     return 0
 

@@ -194,11 +194,12 @@ class S3Store(Store):
     def _check_bucket(self) -> None:
         short = min(5.0, self.timeout / 2)
         probe = self._make_client(connect=min(2.0, short), read=short, attempts=2)
-        with self._errors(None):
+        # Two attempts of `short` seconds and at most 1 s of back-off between them.
+        with self._errors(None, waited=2 * short + 1):
             probe.head_bucket(Bucket=self.bucket)
 
     @contextmanager
-    def _errors(self, key: str | None) -> Iterator[None]:
+    def _errors(self, key: str | None, *, waited: float | None = None) -> Iterator[None]:
         """Turn botocore's exceptions into one clear StoreError line (or FileNotFoundError)."""
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import (
@@ -218,8 +219,8 @@ class S3Store(Store):
         except ReadTimeoutError:
             raise StoreError(
                 f"S3 endpoint {self.endpoint_url} stopped answering on {where}: no reply within "
-                f"{self.timeout:g}s (timeouts and retries included; spec.storage.timeoutSeconds "
-                "raises it if the store is only slow)"
+                f"{waited or self.timeout:g}s (retries included; raise "
+                "spec.storage.timeoutSeconds if the store is only slow)"
             ) from None
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             raise StoreError(

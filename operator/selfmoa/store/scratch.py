@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The owner file inside each scratch directory.
@@ -75,6 +76,18 @@ def make_scratch(root: Path | None = None, prefix: str = "selfmoa-") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def scratch_dir(root: Path | None = None, prefix: str = "selfmoa-") -> Iterator[Path]:
+    """A scratch directory for the duration of the block, removed after it; the leftovers of
+    killed processes under the same `root` and `prefix` are swept first."""
+    sweep_stale(root, prefix)
+    path = make_scratch(root, prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _age(path: Path) -> float:
     try:
         return time.time() - path.lstat().st_mtime
@@ -108,7 +121,8 @@ def sweep_stale(
 
 def temp_name(name: str) -> tuple[str, str]:
     """(prefix, suffix) of a temp sibling of the file `name`, carrying our owner token."""
-    return f".{name}.{owner_token()}.", ".tmp"
+    # The name is cut so that the whole stays under the usual 255-byte limit.
+    return f".{name[:100]}.{owner_token()}.", ".tmp"
 
 
 def is_temp_name(name: str) -> bool:
