@@ -133,7 +133,7 @@ def test_names_columns_and_subresources() -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Iteration", "Stage", "Safety", "Helpfulness", "Age"]
+    assert cols == ["Phase", "Iteration", "Stage", "Safety", "Helpfulness", "Result", "Age"]
     props = schema()["properties"]["status"]["properties"]
     for col in version["additionalPrinterColumns"]:
         path = col["jsonPath"].split(".")[1:]

@@ -196,3 +196,19 @@ def test_status_when_finished() -> None:
         "Succeeded": "True",
         "Failed": "False",
     }
+
+
+def test_result_is_the_best_accepted_iteration_and_says_why() -> None:
+    spec = make_spec(iterations=3, stopWhen={"patience": 5})
+    metrics = {0: m(0, 0.8), 1: m(1, 0.5), 2: m(2, 0.6), 3: m(3, 0.45, helpfulness=0.1)}
+    obs = Observed(done=done_through(spec, 3), metrics=metrics)
+    st = status(spec, obs, next_action(spec, obs), now="t", generation=7)
+    # 2 is rolled back (ASR rose), 3 is rolled back (helpfulness collapsed): 1 is the result.
+    assert st.result is not None and st.result.iteration == 1
+    assert st.result.attack_success_rate == pytest.approx(0.5)
+    assert "lowest attack success rate" in st.result.why
+    assert all(c.observed_generation == 7 for c in st.conditions)
+    base_only = Observed(done=done_through(spec, 1), metrics={0: m(0, 0.8), 1: m(1, 0.9)})
+    st0 = status(spec, base_only, next_action(spec, base_only), now="t")
+    assert st0.result is not None and st0.result.iteration == 0
+    assert "no trained iteration" in st0.result.why

@@ -47,6 +47,8 @@ DNS1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 URL_PATTERN = r"^https?://[^\s/]+"
 #: Some non-space character.
 NON_BLANK_PATTERN = r"\S"
+#: A Kubernetes label value (the part after `=`).
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 
 #: Plain words for the patterns above, used in error messages instead of the regex.
 PATTERN_HINTS = {
@@ -64,6 +66,10 @@ PATTERN_HINTS = {
     ),
     URL_PATTERN: "must be an http:// or https:// URL",
     NON_BLANK_PATTERN: "must not be empty or blank",
+    LABEL_VALUE_PATTERN: (
+        "must be a Kubernetes label value: letters, digits, '-', '_' and '.', starting and "
+        "ending with a letter or digit"
+    ),
 }
 
 Int = Annotated[int, Strict()]
@@ -75,6 +81,9 @@ NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=NON_BLANK_PATT
 Quantity = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=QUANTITY_PATTERN)]
 SecretName = Annotated[
     str, StringConstraints(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN)
+]
+LabelValue = Annotated[
+    str, StringConstraints(min_length=1, max_length=63, pattern=LABEL_VALUE_PATTERN)
 ]
 Url = Annotated[str, StringConstraints(min_length=8, max_length=2048, pattern=URL_PATTERN)]
 

@@ -270,6 +270,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.helpfulness",
         "description": "Latest accepted mean helpfulness (0..1).",
     },
+    {
+        "name": "Result",
+        "type": "integer",
+        "jsonPath": ".status.result.iteration",
+        "description": "The best accepted iteration: the run's result.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

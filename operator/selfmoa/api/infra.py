@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from selfmoa.api.base import (
     MAX_DEADLINE_SECONDS,
@@ -80,7 +80,24 @@ class ServingSpec(Model):
             "(an error when no GPU is visible)."
         ),
     )
-    gpus_per_model: Int = Field(default=1, ge=0, le=16, description="GPUs per vLLM server.")
+    gpus_per_model: Int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description=(
+            "GPUs per vLLM server: its tensor-parallel size (0, or a power of two up to 8, "
+            "the GPUs of one node)."
+        ),
+    )
+    replicas: Int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "vLLM servers per model behind its Service; generation spreads over them and every "
+            "replica loads every adapter it must serve."
+        ),
+    )
     release_during_training: Bool = Field(
         default=True, description="Scale serving to zero while the train Job runs."
     )
@@ -91,6 +108,16 @@ class ServingSpec(Model):
         default=None, description="Secret with HF_TOKEN for gated hub models."
     )
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments.")
+
+    @field_validator("gpus_per_model")
+    @classmethod
+    def _tensor_parallel(cls, n: int) -> int:
+        if n & (n - 1):
+            raise ValueError(
+                f"{n} GPUs can't be one vLLM tensor-parallel group: use 1, 2, 4 or 8 (vLLM "
+                "splits attention heads evenly across a power of two)"
+            )
+        return n
 
 
 class ResourcesSpec(Model):
@@ -104,7 +131,24 @@ class TrainerSpec(Model):
     image: NonBlank | None = Field(
         default=None, description="Worker image (default from the operator)."
     )
-    gpus: Int = Field(default=1, ge=0, le=16, description="GPUs for the train Job.")
+    gpus: Int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description=(
+            "GPUs per node for the train and reset Jobs; more than 1 launches one training "
+            "process per GPU (torchrun)."
+        ),
+    )
+    nodes: Int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Nodes for the train and reset stages; more than 1 runs them as a Kubeflow Trainer "
+            "TrainJob (the cluster must serve trainer.kubeflow.org)."
+        ),
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Stage resources.")
     backoff_limit: Int = Field(default=2, ge=0, le=20, description="Retries of a failed stage Job.")
     active_deadline_seconds: Int = Field(
@@ -112,4 +156,14 @@ class TrainerSpec(Model):
         ge=60,
         le=MAX_DEADLINE_SECONDS,
         description="Deadline of one stage Job, in seconds (at most 7 days).",
+    )
+
+
+class OutputSpec(Model):
+    """Where the run's result goes when it ends (the operator runs `selfmoa export` as a Job)."""
+
+    uri: NonBlank = Field(description="s3://BUCKET/PREFIX (or a file:// path on shared storage).")
+    merge: Bool = Field(
+        default=False,
+        description="Write the full model with the adapter merged in, instead of the adapter.",
     )

@@ -45,6 +45,11 @@ class LoraSpec(Model):
     )
 
 
+class TrainingStrategy(StrEnum):
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
 class TrainingSpec(Model):
     """Preference optimization with TRL DPOTrainer and a PEFT LoRA adapter."""
 
@@ -53,6 +58,14 @@ class TrainingSpec(Model):
         description=(
             "dpo; bfpo (pairs ordered by helpfulness, safety flag per response); modpo (the "
             "other objective's score difference as a margin); weighted (TRL loss_type list)."
+        ),
+    )
+    strategy: TrainingStrategy = Field(
+        default=TrainingStrategy.ddp,
+        description=(
+            "With more than one training process (trainer.gpus > 1 or trainer.nodes > 1): ddp "
+            "(a full copy of the model per GPU) or fsdp (parameters sharded across GPUs, for "
+            "models that don't fit one)."
         ),
     )
     beta: Float = Field(default=0.1, gt=0, le=10, description="DPO beta.")

@@ -25,11 +25,13 @@ from selfmoa.api.base import (
     TINY_MODEL,
     Bool,
     Int,
+    LabelValue,
     Model,
     SpecError,
 )
 from selfmoa.api.infra import (
     Device,
+    OutputSpec,
     ResourcesSpec,
     ServingEngine,
     ServingSpec,
@@ -57,8 +59,20 @@ from selfmoa.api.loop import (
     StopWhenSpec,
 )
 from selfmoa.api.names import namespace_problem, run_name_problem
-from selfmoa.api.optimization import TRL_LOSS_TYPES, LoraSpec, LossKind, TrainingSpec
-from selfmoa.api.status import AlignmentRunStatus, Condition, IterationStatus, Phase
+from selfmoa.api.optimization import (
+    TRL_LOSS_TYPES,
+    LoraSpec,
+    LossKind,
+    TrainingSpec,
+    TrainingStrategy,
+)
+from selfmoa.api.status import (
+    AlignmentRunStatus,
+    Condition,
+    IterationStatus,
+    Phase,
+    ResultStatus,
+)
 
 GROUP = "selfmoa.dev"
 VERSION = "v1alpha1"
@@ -104,6 +118,21 @@ class AlignmentRunSpec(Model):
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Model serving.")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Stage Jobs.")
     suspend: Bool = Field(default=False, description="Pause between stages (operator only).")
+    queue_name: LabelValue | None = Field(
+        default=None,
+        description=(
+            "Kueue LocalQueue for the run's Jobs and serving pods (label "
+            "kueue.x-k8s.io/queue-name); a Job waiting for admission is shown as waiting."
+        ),
+    )
+    priority_class_name: LabelValue | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class).",
+    )
+    output: OutputSpec | None = Field(
+        default=None,
+        description="Export the result when the run ends (adapter, or the merged model).",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> AlignmentRunSpec:
@@ -215,12 +244,14 @@ __all__ = [
     "Model",
     "ModelRef",
     "Objective",
+    "OutputSpec",
     "PairStrategy",
     "Phase",
     "PolicySpec",
     "PreferencesSpec",
     "RedTeamSpec",
     "ResourcesSpec",
+    "ResultStatus",
     "SafetyResetSpec",
     "SamplingSpec",
     "ServingEngine",
@@ -230,4 +261,5 @@ __all__ = [
     "StorageSpec",
     "TrainerSpec",
     "TrainingSpec",
+    "TrainingStrategy",
 ]

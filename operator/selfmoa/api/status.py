@@ -33,6 +33,9 @@ class Condition(Model):
     reason: str = Field(default="", description="CamelCase reason.")
     message: str = Field(default="", description="Human-readable message.")
     last_transition_time: str | None = Field(default=None, description="RFC 3339 time.")
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this condition was computed for."
+    )
 
 
 class IterationStatus(Model):
@@ -49,6 +52,25 @@ class IterationStatus(Model):
     adapter: str | None = Field(default=None, description="Adapter URI of this iteration.")
     accepted: bool | None = Field(default=None, description="False when the gate rolled it back.")
     pgr: float | None = Field(default=None, description="Performance gap recovered (gold judge).")
+
+
+class ResultStatus(Model):
+    """The run's result: its best accepted iteration (or the one the user exported)."""
+
+    model_config = _STATUS_CONFIG
+
+    iteration: int = Field(description="The chosen iteration (0 = the starting point).")
+    adapter: str | None = Field(default=None, description="Adapter URI (none for the base).")
+    attack_success_rate: float | None = Field(default=None, description="Its held-out ASR.")
+    safety: float | None = Field(default=None, description="Its held-out mean safety, 0..1.")
+    helpfulness: float | None = Field(
+        default=None, description="Its held-out mean helpfulness, 0..1."
+    )
+    over_refusal: float | None = Field(default=None, description="Its held-out over-refusal.")
+    why: str = Field(default="", description="Why this iteration is the result.")
+    exported: str | None = Field(
+        default=None, description="Where spec.output wrote it (adapter or merged model)."
+    )
 
 
 class AlignmentRunStatus(Model):
@@ -72,4 +94,7 @@ class AlignmentRunStatus(Model):
     observed_generation: int | None = Field(default=None, description="Last generation acted on.")
     attempts: dict[str, int] = Field(
         default_factory=dict, description="Failed attempts per stage key."
+    )
+    result: ResultStatus | None = Field(
+        default=None, description="The best accepted iteration so far: the run's result."
     )

@@ -206,6 +206,13 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
     if result.status.message:
         console.print(f"{result.status.phase.value}: {result.status.message}")
     console.print(f"artifacts: {result.run_uri}/  report: {result.run_uri}/{layout.REPORT}")
+    r = result.status.result
+    if r is not None:
+        what = r.adapter or "the base model (no adapter)"
+        console.print(
+            f"result: iteration {r.iteration} ({r.why}): {what}\n"
+            f"  export it: selfmoa export {result.run_uri} --out DIR [--merge]"
+        )
 
 
 def write_report(store: Store, spec: AlignmentRunSpec, result: RunResult) -> None:

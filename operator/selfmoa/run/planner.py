@@ -27,6 +27,7 @@ from selfmoa.api.spec import (
     Condition,
     IterationStatus,
     Phase,
+    ResultStatus,
 )
 from selfmoa.run import layout, stage_table
 from selfmoa.run.metrics import Metrics
@@ -262,6 +263,7 @@ def status(
                 reason=reason if value else (prev.reason if prev and prev.status == s else reason),
                 message=message if value else "",
                 last_transition_time=ts,
+                observed_generation=generation,
             )
         )
     return AlignmentRunStatus(
@@ -276,4 +278,32 @@ def status(
         artifacts=artifacts,
         observed_generation=generation,
         attempts=previous.attempts if previous else {},
+        result=result_of(g, observed.metrics, previous.result if previous else None),
+    )
+
+
+def result_of(
+    g: Gate, metrics: Mapping[int, Metrics], previous: ResultStatus | None = None
+) -> ResultStatus | None:
+    """The run's result so far: the gate's best accepted iteration, and why it is the best."""
+    m = metrics.get(g.best)
+    if m is None:
+        return None
+    if g.best == 0:
+        why = "no trained iteration was accepted with a lower attack success rate than the start"
+    else:
+        why = (
+            f"lowest attack success rate ({m.attack_success_rate:.3f}) among accepted "
+            f"iterations, helpfulness {m.helpfulness:.3f}"
+        )
+    exported = previous.exported if previous is not None and previous.iteration == g.best else None
+    return ResultStatus(
+        iteration=g.best,
+        adapter=m.adapter,
+        attack_success_rate=round(m.attack_success_rate, 4),
+        safety=round(m.safety, 4),
+        helpfulness=round(m.helpfulness, 4),
+        over_refusal=round(m.over_refusal, 4),
+        why=why,
+        exported=exported,
     )
