@@ -235,3 +235,25 @@ async def test_vllm_serving_per_model_scaled_to_zero_around_training(
     )
     assert validate_all(cluster) == 7 + 2 * 3
     assert JOBS_PATH
+
+
+async def test_a_serving_spec_change_rolls_the_deployments(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    from selfmoa.controller.builders import spec_hash_of
+
+    await apply(cluster, _vllm_run(tmp_path))
+    name = serving_name("v", "org/policy-0.5b")
+    await wait_for(lambda: name in objects(cluster, DEPLOYMENTS))
+    before = spec_hash_of(objects(cluster, DEPLOYMENTS)[name])
+    await patch_spec(cluster, "v", {"serving": {"engine": "vllm", "extraArgs": ["--seed", "7"]}})
+    after = await wait_for(
+        lambda: (
+            spec_hash_of(objects(cluster, DEPLOYMENTS)[name]) != before
+            and objects(cluster, DEPLOYMENTS)[name]
+        )
+    )
+    args = after["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--seed", "7"]
+    # The edit is allowed mid-run (serving is not fixed at the start).
+    assert "SpecChangeRefused" not in (run_status(cluster, "v").get("message") or "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -32,15 +31,10 @@ EXPECTED_JOBS = sorted(
 )
 
 
-def _stages_landed() -> bool:
-    return all(importlib.util.find_spec(f"selfmoa.stages.{s}") for s in stage_table.NAMES)
-
-
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+# The session may build the tiny base first (~40 s quiet, minutes on a loaded machine).
+@pytest.mark.timeout(600)
 async def test_lifecycle_with_real_stages(cluster: Cluster, operator: Operator, tmp_path) -> None:
-    if not _stages_landed():
-        pytest.skip("not every stage module exists yet (selfmoa.stages.*)")
     await apply(cluster, tiny_run("r", tmp_path))
     st = await drive_to_end(cluster, "r", real_stage, timeout=60)
     assert st["phase"] == "Succeeded", st

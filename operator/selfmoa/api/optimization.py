@@ -37,7 +37,8 @@ TRL_LOSS_TYPES = (
 
 
 class LoraSpec(Model):
-    r: Int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
+    # vLLM serves LoRA ranks up to 512 (--max-lora-rank); a larger adapter could not be served.
+    r: Int = Field(default=16, ge=1, le=512, description="LoRA rank (at most 512).")
     alpha: Int = Field(default=32, ge=1, le=65_536, description="LoRA alpha.")
     dropout: Float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[NonBlank] | None = Field(

@@ -8,6 +8,7 @@ finished stage's files never change), and the Pod listing only when a Job has fa
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -131,6 +132,19 @@ def deployment_ready(dep: Mapping[str, Any]) -> bool:
     gen = (dep.get("metadata") or {}).get("generation")
     current = gen is None or st.get("observedGeneration") == gen
     return current and int(st.get("readyReplicas") or 0) >= 1
+
+
+def rollout_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that makes `current`'s pod template and replicas those of `desired`.
+
+    Merge patches replace lists whole (containers, env, volumes); pod-spec keys the new
+    template no longer has are removed explicitly with null."""
+    want = copy.deepcopy(dict(desired["spec"]))
+    cur_pod = ((current.get("spec") or {}).get("template") or {}).get("spec") or {}
+    pod = want["template"]["spec"]
+    for key in cur_pod:
+        pod.setdefault(key, None)
+    return {"spec": {"template": want["template"], "replicas": want["replicas"]}}
 
 
 @dataclass
@@ -316,6 +330,10 @@ class KubernetesExecutor:
                 # failed Service create is retried on the next reconcile (409 = already there).
                 await self.rt.kube.create(svc_path, svc)
                 await self.rt.kube.create(dep_path, dep)
+                continue
+            if builders.spec_hash_of(cur) != builders.spec_hash_of(dep):
+                # The serving spec changed (image, args, resources): roll the Deployment.
+                await self.rt.kube.patch(f"{dep_path}/{name}", rollout_patch(cur, dep))
                 continue
             if (cur.get("spec") or {}).get("replicas") != want:
                 await self.rt.kube.patch(f"{dep_path}/{name}", {"spec": {"replicas": want}})
