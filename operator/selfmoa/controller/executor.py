@@ -32,9 +32,6 @@ from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Observed, RunStage, StageFailure
 from selfmoa.store import Store, open_store_for
 
-#: The label Kueue reads to queue a Job (set by the builders from `spec.queueName`).
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-
 
 def utcnow() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -119,7 +116,7 @@ def queue_hold(job: Mapping[str, Any], key: tuple[int, str]) -> tuple[str, str] 
     if not (job.get("spec") or {}).get("suspend"):
         return None
     what = f"stage {key[1]} of iteration {key[0]}"
-    queue = ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
+    queue = ((job.get("metadata") or {}).get("labels") or {}).get(builders.QUEUE_LABEL)
     where = f" in queue {queue}" if queue else ""
     if (job.get("status") or {}).get("startTime"):
         return "Preempted", f"{what} was preempted{where}; it resumes when admitted again"
@@ -127,11 +124,13 @@ def queue_hold(job: Mapping[str, Any], key: tuple[int, str]) -> tuple[str, str] 
 
 
 def deployment_ready(dep: Mapping[str, Any]) -> bool:
-    """A ready replica of the *current* spec (a status from before a rescale doesn't count)."""
+    """Every wanted replica of the *current* spec is ready (a status from before a rescale or a
+    rollout doesn't count): generation spreads over all of them."""
     st = dep.get("status") or {}
     gen = (dep.get("metadata") or {}).get("generation")
     current = gen is None or st.get("observedGeneration") == gen
-    return current and int(st.get("readyReplicas") or 0) >= 1
+    want = max(1, int((dep.get("spec") or {}).get("replicas") or 1))
+    return current and int(st.get("readyReplicas") or 0) >= want
 
 
 def rollout_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def serving_replicas(spec: AlignmentRunSpec, action: Action, observed: Observed)
     stage = active_stage(action, observed)
     if stage is not None and stage_table.get(stage).trains and spec.serving.release_during_training:
         return dict.fromkeys(models, 0)
-    return dict.fromkeys(models, 1)
+    return dict.fromkeys(models, spec.serving.replicas)
 
 
 def hold_for_serving(spec: AlignmentRunSpec, action: Action, ready: Set[str]) -> Action:

@@ -37,6 +37,9 @@ class StageDef:
     trains: bool = False
     #: Talks to model servers (the operator hands it the serving endpoints).
     uses_endpoints: bool = True
+    #: Loads a model (the policy, a judge, a red-teamer) in-process or from the hub, so it needs
+    #: the hub token of gated models.
+    loads_models: bool = True
     #: Runs only when the run asks for it (the safety reset).
     optional: bool = False
     #: Summary keys the console shows after the stage, in order.
@@ -92,6 +95,7 @@ PAIRS: Final = StageDef(
     reads=("judge",),
     writes=(layout.PAIRS, layout.GOLD_PAIRS),
     uses_endpoints=False,
+    loads_models=False,
     shows=("pairs", "mean_margin"),
 )
 TRAIN: Final = StageDef(

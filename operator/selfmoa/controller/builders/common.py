@@ -18,6 +18,9 @@ LABEL_STAGE = "selfmoa.dev/stage"
 LABEL_SERVING = "selfmoa.dev/serving"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_MODEL = "selfmoa.dev/model"
+#: Kueue's labels: the LocalQueue a workload goes to, and its WorkloadPriorityClass.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 GPU = "nvidia.com/gpu"
 MAX_NAME = 63
 
@@ -119,3 +122,29 @@ def storage_env(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
         {"name": key, "valueFrom": {"secretKeyRef": {"name": ref, "key": key}}}
         for key in contract.STORAGE_SECRET_KEYS
     ]
+
+
+def queue_labels(spec: AlignmentRunSpec) -> dict[str, str]:
+    """Kueue's labels from the spec: workloads with them wait for admission by the queue."""
+    out = {}
+    if spec.queue_name:
+        out[QUEUE_LABEL] = spec.queue_name
+    if spec.priority_class_name:
+        out[PRIORITY_LABEL] = spec.priority_class_name
+    return out
+
+
+def hf_token_env(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
+    """The hub token for gated models, by reference to its Secret (never by value)."""
+    secret = spec.serving.hf_token_secret_ref
+    if not secret:
+        return []
+    return [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "HF_TOKEN"}}}
+    ]
+
+
+def shm_volume(gpus: int) -> dict[str, Any]:
+    """/dev/shm for NCCL and tensor-parallel workers (the container default, 64 MiB, is too
+    small for them): 2 GiB per GPU, at least 2 GiB."""
+    return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{2 * max(1, gpus)}Gi"}}

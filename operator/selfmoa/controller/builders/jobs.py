@@ -10,10 +10,12 @@ from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller.builders.common import (
     adopt,
     container_security,
+    hf_token_env,
     job_name,
     merge_resources,
     placement,
     pod_security,
+    queue_labels,
     stage_labels,
     storage_env,
 )
@@ -37,6 +39,7 @@ def _stage_container(
     env: list[dict[str, Any]] = [
         *({"name": k, "value": v} for k, v in literal.items()),
         *storage_env(spec),
+        *(hf_token_env(spec) if definition.loads_models else []),
     ]
     training = definition.trains
     resources = merge_resources(
@@ -70,7 +73,7 @@ def stage_job(
     owner: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Job running `selfmoa stage NAME` for one stage of one iteration."""
-    labels = stage_labels(run, iteration, stage)
+    labels = {**stage_labels(run, iteration, stage), **queue_labels(spec)}
     call = contract.StageCall(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )

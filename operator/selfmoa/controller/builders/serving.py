@@ -24,8 +24,10 @@ from selfmoa.controller.builders.common import (
     adopt,
     placement,
     pod_security,
+    queue_labels,
     run_labels,
     serving_name,
+    shm_volume,
 )
 from selfmoa.controller.builders.vllm import (
     VLLM_PORT,
@@ -73,7 +75,7 @@ def serving_template(
         "containers": [vllm_container(spec, model, source, config)],
         "volumes": [
             {"name": "cache", "emptyDir": {}},
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+            shm_volume(spec.serving.gpus_per_model),
             *source.volumes,
         ],
         **placement(config),
@@ -97,7 +99,12 @@ def serving_objects(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The vLLM Deployment and its Service for one model (the policy gets runtime LoRA loading)."""
     name = serving_name(run, model)
-    labels = {**run_labels(run), LABEL_COMPONENT: "serving", LABEL_SERVING: name}
+    labels = {
+        **run_labels(run),
+        LABEL_COMPONENT: "serving",
+        LABEL_SERVING: name,
+        **queue_labels(spec),
+    }
     selector = {LABEL_RUN: labels[LABEL_RUN], LABEL_SERVING: name}
     meta = {
         "name": name,

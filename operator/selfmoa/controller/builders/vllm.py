@@ -15,6 +15,7 @@ from selfmoa.api import contract
 from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
 from selfmoa.controller.builders.common import (
     container_security,
+    hf_token_env,
     merge_resources,
     serving_name,
     storage_env,
@@ -85,6 +86,9 @@ def vllm_args(spec: AlignmentRunSpec, model: str, source: ModelSource) -> list[s
     is_policy = model == spec.policy.model
     if spec.policy.revision and is_policy and source.argument == model:
         args += ["--revision", spec.policy.revision]
+    if spec.serving.gpus_per_model > 1:
+        # One server spans its GPUs; without this vLLM uses one and the rest sit idle.
+        args += ["--tensor-parallel-size", str(spec.serving.gpus_per_model)]
     if is_policy:
         rank = max_lora_rank(spec.training.lora.r)
         args += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(MAX_LORAS)]
@@ -99,12 +103,7 @@ def vllm_env(spec: AlignmentRunSpec, model: str) -> list[dict[str, Any]]:
     if model == spec.policy.model:
         # Enables /v1/load_lora_adapter and /v1/unload_lora_adapter (off by default in vLLM).
         env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
-    secret = spec.serving.hf_token_secret_ref
-    if secret:
-        env.append(
-            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "HF_TOKEN"}}}
-        )
-    return env
+    return env + hf_token_env(spec)
 
 
 def fetch_model_container(
