@@ -121,3 +121,52 @@ async def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
     # A field that may change (more iterations) is taken; reverting the fixed one resumes.
     await patch_spec(cluster, "edit", {"policy": {"model": "selfmoa/tiny"}, "iterations": 3})
     await wait_for(lambda: "edit-i0-evaluate" in jobs(cluster))
+
+
+async def test_a_missing_storage_secret_is_named_while_the_run_waits(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    run = tiny_run("nosecret", tmp_path)
+    run["spec"]["storage"] = {"uri": "s3://bucket/p", "secretRef": "s3-creds"}
+    await apply(cluster, run)
+    st = await wait_for(
+        lambda: (
+            "retrying" in (run_status(cluster, "nosecret").get("message") or "")
+            and run_status(cluster, "nosecret")
+        )
+    )
+    assert "Secret 's3-creds' not found in namespace ml" in st["message"]
+    assert jobs(cluster) == {}
+
+
+async def test_the_operator_reads_the_store_with_the_runs_secret() -> None:
+    import base64
+
+    from selfmoa.api import parse_run
+    from selfmoa.controller.config import OperatorConfig
+    from selfmoa.controller.executor import KubernetesExecutor, Runtime
+
+    class FakeKube:
+        async def get(self, path: str) -> dict[str, object] | None:
+            assert path == "/api/v1/namespaces/ml/secrets/creds"
+            enc = {
+                k: base64.b64encode(v.encode()).decode()
+                for k, v in {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}.items()
+            }
+            return {"data": enc}
+
+    spec = parse_run(
+        {
+            "metadata": {"name": "r"},
+            "spec": {
+                "policy": {"model": "m"},
+                "storage": {"uri": "s3://b/p", "secretRef": "creds"},
+            },
+        }
+    ).spec
+    rt = Runtime(config=OperatorConfig(), kube=FakeKube())  # type: ignore[arg-type]
+    ex = KubernetesExecutor(rt, name="r", namespace="ml", spec=spec, owner=None)
+    await ex.open()
+    assert ex.credentials == ("id", "key")
+    store = ex._store()
+    assert store.credentials == ("id", "key")  # type: ignore[attr-defined]

@@ -8,12 +8,14 @@ finished stage's files never change), and the Pod listing only when a Job has fa
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfmoa.api import contract
 from selfmoa.api.spec import (
     API_VERSION,
     PLURAL,
@@ -30,7 +32,7 @@ from selfmoa.run import state as run_state
 from selfmoa.run.document import fixed_fields_changed, run_document
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Observed, RunStage, StageFailure
-from selfmoa.store import Store, open_store_for
+from selfmoa.store import Store, StoreError, open_store_for
 
 
 def utcnow() -> str:
@@ -54,7 +56,9 @@ class Runtime:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Metrics already read per run (a finished evaluate stage never changes).
     metrics_cache: dict[tuple[str, str], dict[int, Metrics]] = field(default_factory=dict)
-    stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
+    stores: dict[tuple[str, str | None, tuple[str, str] | None], Store] = field(
+        default_factory=dict
+    )
     #: Each run's run.json as first written (the spec its artifacts were made with).
     run_documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
@@ -76,11 +80,13 @@ class Runtime:
         ):
             d.pop(key, None)  # type: ignore[attr-defined]
 
-    def store(self, uri: str, spec: AlignmentRunSpec) -> Store:
-        key = (uri, spec.storage.endpoint)
+    def store(
+        self, uri: str, spec: AlignmentRunSpec, credentials: tuple[str, str] | None = None
+    ) -> Store:
+        key = (uri, spec.storage.endpoint, credentials)
         if key not in self.stores:
             try:
-                self.stores[key] = open_store_for(uri, spec.storage)
+                self.stores[key] = open_store_for(uri, spec.storage, credentials)
             except Exception as e:  # a URI no store can open: retrying won't help
                 raise StorageConfigError(f"{uri}: {e}") from e
         return self.stores[key]
@@ -169,6 +175,33 @@ class KubernetesExecutor:
         self.run_uri = layout.run_uri(spec.storage.uri, namespace, name)
         self.jobs_path = collection("batch/v1", "jobs", namespace)
         self.labels = {builders.LABEL_RUN: builders.truncate(name)}
+        #: The run's storage credentials (from `spec.storage.secretRef`), read by `open`.
+        self.credentials: tuple[str, str] | None = None
+
+    async def open(self) -> None:
+        """Read the storage Secret the run names, so the operator reads its store with the
+        same credentials as its Jobs (the operator's own, e.g. IRSA, when it names none)."""
+        ref = self.spec.storage.secret_ref
+        if not ref:
+            return
+        path = f"{collection('v1', 'secrets', self.namespace)}/{ref}"
+        secret = await self.rt.kube.get(path)
+        if secret is None:
+            raise StoreError(
+                f"storage.secretRef: Secret {ref!r} not found in namespace {self.namespace}"
+            )
+        data = secret.get("data") or {}
+        try:
+            key_id, key = (base64.b64decode(data[k]).decode() for k in contract.STORAGE_SECRET_KEYS)
+        except (KeyError, ValueError):
+            raise StoreError(
+                f"storage.secretRef: Secret {ref!r} needs the keys "
+                f"{' and '.join(contract.STORAGE_SECRET_KEYS)}"
+            ) from None
+        self.credentials = (key_id, key)
+
+    def _store(self) -> Store:
+        return self.rt.store(self.run_uri, self.spec, self.credentials)
 
     # ------------------------------------------------------------------ observe
 
@@ -212,7 +245,7 @@ class KubernetesExecutor:
         return {key: i for i, key in enumerate(stages)}
 
     def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics]]:
-        store = self.rt.store(self.run_uri, self.spec)
+        store = self._store()
         done = run_state.finished_stages(store, self.spec)
         key = (self.namespace, self.name)
         metrics = run_state.read_metrics(store, done, self.rt.metrics_cache.get(key))
@@ -260,7 +293,7 @@ class KubernetesExecutor:
         )
         saved = self.rt.run_documents.get(key)
         if saved is None:
-            store = self.rt.store(self.run_uri, self.spec)
+            store = self._store()
             try:
                 saved = store.read_json(layout.RUN_JSON)
             except FileNotFoundError:
@@ -279,7 +312,7 @@ class KubernetesExecutor:
         self, status: AlignmentRunStatus, observed: Observed, *, report: bool
     ) -> None:
         """status.json (and report.html when `report`) at the run's root. Blocking I/O."""
-        store = self.rt.store(self.run_uri, self.spec)
+        store = self._store()
         outputs.write_status(store, status)
         if report:
             seconds = outputs.stage_seconds(store, observed.done)

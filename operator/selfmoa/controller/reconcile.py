@@ -100,6 +100,7 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         return
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
+    await ex.open()
     refused = await asyncio.to_thread(
         ex.spec_change_refused, previous.artifacts if previous else None
     )

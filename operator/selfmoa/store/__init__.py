@@ -16,6 +16,7 @@ def open_store(
     endpoint: str | None = None,
     region: str | None = None,
     timeout: float | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> Store:
     """The store for `uri` (`file://PATH`, a bare path, or `s3://BUCKET/PREFIX`).
 
@@ -25,16 +26,24 @@ def open_store(
     if uri.startswith("s3://"):
         from selfmoa.store.s3 import S3Store  # boto3 is an optional extra
 
-        return S3Store(uri, endpoint=endpoint, region=region, timeout=timeout)
+        return S3Store(
+            uri, endpoint=endpoint, region=region, timeout=timeout, credentials=credentials
+        )
     from selfmoa.store.file import FileStore
 
     return FileStore(uri)
 
 
-def open_store_for(uri: str, storage: StorageSpec) -> Store:
+def open_store_for(
+    uri: str, storage: StorageSpec, credentials: tuple[str, str] | None = None
+) -> Store:
     """The store at `uri` with a run's storage settings (endpoint, region, timeout)."""
     return open_store(
-        uri, endpoint=storage.endpoint, region=storage.region, timeout=storage.timeout_seconds
+        uri,
+        endpoint=storage.endpoint,
+        region=storage.region,
+        timeout=storage.timeout_seconds,
+        credentials=credentials,
     )
 
 

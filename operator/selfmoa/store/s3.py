@@ -122,7 +122,10 @@ class S3Store(Store):
         multipart_threshold: int = MULTIPART_THRESHOLD,
         multipart_chunksize: int | None = None,
         timeout: float | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
+        #: (access key id, secret key); None: boto3's chain (environment, IRSA, instance role).
+        self.credentials = credentials
         try:
             self.bucket, self.prefix = parse_s3_uri(uri)
         except ValueError as e:
@@ -155,7 +158,15 @@ class S3Store(Store):
         if self._session is None:
             self._session = _new_session()
         try:
-            client: S3Client = self._session.client("s3", endpoint_url=self.endpoint, config=config)
+            keys: dict[str, str] = {}
+            if self.credentials is not None:
+                keys = {
+                    "aws_access_key_id": self.credentials[0],
+                    "aws_secret_access_key": self.credentials[1],
+                }
+            client: S3Client = self._session.client(
+                "s3", endpoint_url=self.endpoint, config=config, **keys
+            )
         except ValueError as e:  # botocore: "Invalid endpoint: ..."
             raise StoreError(
                 f"S3 endpoint {self.endpoint!r} is not usable: {_one_line(e)}"

@@ -1,0 +1,38 @@
+"""Fixtures of the export tests, reused from the suites that own them: the training suite's tiny
+model and fake `selfmoa.tiny`, the store suite's moto S3 server and buckets.
+
+The two conftests are loaded by file under names of their own (every conftest is called
+`conftest`, so importing one by name is unreliable); their fixtures are re-exported here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TESTS = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+# trainutil (imported by the training conftest) and exportutil, importable in any import mode.
+for folder in (TESTS / "training", HERE):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_training = _load("selfmoa_tests_training_fixtures", TESTS / "training" / "conftest.py")
+_store = _load("selfmoa_tests_store_fixtures", TESTS / "store" / "conftest.py")
+
+tiny_model = _training.tiny_model
+fake_tiny = _training.fake_tiny
+moto_endpoint = _store.moto_endpoint
+aws_env = _store.aws_env
+s3_bucket = _store.s3_bucket
