@@ -280,7 +280,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})"
             )
-        if args.name not in stage_table.stages_of(args.iteration, reset=spec.safety_reset.enabled):
+        if (args.iteration, args.name) not in stage_table.run_stages(
+            spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
+        ):
             raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")
         parent = args.parent
         if parent is None:

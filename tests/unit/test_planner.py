@@ -212,3 +212,29 @@ def test_result_is_the_best_accepted_iteration_and_says_why() -> None:
     st0 = status(spec, base_only, next_action(spec, base_only), now="t")
     assert st0.result is not None and st0.result.iteration == 0
     assert "no trained iteration" in st0.result.why
+
+
+def test_with_an_output_the_result_is_exported_before_the_run_succeeds(
+    tmp_path: Any,
+) -> None:
+    spec = make_spec(iterations=2, output={"uri": f"file://{tmp_path}/out"})
+    metrics = {0: m(0, 0.8), 1: m(1, 0.5), 2: m(2, 0.6)}
+    done = done_through(spec, 2)
+    action = next_action(spec, Observed(done=done, metrics=metrics))
+    assert action == RunStage(1, "export", 1)  # 2 was rolled back: 1 is the result
+    running = Observed(done=done, metrics=metrics, running=(1, "export"))
+    assert isinstance(next_action(spec, running), Wait)
+    exported = Observed(
+        done=done | {(1, "export")}, metrics=metrics, exported=f"file://{tmp_path}/out"
+    )
+    action = next_action(spec, exported)
+    assert isinstance(action, Finish) and action.phase == Phase.succeeded
+    st = status(spec, exported, action, now="t")
+    assert st.result is not None and st.result.exported == f"file://{tmp_path}/out"
+    # Without an output nothing is exported.
+    plain = make_spec(iterations=2)
+    assert isinstance(next_action(plain, Observed(done=done, metrics=metrics)), Finish)
+    assert (1, "export") in set(stage_table.run_stages(2, reset=False, export=True)) and (
+        1,
+        "export",
+    ) not in set(stage_table.run_stages(2, reset=False))

@@ -162,7 +162,12 @@ class TrainerSpec(Model):
 class OutputSpec(Model):
     """Where the run's result goes when it ends (the operator runs `selfmoa export` as a Job)."""
 
-    uri: NonBlank = Field(description="s3://BUCKET/PREFIX (or a file:// path on shared storage).")
+    uri: NonBlank = Field(
+        description=(
+            "s3://BUCKET/PREFIX (or a file:// path on shared storage), this run's own: an "
+            "existing export there is replaced."
+        )
+    )
     merge: Bool = Field(
         default=False,
         description="Write the full model with the adapter merged in, instead of the adapter.",

@@ -207,7 +207,7 @@ class KubernetesExecutor:
 
     async def observe(self) -> Snapshot:
         jobs_task = asyncio.create_task(self.rt.kube.list(self.jobs_path, self.labels))
-        done, metrics = await asyncio.to_thread(self._read_store)
+        done, metrics, exported = await asyncio.to_thread(self._read_store)
         raw_jobs = await jobs_task
         jobs: dict[tuple[int, str], dict[str, Any]] = {}
         for job in raw_jobs:
@@ -237,20 +237,31 @@ class KubernetesExecutor:
             elif running is None:
                 running = key
                 held = queue_hold(job, key)
-        observed = Observed(done=done, metrics=metrics, running=running, failure=failure, held=held)
+        observed = Observed(
+            done=done,
+            metrics=metrics,
+            running=running,
+            failure=failure,
+            held=held,
+            exported=exported,
+        )
         return Snapshot(observed=observed, jobs=jobs, attempts=attempts)
 
     def _order(self) -> dict[tuple[int, str], int]:
-        stages = stage_table.run_stages(self.spec.iterations, reset=self.spec.safety_reset.enabled)
+        stages = stage_table.run_stages(
+            self.spec.iterations,
+            reset=self.spec.safety_reset.enabled,
+            export=self.spec.output is not None,
+        )
         return {key: i for i, key in enumerate(stages)}
 
-    def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics]]:
+    def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics], str | None]:
         store = self._store()
         done = run_state.finished_stages(store, self.spec)
         key = (self.namespace, self.name)
         metrics = run_state.read_metrics(store, done, self.rt.metrics_cache.get(key))
         self.rt.metrics_cache[key] = metrics
-        return done, metrics
+        return done, metrics, run_state.read_exported(store, done)
 
     async def _failure_message(self, job: Mapping[str, Any]) -> str:
         """The failed pod's termination message (what the stage wrote), else the Job's reason."""

@@ -146,33 +146,8 @@ class TransformersEngine(Engine):
         with hold, torch.inference_mode(), cpu_threads_for(self._base):
             for b, start in enumerate(range(0, len(flat), self.batch_size)):
                 chunk = flat[start : start + self.batch_size]
-                enc = self.tokenizer(
-                    [p for _, p in chunk],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=False,
-                ).to(self.device)
-                kwargs: dict[str, Any] = {
-                    "max_new_tokens": params.max_new_tokens,
-                    "pad_token_id": self.tokenizer.pad_token_id,
-                    "eos_token_id": sorted(self._eos_ids) or None,
-                }
-                if greedy:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                else:
-                    # One seed per batch: the same call (same batching) gives the same samples.
-                    torch.manual_seed(params.seed + b)
-                    kwargs.update(
-                        do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
-                    )
-                try:
-                    out = module.generate(**enc, **kwargs)
-                except (RuntimeError, ValueError) as e:
-                    raise EngineError(f"{self.model}: generation failed: {e}") from e
-                new = out[:, enc["input_ids"].shape[1] :].tolist()
-                for (i, _), row in zip(chunk, new, strict=True):
-                    g = self._decode(row, params.stop)
-                    self.tokens_generated += g.tokens
+                rows = self._generate(module, [p for _, p in chunk], params, batch=b)
+                for (i, _), g in zip(chunk, rows, strict=True):
                     results[i].append(g)
                 finished = len({i for i, _ in chunk if len(results[i]) == reps})
                 done += finished
@@ -181,6 +156,36 @@ class TransformersEngine(Engine):
         if greedy and n > 1:
             results = [r * n for r in results]
         return results
+
+    def _generate(
+        self, module: Any, prompts: list[str], params: SamplingParams, *, batch: int
+    ) -> list[Generation]:
+        """One batch, padded on the left, on the engine's device; one generation per prompt."""
+        enc = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": sorted(self._eos_ids) or None,
+        }
+        if params.temperature <= 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            # One seed per batch: the same call (same batching) gives the same samples.
+            torch.manual_seed(params.seed + batch)
+            kwargs.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+            )
+        try:
+            out = module.generate(**enc, **kwargs)
+        except (RuntimeError, ValueError) as e:
+            raise EngineError(f"{self.model}: generation failed: {e}") from e
+        gens = [
+            self._decode(row, params.stop) for row in out[:, enc["input_ids"].shape[1] :].tolist()
+        ]
+        self.tokens_generated += sum(g.tokens for g in gens)
+        return gens
 
     def close(self) -> None:
         self._adapters.clear()

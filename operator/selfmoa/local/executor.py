@@ -69,7 +69,11 @@ def observe(
     store: Store, spec: AlignmentRunSpec, known: dict[int, Metrics] | None = None
 ) -> planner.Observed:
     done = run_state.finished_stages(store, spec)
-    return planner.Observed(done=done, metrics=run_state.read_metrics(store, done, known))
+    return planner.Observed(
+        done=done,
+        metrics=run_state.read_metrics(store, done, known),
+        exported=run_state.read_exported(store, done),
+    )
 
 
 def now() -> str:

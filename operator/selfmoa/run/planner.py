@@ -57,6 +57,8 @@ class Observed:
     #: Why the running stage is not actually running yet (reason, message): e.g. its Job waits
     #: for admission by a queue, or was preempted. Waiting is never a failure.
     held: tuple[str, str] | None = None
+    #: Where the export stage wrote the run's result (`spec.output`), once it has.
+    exported: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def next_action(spec: AlignmentRunSpec, observed: Observed) -> Action:
         )
     g = gate(spec, observed.metrics)
     if g.stop is not None:
-        return Finish(Phase.succeeded, *g.stop)
+        return _export_or_finish(spec, observed, g.best, *g.stop)
     for k in range(0, spec.iterations + 1):
         for stage in stage_table.stages_of(k, reset=spec.safety_reset.enabled):
             if (k, stage) in observed.done:
@@ -192,7 +194,22 @@ def next_action(spec: AlignmentRunSpec, observed: Observed) -> Action:
         if k not in observed.metrics:
             # Every stage is done but metrics were not read back: an executor bug, not a state.
             return Wait("AwaitingMetrics", f"iteration {k} evaluated; metrics not read yet")
-    return Finish(Phase.succeeded, "Completed", f"{spec.iterations} iteration(s) done")
+    return _export_or_finish(
+        spec, observed, g.best, "Completed", f"{spec.iterations} iteration(s) done"
+    )
+
+
+def _export_or_finish(
+    spec: AlignmentRunSpec, observed: Observed, best: int, reason: str, message: str
+) -> Action:
+    """The loop is over: export the result first when the run asks for it (`spec.output`)."""
+    if spec.output is None or (best, stage_table.EXPORT.name) in observed.done:
+        return Finish(Phase.succeeded, reason, message)
+    if observed.running is not None:
+        return Wait(*(observed.held or ("StageRunning", f"exporting iteration {best}")))
+    if spec.suspend:
+        return Wait("Suspended", f"suspended before exporting iteration {best}")
+    return RunStage(iteration=best, stage=stage_table.EXPORT.name, parent=best)
 
 
 def parent_of(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics], k: int) -> int:
@@ -278,12 +295,12 @@ def status(
         artifacts=artifacts,
         observed_generation=generation,
         attempts=previous.attempts if previous else {},
-        result=result_of(g, observed.metrics, previous.result if previous else None),
+        result=result_of(g, observed.metrics, observed.exported),
     )
 
 
 def result_of(
-    g: Gate, metrics: Mapping[int, Metrics], previous: ResultStatus | None = None
+    g: Gate, metrics: Mapping[int, Metrics], exported: str | None = None
 ) -> ResultStatus | None:
     """The run's result so far: the gate's best accepted iteration, and why it is the best."""
     m = metrics.get(g.best)
@@ -296,7 +313,6 @@ def result_of(
             f"lowest attack success rate ({m.attack_success_rate:.3f}) among accepted "
             f"iterations, helpfulness {m.helpfulness:.3f}"
         )
-    exported = previous.exported if previous is not None and previous.iteration == g.best else None
     return ResultStatus(
         iteration=g.best,
         adapter=m.adapter,

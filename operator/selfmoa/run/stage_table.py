@@ -19,8 +19,8 @@ from typing import Final, Literal
 from selfmoa.run import layout
 
 #: When a stage runs: once at the starting point (iteration 0), in every loop iteration (k >= 1),
-#: or both.
-When = Literal["start", "loop", "both"]
+#: both, or once at the end, for the iteration that is the run's result.
+When = Literal["start", "loop", "both", "end"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class StageDef:
     #: Loads a model (the policy, a judge, a red-teamer) in-process or from the hub, so it needs
     #: the hub token of gated models.
     loads_models: bool = True
-    #: Runs only when the run asks for it (the safety reset).
+    #: Runs only when the run asks for it (the safety reset, the export).
     optional: bool = False
     #: Summary keys the console shows after the stage, in order.
     shows: tuple[str, ...] = ()
@@ -116,8 +116,17 @@ EVALUATE: Final = StageDef(
     writes=(layout.METRICS,),
 )
 
+EXPORT: Final = StageDef(
+    "export",
+    "writes the run's result (its best accepted iteration) to spec.output: adapter or merged model",
+    when="end",
+    uses_endpoints=False,
+    optional=True,
+    shows=("out", "merged"),
+)
+
 #: Every stage, in the order a run carries them out within an iteration.
-STAGES: Final = (RESET, REDTEAM, RESPOND, JUDGE, PAIRS, TRAIN, EVALUATE)
+STAGES: Final = (RESET, REDTEAM, RESPOND, JUDGE, PAIRS, TRAIN, EVALUATE, EXPORT)
 BY_NAME: Final = {s.name: s for s in STAGES}
 NAMES: Final = tuple(s.name for s in STAGES)
 #: Stages of iteration k >= 1, in order.
@@ -141,8 +150,12 @@ def stages_of(k: int, *, reset: bool) -> tuple[str, ...]:
     )
 
 
-def run_stages(iterations: int, *, reset: bool) -> Iterator[tuple[int, str]]:
-    """Every (iteration, stage) of a run, in the order they run."""
+def run_stages(iterations: int, *, reset: bool, export: bool = False) -> Iterator[tuple[int, str]]:
+    """Every (iteration, stage) of a run, in the order they run; with `export`, then the export
+    of each iteration that may turn out to be the result (the planner runs just one)."""
     for k in range(iterations + 1):
         for stage in stages_of(k, reset=reset):
             yield k, stage
+    if export:
+        for k in range(iterations + 1):
+            yield k, EXPORT.name

@@ -20,7 +20,9 @@ def finished_stages(store: Store, spec: AlignmentRunSpec) -> frozenset[tuple[int
     keys = set(store.list("iter-"))
     return frozenset(
         (k, stage)
-        for k, stage in stage_table.run_stages(spec.iterations, reset=spec.safety_reset.enabled)
+        for k, stage in stage_table.run_stages(
+            spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
+        )
         if layout.manifest_key(k, stage) in keys
     )
 
@@ -40,3 +42,13 @@ def read_metrics(
                 store.read_json(layout.stage_file(k, "evaluate", layout.METRICS))
             )
     return out
+
+
+def read_exported(store: Store, done: frozenset[tuple[int, str]]) -> str | None:
+    """Where the export stage wrote the run's result, once it has."""
+    for k, stage in sorted(done):
+        if stage == stage_table.EXPORT.name:
+            manifest = store.read_json(layout.manifest_key(k, stage))
+            out = (manifest.get("summary") or {}).get("out")
+            return str(out) if out else None
+    return None

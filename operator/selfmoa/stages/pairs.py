@@ -38,18 +38,45 @@ def _weights(prefs: PreferencesSpec) -> dict[str, float]:
     return {o: w / total for o, w in prefs.weights.items() if w > 0}
 
 
+#: A prompt's usable responses: (judgment, scores on the objectives needed, scalarized value).
+Member = tuple[JudgmentRecord, dict[str, float], float]
+
+
 def build_pairs(
     judgments: Sequence[JudgmentRecord], prefs: PreferencesSpec, *, use_gold: bool = False
 ) -> tuple[list[PairRecord], dict[str, Any]]:
     """Preference pairs and a summary of how they were made."""
+    skipped: Counter[str] = Counter()
+    groups = _groups(judgments, prefs, use_gold, skipped)
+    pairs: list[PairRecord] = []
+    counts: Counter[str] = Counter()
+    for prompt_id, members in groups.items():
+        cands = _candidates(members, prefs, counts)
+        chosen = _select(cands, prefs.max_pairs_per_prompt)
+        counts["candidates"] += len(cands)
+        counts["capped"] += len(cands) - len(chosen)
+        for margin, a, b in chosen:
+            pairs.append(_pair(prompt_id, members[a][0], members[b][0], margin, prefs, use_gold))
+    summary = _summary(pairs, judgments, groups, skipped, use_gold)
+    summary.update(
+        {k: counts[k] for k in ("candidates", "below_margin", "not_dominating", "capped")}
+    )
+    return pairs, summary
+
+
+def _groups(
+    judgments: Sequence[JudgmentRecord],
+    prefs: PreferencesSpec,
+    use_gold: bool,
+    skipped: Counter[str],
+) -> dict[str, list[Member]]:
+    """Each prompt's responses that have every score needed, first copy of each text only."""
     weights = _weights(prefs)
     # Scalarized needs the weighted objectives; Pareto compares on every objective.
     needed = (
         list(weights) if prefs.strategy == PairStrategy.scalarized else [o.value for o in Objective]
     )
-    skipped: Counter[str] = Counter()
-
-    groups: dict[str, list[tuple[JudgmentRecord, dict[str, float], float]]] = {}
+    groups: dict[str, list[Member]] = {}
     seen_texts: dict[str, set[str]] = {}
     for j in judgments:
         scores = (recorded_gold_scores if use_gold else weak_scores)(j)
@@ -69,36 +96,26 @@ def build_pairs(
         full = {o: float(v) for o, v in vals.items() if v is not None}
         value = sum(w * full[o] for o, w in weights.items())
         groups.setdefault(j["prompt_id"], []).append((j, full, value))
+    return groups
 
-    pairs: list[PairRecord] = []
-    candidates_total = below_margin = not_dominating = capped = 0
-    for prompt_id, members in groups.items():
-        cands: list[tuple[float, int, int]] = []
-        for a, (_, sa, va) in enumerate(members):
-            for b, (_, sb, vb) in enumerate(members):
-                if va <= vb:
-                    continue
-                if prefs.strategy == PairStrategy.pareto and not _dominates(sa, sb):
-                    not_dominating += 1
-                    continue
-                if va - vb < prefs.min_margin - EPS:
-                    below_margin += 1
-                    continue
-                cands.append((va - vb, a, b))
-        candidates_total += len(cands)
-        chosen = _select(cands, prefs.max_pairs_per_prompt)
-        capped += len(cands) - len(chosen)
-        for margin, a, b in chosen:
-            pairs.append(_pair(prompt_id, members[a][0], members[b][0], margin, prefs, use_gold))
 
-    summary = _summary(pairs, judgments, groups, skipped, use_gold)
-    summary.update(
-        candidates=candidates_total,
-        below_margin=below_margin,
-        not_dominating=not_dominating,
-        capped=capped,
-    )
-    return pairs, summary
+def _candidates(
+    members: list[Member], prefs: PreferencesSpec, counts: Counter[str]
+) -> list[tuple[float, int, int]]:
+    """(margin, chosen index, rejected index) of every ordered pair that qualifies."""
+    cands: list[tuple[float, int, int]] = []
+    for a, (_, sa, va) in enumerate(members):
+        for b, (_, sb, vb) in enumerate(members):
+            if va <= vb:
+                continue
+            if prefs.strategy == PairStrategy.pareto and not _dominates(sa, sb):
+                counts["not_dominating"] += 1
+                continue
+            if va - vb < prefs.min_margin - EPS:
+                counts["below_margin"] += 1
+                continue
+            cands.append((va - vb, a, b))
+    return cands
 
 
 def _dominates(a: dict[str, float], b: dict[str, float]) -> bool:

@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from selfmoa.api.spec import AlignmentRunSpec
+from selfmoa.engines.base import EngineError
 from selfmoa.engines.provider import EngineProvider
+from selfmoa.export import ExportError, ExportFailed
+from selfmoa.judges.base import JudgeError
 from selfmoa.run import stage_table
+from selfmoa.run.evaluation import UnmeasuredError
 from selfmoa.stages.base import (
     Progress,
     StageContext,
@@ -64,7 +68,11 @@ class StageRunner:
             parent=parent,
             progress=progress,
         )
-        return execute(stage, load_stage(stage), ctx)
+        try:
+            return execute(stage, load_stage(stage), ctx)
+        except (EngineError, JudgeError, UnmeasuredError, ExportError, ExportFailed) as e:
+            # Known failures with a message a person can act on: one line, no traceback.
+            raise StageError(f"{stage}: {e}") from e
 
 
 @contextmanager
