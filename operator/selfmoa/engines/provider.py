@@ -11,13 +11,16 @@ CPU; cuda without a GPU is a `DeviceError` (one line) before any model loads.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from selfmoa.api import contract
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, Device, ServingEngine
 from selfmoa.engines.base import DeviceError, Engine
+from selfmoa.store import Store
 
 
 def cache_dir() -> Path:
@@ -46,9 +49,39 @@ def resolve_device(wanted: Device, *, cuda_available: Callable[[], bool] | None 
     return "cpu"
 
 
+#: A policy (or judge) given as `hf://ORG/NAME[@REVISION]` is always snapshotted into the store.
+HUB_PREFIX = "hf://"
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return (
+        len(parts) == 2 and all(parts) and "://" not in model and not model.startswith((".", "~"))
+    )
+
+
+def parse_hub_model(model: str, revision: str | None = None) -> tuple[str, str]:
+    """(repo id, revision) of `hf://org/name@rev` or `org/name` (revision default: main)."""
+    repo = model.removeprefix(HUB_PREFIX)
+    if "@" in repo:
+        repo, revision = repo.split("@", 1)
+    return repo, revision or "main"
+
+
+def hub_key(repo: str, revision: str) -> str:
+    """The model cache key of a hub snapshot: readable, and unique per repo and revision."""
+    slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-")[:48]
+    digest = hashlib.sha256(f"{repo}@{revision}".encode()).hexdigest()[:8]
+    return f"hf-{slug}-{digest}"
+
+
 class EngineProvider:
-    def __init__(self, spec: AlignmentRunSpec, *, batch_size: int = 32) -> None:
+    def __init__(
+        self, spec: AlignmentRunSpec, *, batch_size: int = 32, shared: Store | None = None
+    ) -> None:
         self.spec = spec
+        #: The run's store, where models are materialized once for every stage (None: local).
+        self.shared = shared
         self.batch_size = batch_size
         self._engines: dict[str, Engine] = {}
         self._device: str | None = None
@@ -68,11 +101,17 @@ class EngineProvider:
         return {}
 
     def model_path(self, model: str, progress: Callable[[str], None] | None = None) -> Path:
-        """A local directory holding the model's weights and tokenizer."""
+        """A local directory holding the model's weights and tokenizer.
+
+        With a shared store (the run's), the tiny base is built once per run and hub models are
+        snapshotted into it once; every later stage (every Pod) fetches that copy instead of
+        rebuilding or downloading again (`selfmoa.store.model_cache`)."""
         if model == TINY_MODEL:
             from selfmoa.tiny import ensure_base
 
-            return ensure_base(cache_dir(), progress=progress)
+            return ensure_base(cache_dir(), progress=progress, shared=self.shared)
+        if model.startswith(HUB_PREFIX) or (self._snapshots_hub() and _looks_like_hub_id(model)):
+            return self._hub_snapshot(model, progress)
         if model.startswith("s3://"):
             from selfmoa.store import open_store
 
@@ -86,8 +125,32 @@ class EngineProvider:
         p = Path(model).expanduser()
         if p.exists():
             return p
-        # A hub id: resolved by transformers from its own cache (the image may pre-fetch it).
+        # A hub id on a local run: resolved by transformers from its own cache.
         return Path(model)
+
+    def _snapshots_hub(self) -> bool:
+        """Hub models are snapshotted into the run's store when that store is remote (each Pod
+        has its own disk); a local run keeps using the hub's own cache."""
+        return self.shared is not None and self.shared.local_path("") is None
+
+    def _hub_snapshot(self, model: str, progress: Callable[[str], None] | None) -> Path:
+        from selfmoa.store.model_cache import materialize
+
+        repo, revision = parse_hub_model(model, self.spec.policy.revision)
+
+        def download(dest: Path, say: Callable[[str], None]) -> None:
+            from huggingface_hub import snapshot_download
+
+            say(f"downloading {repo}@{revision} from the hub (once for this run)")
+            snapshot_download(repo_id=repo, revision=revision, local_dir=str(dest))
+
+        return materialize(
+            hub_key(repo, revision),
+            download,
+            cache_dir=cache_dir(),
+            shared=self.shared,
+            progress=progress,
+        )
 
     def for_model(self, model: str) -> Engine:
         if model not in self._engines:

@@ -78,7 +78,7 @@ class StageRunner:
 @contextmanager
 def open_runner(spec: AlignmentRunSpec, store: Store) -> Iterator[StageRunner]:
     """A runner with a fresh scratch directory; engines are closed and scratch removed after."""
-    provider = EngineProvider(spec)
+    provider = EngineProvider(spec, shared=store)
     try:
         # Sweeps the scratch a killed stage left behind, and temp files of half-done writes.
         store.sweep_temp()

@@ -7,13 +7,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selfmoa.store import Store
 
 
-def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
-    """Directory of the tiny base model (config, weights, tokenizer), built once and cached."""
-    from selfmoa.tiny.build import ensure_base as _ensure
+def ensure_base(
+    cache_dir: Path, progress: Callable[[str], None] | None = None, shared: Store | None = None
+) -> Path:
+    """Directory of the tiny base model (config, weights, tokenizer), built once and cached.
 
-    return _ensure(cache_dir, progress)
+    With `shared` (a run's store) it is built once per run, whichever stage or Pod needs it
+    first, and every other one fetches that copy (`selfmoa.store.model_cache`)."""
+    from selfmoa.tiny import build
+
+    if shared is None:
+        return build.ensure_base(cache_dir, progress)
+    from selfmoa.store.model_cache import materialize
+
+    return materialize(
+        f"tiny-{build.cache_key()}",
+        build.build_into,
+        cache_dir=cache_dir,
+        shared=shared,
+        progress=progress,
+    )
 
 
 __all__ = ["ensure_base"]

@@ -307,6 +307,14 @@ def _sft(
     return loss_val
 
 
+def build_into(dest: Path, progress: Callable[[str], None]) -> None:
+    """Build the tiny base into the empty directory `dest` (with its facts file)."""
+    import json
+
+    facts = build(dest, progress)
+    (dest / DONE_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
+
+
 def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
     """The tiny base model's directory, built once under `cache_dir/tiny/<key>/`.
 

@@ -1,0 +1,75 @@
+"""Stage after stage, Pod after Pod: the tiny base is built once per run, hub models are
+downloaded once per run, and every other user fetches the run's copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfmoa.api import parse_run
+from selfmoa.api.spec import TINY_MODEL
+from selfmoa.engines.provider import EngineProvider, hub_key, parse_hub_model
+from selfmoa.store import Store, open_store
+from selfmoa.store.model_cache import manifest_key
+
+
+def _spec(model: str = TINY_MODEL) -> Any:
+    return parse_run({"metadata": {"name": "r"}, "spec": {"policy": {"model": model}}}).spec
+
+
+class FakeBuild:
+    calls = 0
+
+    def __call__(self, dest: Path, progress: Any) -> dict[str, Any]:
+        FakeBuild.calls += 1
+        (dest / "config.json").write_text("{}")
+        (dest / "model.safetensors").write_bytes(b"w" * 100)
+        return {"seconds": 0}
+
+
+def test_the_tiny_base_is_built_by_the_first_pod_and_fetched_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfmoa.tiny import build
+
+    monkeypatch.setattr(build, "build", FakeBuild())
+    FakeBuild.calls = 0
+    shared = open_store(f"file://{tmp_path / 'run'}")
+    paths = []
+    for pod in ("pod-a", "pod-b", "pod-c"):  # each Pod has its own disk
+        monkeypatch.setenv("SELFMOA_CACHE", str(tmp_path / pod))
+        paths.append(EngineProvider(_spec(), shared=shared).model_path(TINY_MODEL))
+    assert FakeBuild.calls == 1
+    assert all((p / "model.safetensors").read_bytes() == b"w" * 100 for p in paths)
+    assert shared.exists(manifest_key(f"tiny-{build.cache_key()}"))
+
+
+def test_hub_models_are_snapshotted_into_a_remote_store_once(
+    s3_bucket: str, moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    downloads: list[tuple[str, str]] = []
+
+    def snapshot_download(repo_id: str, revision: str, local_dir: str) -> str:
+        downloads.append((repo_id, revision))
+        Path(local_dir, "config.json").write_text('{"model_type": "qwen2"}')
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    shared: Store = open_store(f"s3://{s3_bucket}/runs/ns/r", endpoint=moto_endpoint)
+    for pod in ("pod-a", "pod-b"):
+        monkeypatch.setenv("SELFMOA_CACHE", str(tmp_path / pod))
+        p = EngineProvider(_spec("Org/Model-0.5B"), shared=shared).model_path("Org/Model-0.5B")
+        assert (p / "config.json").exists()
+    assert downloads == [("Org/Model-0.5B", "main")]
+    assert shared.exists(manifest_key(hub_key("Org/Model-0.5B", "main")))
+
+
+def test_hub_references() -> None:
+    assert parse_hub_model("hf://org/m@v1") == ("org/m", "v1")
+    assert parse_hub_model("org/m", "abc") == ("org/m", "abc")
+    assert hub_key("org/m", "main") != hub_key("org/m", "v1")
+    assert hub_key("Org/M", "main").startswith("hf-org-m-")
