@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: help install install-run run test test-cluster lint format bench crd manifests images e2e clean
+.PHONY: help install install-run run test test-cluster lint format bench bench-gpu crd manifests images e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -51,6 +51,9 @@ format: install
 
 bench: install  ## benchmarks: ratios measured side by side in one run
 	@set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+
+bench-gpu: install  ## one iteration on CUDA vs CPU, side by side (says so and exits 0 without a GPU)
+	$(PY) tests/benchmarks/bench_gpu.py
 
 crd: install  ## regenerate manifests/crd.yaml and the chart copy from the pydantic model
 	$(VENV)/bin/selfmoa crd

@@ -110,7 +110,7 @@ class EngineProvider:
             from selfmoa.tiny import ensure_base
 
             return ensure_base(cache_dir(), progress=progress, shared=self.shared)
-        if model.startswith(HUB_PREFIX) or (self._snapshots_hub() and _looks_like_hub_id(model)):
+        if model.startswith(HUB_PREFIX) or (_looks_like_hub_id(model) and self._snapshots_hub()):
             return self._hub_snapshot(model, progress)
         if model.startswith("s3://"):
             from selfmoa.store import open_store
@@ -131,7 +131,7 @@ class EngineProvider:
     def _snapshots_hub(self) -> bool:
         """Hub models are snapshotted into the run's store when that store is remote (each Pod
         has its own disk); a local run keeps using the hub's own cache."""
-        return self.shared is not None and self.shared.local_path("") is None
+        return self.shared is not None and not self.shared.uri.startswith("file:")
 
     def _hub_snapshot(self, model: str, progress: Callable[[str], None] | None) -> Path:
         from selfmoa.store.model_cache import materialize
