@@ -1,0 +1,38 @@
+"""`selfmoa validate` warns when requested GPUs can't be used, from configs on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from selfmoa.api import parse_run
+from selfmoa.engines.capacity import gpu_warnings
+
+
+def _spec(model: str, tp: int, engine: str = "vllm"):  # type: ignore[no-untyped-def]
+    return parse_run(
+        {
+            "metadata": {"name": "r"},
+            "spec": {"policy": {"model": model}, "serving": {"engine": engine, "gpusPerModel": tp}},
+        }
+    ).spec
+
+
+def test_tensor_parallel_must_divide_the_heads_of_a_readable_config(tmp_path: Path) -> None:
+    model = tmp_path / "qwen-0.5b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"num_attention_heads": 14}))
+    assert gpu_warnings(_spec(str(model), 2)) == []
+    (warning,) = gpu_warnings(_spec(str(model), 4))
+    assert "doesn't divide the 14 attention heads" in warning
+    assert warning.startswith("serving.gpusPerModel: 4")
+
+
+def test_unreadable_configs_give_no_guess(tmp_path: Path) -> None:
+    assert gpu_warnings(_spec("org/not-on-this-machine", 4)) == []
+    assert gpu_warnings(_spec(str(tmp_path / "missing"), 4)) == []
+
+
+def test_gpus_per_model_without_vllm_is_flagged() -> None:
+    (warning,) = gpu_warnings(_spec("org/m", 2, engine="transformers"))
+    assert "only vLLM servers use it" in warning
