@@ -43,6 +43,10 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
+#: What kubeflowTrainer.enabled adds (issue 12): the TrainJobs of runs on several nodes.
+TRAINJOB_RULES: dict[tuple[str, str], set[str]] = {
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "delete"},
+}
 
 CONFIG_KEYS = {
     "workerImage",
@@ -65,6 +69,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}
     },
     "crds-templated": {"crds": {"enabled": True}},
+    "kubeflow-trainer": {"kubeflowTrainer": {"enabled": True}},
+    "kubeflow-trainer-namespaced": {
+        "kubeflowTrainer": {"enabled": True},
+        "watchNamespaces": ["team-a"],
+    },
     "crds-templated-no-keep": {"crds": {"enabled": True, "keep": False}},
     "custom": {
         "image": {"repository": "registry.example.com/ops/selfmoa-operator", "tag": "dev-1"},
@@ -238,6 +247,8 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "toleration-typo": {"config": {"tolerations": [{"key": "a", "effects": "NoSchedule"}]}},
     "interval": {"metrics": {"serviceMonitor": {"interval": "often"}}},
     "empty-worker-image": {"config": {"workerImage": ""}},
+    "kubeflow-trainer-not-bool": {"kubeflowTrainer": {"enabled": "yes"}},
+    "kubeflow-trainer-unknown-key": {"kubeflowTrainer": {"runtime": "torch-distributed"}},
 }
 
 
@@ -369,6 +380,20 @@ def pod_labels(dep: dict[str, Any]) -> dict[str, str]:
 def test_cluster_rbac_rules_are_exact(rendered: dict[str, list[dict[str, Any]]]) -> None:
     role = one(rendered["defaults"], "ClusterRole")
     assert rule_set(role["rules"]) == EXPECTED_RULES
+
+
+def test_trainjob_rbac_only_when_enabled(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # Off by default (the rule set above has no TrainJobs); on: exactly the TrainJob verbs more,
+    # cluster-wide or in each watched namespace.
+    role = one(rendered["kubeflow-trainer"], "ClusterRole")
+    assert rule_set(role["rules"]) == {**EXPECTED_RULES, **TRAINJOB_RULES}
+    objects = rendered["kubeflow-trainer-namespaced"]
+    assert not by_kind(objects, "ClusterRole")
+    (ns_role,) = by_kind(objects, "Role")
+    assert ns_role["metadata"]["namespace"] == "team-a"
+    assert rule_set(ns_role["rules"]) == {**EXPECTED_RULES, **TRAINJOB_RULES}
+    for role in by_kind(rendered["watch-namespaces"], "Role"):
+        assert ("trainer.kubeflow.org", "trainjobs") not in rule_set(role["rules"])
 
 
 def test_namespaced_mode(rendered: dict[str, list[dict[str, Any]]]) -> None:

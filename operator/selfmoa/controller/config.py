@@ -23,6 +23,10 @@ DEFAULT_SERVING_IMAGE = "vllm/vllm-openai:v0.10.1.1"
 DEFAULT_WORKER_IMAGE = "ghcr.io/selfmoa/worker:0.1.0"
 
 
+#: The ClusterTrainingRuntime Kubeflow Trainer installs for torchrun jobs.
+DEFAULT_TRAINING_RUNTIME = "torch-distributed"
+
+
 class OperatorConfig(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -53,6 +57,11 @@ class OperatorConfig(BaseModel):
     service_account_name: str | None = Field(default=None, description="For stage pods.")
     storage: StorageSpec | None = Field(
         default=None, description="Storage for runs that leave spec.storage unset."
+    )
+    training_runtime: str = Field(
+        default=DEFAULT_TRAINING_RUNTIME,
+        min_length=1,
+        description="Kubeflow Trainer ClusterTrainingRuntime of multi-node (TrainJob) stages.",
     )
 
 

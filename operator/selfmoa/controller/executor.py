@@ -1,8 +1,9 @@
 """KubernetesExecutor: what the operator observes in and does to the cluster for one run.
 
 Observation is cheap by design: one Job listing per reconcile (plus one Deployment listing under
-vLLM), one store listing for finished stages, metrics read once per iteration and cached (a
-finished stage's files never change), and the Pod listing only when a Job has failed.
+vLLM, and one TrainJob listing for a run on several nodes), one store listing for finished stages,
+metrics read once per iteration and cached (a finished stage's files never change), and the Pod
+listing only when a Job has failed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import base64
 import copy
 import datetime
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,17 +28,26 @@ from selfmoa.api.spec import (
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.failures import StorageConfigError
-from selfmoa.controller.kube import Kube, collection
+from selfmoa.controller.kube import Kube, KubeError, collection
 from selfmoa.run import layout, outputs, stage_table
 from selfmoa.run import state as run_state
 from selfmoa.run.document import fixed_fields_changed, run_document
 from selfmoa.run.metrics import Metrics
-from selfmoa.run.planner import Observed, RunStage, StageFailure
+from selfmoa.run.planner import Action, Observed, RunStage, StageFailure
 from selfmoa.store import Store, StoreError, open_store_for
 
 
 def utcnow() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: How long "Kubeflow Trainer is not served" is believed before discovery asks again (an admin
+#: may install it meanwhile); "served" is believed for the life of the process.
+TRAINER_RECHECK_SECONDS = 60.0
+
+
+class TrainJobRejected(RuntimeError):
+    """Kubeflow Trainer's admission webhook refused a TrainJob (e.g. its runtime is missing)."""
 
 
 @dataclass
@@ -61,6 +72,11 @@ class Runtime:
     )
     #: Each run's run.json as first written (the spec its artifacts were made with).
     run_documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: The ClusterTrainingRuntime of multi-node training stages (TrainJobs).
+    #: Whether the cluster serves trainer.kubeflow.org/v1alpha1, and when that was last asked
+    #: (`time.monotonic`); None until a run on several nodes needs to know.
+    trainer_served: bool | None = None
+    trainer_checked: float = 0.0
 
     def trigger(self, namespace: str, name: str) -> asyncio.Event:
         return self.triggers.setdefault((namespace, name), asyncio.Event())
@@ -79,6 +95,20 @@ class Runtime:
             self.run_documents,
         ):
             d.pop(key, None)  # type: ignore[attr-defined]
+
+    async def trainer_api(self) -> bool:
+        """Whether the cluster serves Kubeflow Trainer's TrainJobs (API discovery, cached)."""
+        if self.trainer_served:
+            return True
+        if self.trainer_served is False and (
+            time.monotonic() - self.trainer_checked < TRAINER_RECHECK_SECONDS
+        ):
+            return False
+        doc = await self.kube.get(builders.TRAINER_DISCOVERY_PATH)
+        names = {r.get("name") for r in (doc or {}).get("resources") or []}
+        self.trainer_served = builders.TRAINJOB_PLURAL in names
+        self.trainer_checked = time.monotonic()
+        return self.trainer_served
 
     def store(
         self, uri: str, spec: AlignmentRunSpec, credentials: tuple[str, str] | None = None
@@ -117,8 +147,9 @@ def job_seconds(job: Mapping[str, Any]) -> float | None:
 
 
 def queue_hold(job: Mapping[str, Any], key: tuple[int, str]) -> tuple[str, str] | None:
-    """(reason, message) when a suspended Job waits for a queue (Kueue admits a Job by
-    unsuspending it and preempts it by suspending it again); None when it is not held."""
+    """(reason, message) when a suspended Job or TrainJob waits for a queue (Kueue admits it by
+    unsuspending it and preempts it by suspending it again); None when it is not held. A
+    TrainJob has no startTime: a preempted one reads as waiting for admission."""
     if not (job.get("spec") or {}).get("suspend"):
         return None
     what = f"stage {key[1]} of iteration {key[0]}"
@@ -157,6 +188,7 @@ class Snapshot:
     """What one observation found: the planner's facts plus the raw children."""
 
     observed: Observed
+    #: The stage Jobs, and the TrainJobs of stages on several nodes, by (iteration, stage).
     jobs: dict[tuple[int, str], dict[str, Any]]
     attempts: dict[str, int]
 
@@ -174,6 +206,11 @@ class KubernetesExecutor:
         self.rt, self.name, self.namespace, self.spec, self.owner = rt, name, namespace, spec, owner
         self.run_uri = layout.run_uri(spec.storage.uri, namespace, name)
         self.jobs_path = collection("batch/v1", "jobs", namespace)
+        self.trainjobs_path = collection(
+            builders.TRAINER_API_VERSION, builders.TRAINJOB_PLURAL, namespace
+        )
+        #: Whether the cluster serves TrainJobs, as `observe` found (None: it didn't ask).
+        self.trainer_served: bool | None = None
         self.labels = {builders.LABEL_RUN: builders.truncate(name)}
         #: The run's storage credentials (from `spec.storage.secretRef`), read by `open`.
         self.credentials: tuple[str, str] | None = None
@@ -207,13 +244,25 @@ class KubernetesExecutor:
 
     async def observe(self) -> Snapshot:
         jobs_task = asyncio.create_task(self.rt.kube.list(self.jobs_path, self.labels))
+        # Only a run on several nodes has TrainJobs: no request for the others.
+        multinode = self.spec.trainer.nodes > 1
+        trainjobs_task = asyncio.create_task(self._list_trainjobs()) if multinode else None
         done, metrics, exported = await asyncio.to_thread(self._read_store)
         raw_jobs = await jobs_task
+        raw_trainjobs = await trainjobs_task if trainjobs_task is not None else []
         jobs: dict[tuple[int, str], dict[str, Any]] = {}
         for job in raw_jobs:
             key = job_key(job)
             if key is not None and builders.LABEL_COMPONENT in job["metadata"].get("labels", {}):
                 jobs[key] = job
+        trainjobs: set[tuple[int, str]] = set()
+        for tj in raw_trainjobs:
+            key = job_key(tj)
+            labels = tj["metadata"].get("labels", {})
+            # A Job of the same stage (made before trainer.nodes changed) is the one that counts.
+            if key is not None and builders.LABEL_COMPONENT in labels and key not in jobs:
+                jobs[key] = tj
+                trainjobs.add(key)
         running: tuple[int, str] | None = None
         held: tuple[str, str] | None = None
         failure: StageFailure | None = None
@@ -226,13 +275,16 @@ class KubernetesExecutor:
                 attempts[f"{layout.iteration_dir(key[0])}/{key[1]}"] = failed
             if key in done or key not in order:
                 continue
+            # A TrainJob's Complete and Failed conditions are a Job's (see builders.trainjob).
+            kind = "TrainJob" if key in trainjobs else "Job"
             if _condition(job, "Failed") is not None:
                 if failure is None:
-                    failure = StageFailure(key[0], key[1], await self._failure_message(job))
+                    message = await self._failure_message(job, key, trainjob=key in trainjobs)
+                    failure = StageFailure(key[0], key[1], message)
             elif _condition(job, "Complete") is not None:
                 if failure is None:
                     failure = StageFailure(
-                        key[0], key[1], "the Job succeeded but the stage wrote no manifest"
+                        key[0], key[1], f"the {kind} succeeded but the stage wrote no manifest"
                     )
             elif running is None:
                 running = key
@@ -246,6 +298,32 @@ class KubernetesExecutor:
             exported=exported,
         )
         return Snapshot(observed=observed, jobs=jobs, attempts=attempts)
+
+    async def _list_trainjobs(self) -> list[dict[str, Any]]:
+        """The run's TrainJobs; none when the cluster does not serve them (the reconcile then
+        fails the run, see `trainer_missing`)."""
+        self.trainer_served = await self.rt.trainer_api()
+        if not self.trainer_served:
+            return []
+        try:
+            return await self.rt.kube.list(self.trainjobs_path, self.labels)
+        except KubeError as e:
+            raise _trainjob_error(e) from None
+
+    def trainer_missing(self, action: Action, observed: Observed) -> str | None:
+        """Why the run can't go on (the cluster serves no TrainJobs but it needs them), or None.
+
+        Asked before a stage starts: the run's first one (so that it fails before any work) and
+        every training stage."""
+        if self.spec.trainer.nodes <= 1 or self.trainer_served is not False:
+            return None
+        if not isinstance(action, RunStage):
+            return None
+        first = not observed.done and observed.running is None
+        ahead = any(builders.runs_as_trainjob(self.spec, s) for _, s in self._order())
+        if builders.runs_as_trainjob(self.spec, action.stage) or (first and ahead):
+            return builders.not_installed_message(self.spec, self.rt.config.training_runtime)
+        return None
 
     def _order(self) -> dict[tuple[int, str], int]:
         stages = stage_table.run_stages(
@@ -263,12 +341,17 @@ class KubernetesExecutor:
         self.rt.metrics_cache[key] = metrics
         return done, metrics, run_state.read_exported(store, done)
 
-    async def _failure_message(self, job: Mapping[str, Any]) -> str:
-        """The failed pod's termination message (what the stage wrote), else the Job's reason."""
-        job_name = job["metadata"]["name"]
-        pods = await self.rt.kube.list(
-            collection("v1", "pods", self.namespace), {"job-name": job_name}
+    async def _failure_message(
+        self, job: Mapping[str, Any], key: tuple[int, str], *, trainjob: bool = False
+    ) -> str:
+        """The failed pod's termination message (what the stage wrote), else the Job's (or the
+        TrainJob's Failed condition's) message."""
+        selector = (
+            builders.pod_selector(self.name, *key)
+            if trainjob
+            else {"job-name": job["metadata"]["name"]}
         )
+        pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
         best: tuple[str, str] | None = None
         for pod in pods:
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -284,7 +367,8 @@ class KubernetesExecutor:
             # Logs as the fallback message can be long: the last line is the error line.
             return best[1].splitlines()[-1][:1000]
         cond = _condition(job, "Failed") or {}
-        return str(cond.get("message") or cond.get("reason") or "the Job failed")
+        what = "the TrainJob failed" if trainjob else "the Job failed"
+        return str(cond.get("message") or cond.get("reason") or what)
 
     def spec_change_refused(self, artifacts: str | None) -> str | None:
         """Why the current spec must not run (a field fixed at the start was edited), or None.
@@ -332,7 +416,10 @@ class KubernetesExecutor:
     # ------------------------------------------------------------------ act
 
     async def start_stage(self, action: RunStage) -> bool:
-        """Create the stage's Job; False when it already existed (adopted, not duplicated)."""
+        """Create the stage's Job (a TrainJob on several nodes); False when it already existed
+        (adopted, not duplicated)."""
+        if builders.runs_as_trainjob(self.spec, action.stage):
+            return await self._start_trainjob(action)
         job = builders.stage_job(
             run=self.name,
             namespace=self.namespace,
@@ -344,6 +431,28 @@ class KubernetesExecutor:
             owner=self.owner,
         )
         _, created = await self.rt.kube.create(self.jobs_path, job)
+        return created
+
+    async def _start_trainjob(self, action: RunStage) -> bool:
+        def build() -> dict[str, Any]:
+            return builders.train_job(
+                run=self.name,
+                namespace=self.namespace,
+                spec=self.spec,
+                iteration=action.iteration,
+                stage=action.stage,
+                parent=action.parent,
+                config=self.rt.config,
+                owner=self.owner,
+                runtime=self.rt.config.training_runtime,
+            )
+
+        # The first build imports the Trainer models (a second or so): not on the event loop.
+        obj = await asyncio.to_thread(build)
+        try:
+            _, created = await self.rt.kube.create(self.trainjobs_path, obj)
+        except KubeError as e:
+            raise _trainjob_error(e) from None
         return created
 
     async def ensure_serving(self, replicas: Mapping[str, int]) -> set[str]:
@@ -390,10 +499,37 @@ class KubernetesExecutor:
         await self.rt.kube.patch(path, {"status": dict(status)})
 
     async def cleanup(self) -> int:
-        """Delete every child of the run (Jobs, Deployments, Services); artifacts stay."""
+        """Delete every child of the run (Jobs, TrainJobs, Deployments, Services); artifacts
+        stay."""
         n = 0
         for api, plural in (("batch/v1", "jobs"), ("apps/v1", "deployments"), ("v1", "services")):
             path = collection(api, plural, self.namespace)
             for obj in await self.rt.kube.list(path, self.labels):
                 n += await self.rt.kube.delete(f"{path}/{obj['metadata']['name']}")
+        if await self.rt.trainer_api():
+            try:
+                trainjobs = await self.rt.kube.list(self.trainjobs_path, self.labels)
+            except KubeError as e:
+                # Without the chart's TrainJob RBAC the operator made none to delete (and owner
+                # references collect any that exist).
+                if e.status not in (403, 404):
+                    raise
+                trainjobs = []
+            for obj in trainjobs:
+                n += await self.rt.kube.delete(f"{self.trainjobs_path}/{obj['metadata']['name']}")
         return n
+
+
+def _trainjob_error(e: KubeError) -> Exception:
+    """A TrainJob request's error in words a user can act on: Trainer's webhook refusing the
+    TrainJob (permanent), or the operator lacking the chart's TrainJob RBAC (an admin's fix)."""
+    text = str(e)
+    if e.status == 403 and "admission webhook" in text:
+        return TrainJobRejected(f"Kubeflow Trainer refused the TrainJob: {text}")
+    if e.status == 403:
+        return KubeError(
+            403,
+            f"{text.removeprefix(f'HTTP {e.status}: ')}; TrainJobs need the chart value "
+            "kubeflowTrainer.enabled=true",
+        )
+    return e

@@ -19,7 +19,12 @@ from pydantic import ValidationError
 from selfmoa.api import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
-from selfmoa.controller.executor import KubernetesExecutor, Runtime, job_seconds
+from selfmoa.controller.executor import (
+    KubernetesExecutor,
+    Runtime,
+    TrainJobRejected,
+    job_seconds,
+)
 from selfmoa.controller.failures import classify
 from selfmoa.controller.serving_plan import hold_for_serving, serving_replicas
 from selfmoa.run.planner import (
@@ -110,17 +115,27 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         if previous is None or previous.message != refused:
             emit("Warning", "SpecChangeRefused", refused)
         action = Wait("SpecChangeRefused", refused)
+    missing = ex.trainer_missing(action, snap.observed)
+    if missing is not None:
+        # Permanent: nothing the operator retries brings Kubeflow Trainer into the cluster (an
+        # edit of the run, e.g. trainer.nodes: 1, makes it reconcile again).
+        action = Finish(Phase.failed, "TrainerNotInstalled", missing)
     replicas = serving_replicas(spec, action, snap.observed)
     if replicas:
         ready = await ex.ensure_serving(replicas)
         action = hold_for_serving(spec, action, ready)
-    if isinstance(action, RunStage) and await ex.start_stage(action):
-        prom.JOBS_CREATED.labels(stage=action.stage).inc()
-        emit(
-            "Normal",
-            "StageStarted",
-            f"stage {action.stage} of iteration {action.iteration} started",
-        )
+    if isinstance(action, RunStage):
+        start = action
+        try:
+            if await ex.start_stage(start):
+                prom.JOBS_CREATED.labels(stage=start.stage).inc()
+                emit(
+                    "Normal",
+                    "StageStarted",
+                    f"stage {start.stage} of iteration {start.iteration} started",
+                )
+        except TrainJobRejected as e:
+            action = Finish(Phase.failed, "TrainJobRejected", str(e)[:1000])
 
     new = status(
         spec,

@@ -6,7 +6,8 @@ deterministic, so a restarted operator finds (and adopts) what it created before
 creating a duplicate.
 
 One module per child kind: `jobs` (the stage Job), `serving` (the vLLM Deployment and Service,
-with the pod template's spec-hash), `vllm` (the server's containers and arguments); `common`
+with the pod template's spec-hash), `vllm` (the server's containers and arguments), `trainjob`
+(the Kubeflow Trainer TrainJob of a multi-node training stage); `common`
 holds the names, labels, ownership and security they share.
 """
 
@@ -39,6 +40,16 @@ from selfmoa.controller.builders.serving import (
     spec_hash,
     spec_hash_of,
 )
+from selfmoa.controller.builders.trainjob import (
+    TRAINER_API_VERSION,
+    TRAINER_DISCOVERY_PATH,
+    TRAINJOB_PLURAL,
+    not_installed_message,
+    pod_selector,
+    runs_as_trainjob,
+    train_job,
+    trainjob_name,
+)
 from selfmoa.controller.builders.vllm import (
     LORA_RANKS,
     MAX_LORAS,
@@ -61,13 +72,19 @@ __all__ = [
     "MAX_NAME",
     "PRIORITY_LABEL",
     "QUEUE_LABEL",
+    "TRAINER_API_VERSION",
+    "TRAINER_DISCOVERY_PATH",
+    "TRAINJOB_PLURAL",
     "VLLM_PORT",
     "adopt",
     "endpoints",
     "job_name",
     "max_lora_rank",
     "model_slug",
+    "not_installed_message",
+    "pod_selector",
     "run_labels",
+    "runs_as_trainjob",
     "serving_name",
     "serving_objects",
     "spec_hash",
@@ -75,5 +92,7 @@ __all__ = [
     "stage_job",
     "stage_labels",
     "storage_env",
+    "train_job",
+    "trainjob_name",
     "truncate",
 ]

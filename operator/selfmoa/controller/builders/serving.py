@@ -30,12 +30,17 @@ from selfmoa.controller.builders.common import (
     shm_volume,
 )
 from selfmoa.controller.builders.vllm import (
+    ADAPTERS_DIR,
+    ADAPTERS_VOLUME,
     VLLM_PORT,
+    adapter_agent_container,
     fetch_model_container,
     model_source,
+    needs_adapter_agent,
     vllm_container,
 )
 from selfmoa.controller.config import OperatorConfig
+from selfmoa.run import layout
 
 ANNOTATION_SPEC_HASH: Final = "selfmoa.dev/spec-hash"
 
@@ -66,13 +71,21 @@ def spec_hash_of(deployment: Mapping[str, Any]) -> str | None:
 
 
 def serving_template(
-    spec: AlignmentRunSpec, model: str, labels: Mapping[str, str], config: OperatorConfig
+    spec: AlignmentRunSpec,
+    model: str,
+    labels: Mapping[str, str],
+    config: OperatorConfig,
+    run_uri: str,
 ) -> dict[str, Any]:
-    """The vLLM server's pod template, annotated with its own spec-hash."""
+    """The vLLM server's pod template, annotated with its own spec-hash.
+
+    The policy's pod gets the adapter agent beside vLLM when the run's store is not `file://`.
+    """
     source = model_source(model)
+    server = vllm_container(spec, model, source, config)
     pod: dict[str, Any] = {
         "securityContext": pod_security(),
-        "containers": [vllm_container(spec, model, source, config)],
+        "containers": [server],
         "volumes": [
             {"name": "cache", "emptyDir": {}},
             shm_volume(spec.serving.gpus_per_model),
@@ -80,6 +93,12 @@ def serving_template(
         ],
         **placement(config),
     }
+    if needs_adapter_agent(spec, model):
+        server["volumeMounts"].append(
+            {"name": ADAPTERS_VOLUME, "mountPath": ADAPTERS_DIR, "readOnly": True}
+        )
+        pod["containers"].append(adapter_agent_container(spec, model, run_uri, config))
+        pod["volumes"].append({"name": ADAPTERS_VOLUME, "emptyDir": {}})
     if source.fetch:
         pod["initContainers"] = [fetch_model_container(spec, model, source, config)]
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod}
@@ -97,7 +116,8 @@ def serving_objects(
     config: OperatorConfig,
     owner: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The vLLM Deployment and its Service for one model (the policy gets runtime LoRA loading)."""
+    """The vLLM Deployment and its Service for one model (the policy gets runtime LoRA loading,
+    and the adapter agent when the store is not `file://`)."""
     name = serving_name(run, model)
     labels = {
         **run_labels(run),
@@ -121,7 +141,9 @@ def serving_objects(
             "selector": {"matchLabels": selector},
             # GPUs can't hold two servers during a rolling update.
             "strategy": {"type": "Recreate"},
-            "template": serving_template(spec, model, labels, config),
+            "template": serving_template(
+                spec, model, labels, config, layout.run_uri(spec.storage.uri, namespace, run)
+            ),
         },
     }
     service = {

@@ -1,7 +1,10 @@
 """The vLLM server's containers: its arguments and environment, and where it reads the model.
 
 The policy's server gets runtime LoRA loading, so the stages hot-load each iteration's adapter
-into the warm server instead of restarting it (minutes of model loading each time).
+into the warm server instead of restarting it (minutes of model loading each time). With an
+`s3://` store the server can't read the adapters, so the policy's pod also gets the adapter agent
+(`selfmoa adapter-agent`, see `selfmoa.engines.agent`): it downloads and verifies the adapters the
+run asks for into an `emptyDir` both containers mount at `ADAPTERS_DIR`, and loads them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ LORA_RANKS: Final = (8, 16, 32, 64, 128, 256, 320, 512)
 #: plus one slot so a new adapter can load before an old one is unloaded.
 MAX_LORAS: Final = 4
 MODEL_DIR: Final = "/model"
+#: The adapter agent's volume, at the same path in the agent and in vLLM (the agent hands vLLM
+#: paths inside it).
+ADAPTERS_VOLUME: Final = "adapters"
+ADAPTERS_DIR: Final = "/adapters"
+AGENT_COMMAND: Final = "adapter-agent"
+#: Small: the agent polls the store and copies a few adapter files. The memory limit bounds an
+#: adapter file held in memory while its sha256 is checked.
+AGENT_RESOURCES: Final = {
+    "requests": {"cpu": "50m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "2Gi"},
+}
 
 
 def max_lora_rank(r: int) -> int:
@@ -150,4 +164,61 @@ def vllm_container(
             {"name": "shm", "mountPath": "/dev/shm"},
             *source.mounts,
         ],
+    }
+
+
+def needs_adapter_agent(spec: AlignmentRunSpec, model: str) -> bool:
+    """The policy's server, when its adapters live where it can't read them (not `file://`)."""
+    return model == spec.policy.model and not spec.storage.uri.startswith("file://")
+
+
+def adapter_agent_container(
+    spec: AlignmentRunSpec, model: str, run_uri: str, config: OperatorConfig
+) -> dict[str, Any]:
+    """The sidecar that loads the run's adapters into the vLLM server of its pod."""
+    # Only the storage settings, as for the model fetch: the whole spec would roll the server on
+    # every unrelated spec edit.
+    storage = {"storage": spec.wire()["storage"]}
+    args = [
+        AGENT_COMMAND,
+        "--run-uri",
+        run_uri,
+        "--server",
+        f"http://127.0.0.1:{VLLM_PORT}",
+        "--dir",
+        ADAPTERS_DIR,
+        "--replica-id",
+        "$(POD_NAME)",
+        "--model",
+        model,
+    ]
+    return {
+        "name": "adapter-agent",
+        "image": spec.trainer.image or config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(contract.COMMAND),
+        "args": args,
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": contract.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
+            *storage_env(spec),
+        ],
+        # Ready once the server holds every adapter the run wants: a new replica joins the
+        # Service only when it can answer for them.
+        "readinessProbe": {
+            "exec": {
+                "command": [
+                    *contract.COMMAND,
+                    AGENT_COMMAND,
+                    "--check-ready",
+                    "--dir",
+                    ADAPTERS_DIR,
+                ]
+            },
+            "periodSeconds": 5,
+            "failureThreshold": 1,
+        },
+        "resources": copy.deepcopy(AGENT_RESOURCES),
+        "securityContext": container_security(),
+        "volumeMounts": [{"name": ADAPTERS_VOLUME, "mountPath": ADAPTERS_DIR}],
     }
