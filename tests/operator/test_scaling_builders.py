@@ -8,6 +8,7 @@ import kubernetes_validate
 import pytest
 
 from selfmoa.api import SpecError, parse_run
+from selfmoa.cli import build_parser
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.executor import deployment_ready
@@ -106,3 +107,22 @@ def test_hub_token_reaches_every_job_that_loads_a_model_by_reference() -> None:
         else:
             assert "HF_TOKEN" not in env
     assert {d.name for d in stage_table.STAGES if d.loads_models} >= {"reset", "train", "respond"}
+
+
+def test_multi_gpu_training_jobs_launch_one_process_per_gpu() -> None:
+    spec = _spec(trainer={"gpus": 4})
+    train = _job("train", spec)["spec"]["template"]["spec"]
+    c = train["containers"][0]
+    assert c["command"][:5] == ["torchrun", "--nnodes", "1", "--nproc-per-node", "4"]
+    assert c["command"][-2:] == ["-m", "selfmoa.cli"]
+    assert build_parser().parse_args(c["args"]).name == "train"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert any(v["name"] == "shm" for v in train["volumes"])
+    kubernetes_validate.validate(_job("train", spec), "1.30.0", strict=True)
+    # Stages that don't train, and one-GPU training, keep the plain entry point.
+    assert _job("respond", spec)["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "selfmoa"
+    ]
+    one = _job("train", _spec(trainer={"gpus": 1}))["spec"]["template"]["spec"]
+    assert one["containers"][0]["command"] == ["selfmoa"]
+    assert all(v["name"] != "shm" for v in one["volumes"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,6 +33,9 @@ CACHE_DIR: Final = f"{WORK_DIR}/cache"
 
 #: The worker image's entry point.
 COMMAND: Final = ("selfmoa",)
+#: More than one training process: the launcher, and the module it runs in every process.
+LAUNCHER: Final = "torchrun"
+CLI_MODULE: Final = "selfmoa.cli"
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,33 @@ def endpoints_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str
 
 def termination_log_path(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG)
+
+
+def launch_command(
+    args: Sequence[str],
+    *,
+    nproc: int,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str | None = None,
+) -> list[str]:
+    """The container argv that runs `selfmoa ARGS` in `nproc` processes on each of `nnodes` nodes.
+
+    One process: `selfmoa ARGS` unchanged. One node: `torchrun --standalone` (a private
+    rendezvous on localhost). Several nodes: static rendezvous from `rdzv_endpoint`, or from the
+    `PET_MASTER_ADDR` / `PET_MASTER_PORT` / `PET_NODE_RANK` variables that Kubeflow Trainer's torch
+    runtime sets when `rdzv_endpoint` is None. `--max-restarts 0`: a failed rank fails the launch,
+    and the Job's own retry redoes the stage.
+    """
+    if nproc < 1 or nnodes < 1:
+        raise ValueError(f"launch: nproc={nproc} nnodes={nnodes}: both must be at least 1")
+    if nproc == 1 and nnodes == 1:
+        return [*COMMAND, *args]
+    cmd = [LAUNCHER, "--nnodes", str(nnodes), "--nproc-per-node", str(nproc), "--max-restarts", "0"]
+    if nnodes == 1:
+        cmd.append("--standalone")
+    elif rdzv_endpoint is not None:
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
+        if rdzv_id is not None:
+            cmd += ["--rdzv-id", rdzv_id]
+    return [*cmd, "-m", CLI_MODULE, *args]

@@ -113,20 +113,25 @@ class EngineProvider:
         if model.startswith(HUB_PREFIX) or (_looks_like_hub_id(model) and self._snapshots_hub()):
             return self._hub_snapshot(model, progress)
         if model.startswith("s3://"):
-            from selfmoa.store import open_store
-
-            dest = cache_dir() / "models" / model.removeprefix("s3://").replace("/", "__")
-            if not (dest / "config.json").exists():
-                store = open_store(
-                    model, endpoint=self.spec.storage.endpoint, region=self.spec.storage.region
-                )
-                store.download_dir("", dest)
-            return dest
+            return self._s3_model(model, progress)
         p = Path(model).expanduser()
         if p.exists():
             return p
         # A hub id on a local run: resolved by transformers from its own cache.
         return Path(model)
+
+    def _s3_model(self, model: str, progress: Callable[[str], None] | None) -> Path:
+        """A model in a bucket, fetched once per machine (processes on one node share the
+        fetch: the cache's lock; a killed fetch never leaves a half model)."""
+        from selfmoa.store import open_store_for
+        from selfmoa.store.model_cache import materialize
+
+        def download(dest: Path, say: Callable[[str], None]) -> None:
+            say(f"fetching {model}")
+            open_store_for(model, self.spec.storage).download_dir("", dest)
+
+        key = "s3-" + hashlib.sha256(model.encode()).hexdigest()[:16]
+        return materialize(key, download, cache_dir=cache_dir(), progress=progress)
 
     def _snapshots_hub(self) -> bool:
         """Hub models are snapshotted into the run's store when that store is remote (each Pod
@@ -156,10 +161,16 @@ class EngineProvider:
         if model not in self._engines:
             endpoint = self.endpoints().get(model)
             if endpoint:
-                from selfmoa.engines.openai_engine import OpenAIEngine
+                from selfmoa.engines.openai_engine import AgentDelivery, OpenAIEngine
 
+                replicas = self.spec.serving.replicas
                 self._engines[model] = OpenAIEngine(
-                    endpoint, model=model, max_concurrency=self.spec.serving.max_concurrency
+                    endpoint,
+                    model=model,
+                    # maxConcurrency is per server: the Service spreads requests over replicas.
+                    max_concurrency=self.spec.serving.max_concurrency * replicas,
+                    # Stored adapters the servers can't read reach every replica via its agent.
+                    adapter_agents=AgentDelivery(replicas=replicas),
                 )
             else:
                 from selfmoa.engines.transformers_engine import TransformersEngine

@@ -5,10 +5,16 @@ root in the artifact store) and writes every output through `out`, which records
 written. `execute` makes stages idempotent: a stage whose `_manifest.json` exists is skipped; a
 stage without one has its directory cleared and is redone from scratch, and the manifest
 (counts, sha256 of each file, timings, versions) is written last, after every file it lists.
+
+Under a multi-process launch (torchrun: the train and reset Jobs with `trainer.gpus > 1`) every
+rank runs the stage but only rank 0 writes: the other ranks' `StageOutput` records nothing and
+writes nothing, and rank 0 writes the manifest only after every rank has reached a barrier, so a
+rank that dies leaves no manifest and the retried Job redoes the stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -23,6 +29,7 @@ from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.run import layout
 from selfmoa.store import Store
 from selfmoa.store.base import json_bytes, jsonl_bytes
+from selfmoa.training import distributed
 
 if TYPE_CHECKING:
     from selfmoa.engines.provider import EngineProvider
@@ -124,11 +131,16 @@ def read_jsonl_source(source: str, spec: AlignmentRunSpec, *, field: str) -> lis
 
 @dataclass
 class StageOutput:
-    """Writes a stage's files under its directory and remembers them for the manifest."""
+    """Writes a stage's files under its directory and remembers them for the manifest.
+
+    `writes=False` (a non-zero rank of a multi-process launch): every write is a no-op, so the
+    stage's code stays the same on every rank.
+    """
 
     store: Store
     prefix: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    writes: bool = True
 
     def _record(self, name: str, data: bytes, rows: int | None = None) -> None:
         entry: dict[str, Any] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -137,6 +149,8 @@ class StageOutput:
         self.files[name] = entry
 
     def write_bytes(self, name: str, data: bytes) -> None:
+        if not self.writes:
+            return
         self.store.write_bytes(f"{self.prefix}/{name}", data)
         self._record(name, data)
 
@@ -145,11 +159,15 @@ class StageOutput:
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
         data, n = jsonl_bytes(rows)
-        self.store.write_bytes(f"{self.prefix}/{name}", data)
-        self._record(name, data, rows=n)
+        if self.writes:
+            self.store.write_bytes(f"{self.prefix}/{name}", data)
+            self._record(name, data, rows=n)
         return n
 
     def upload_dir(self, name: str, local: Path) -> None:
+        # Only rank 0 saves the adapter: the other ranks have no directory to read.
+        if not self.writes:
+            return
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             self.write_bytes(f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
 
@@ -174,16 +192,26 @@ def is_done(store: Store, iteration: int, stage: str) -> bool:
 
 
 def execute(name: str, fn: StageFn, ctx: StageContext) -> tuple[dict[str, Any], bool]:
-    """Run a stage unless its manifest exists. Returns (manifest, ran)."""
+    """Run a stage unless its manifest exists. Returns (manifest, ran).
+
+    In a multi-process launch only rank 0 clears, writes and writes the manifest (after a barrier
+    of all ranks); the other ranks return the manifest they would have written.
+    """
     mkey = layout.manifest_key(ctx.iteration, name)
     if ctx.store.exists(mkey):
         return ctx.store.read_json(mkey), False
+    main = distributed.world().is_main
     prefix = layout.stage_dir(ctx.iteration, name)
-    # No manifest: whatever a previous attempt left is not trusted.
-    ctx.store.delete_prefix(prefix + "/")
-    out = StageOutput(ctx.store, prefix)
+    if main:
+        # No manifest: whatever a previous attempt left is not trusted.
+        ctx.store.delete_prefix(prefix + "/")
+    else:
+        ctx = dataclasses.replace(ctx, progress=no_progress)
+    out = StageOutput(ctx.store, prefix, writes=main)
     started = time.time()
     summary = fn(ctx, out)
+    # Every rank finished its part: a rank that died fails the barrier, and no manifest is written.
+    distributed.barrier()
     finished = time.time()
     manifest = {
         "stage": name,
@@ -195,5 +223,6 @@ def execute(name: str, fn: StageFn, ctx: StageContext) -> tuple[dict[str, Any], 
         "seconds": round(finished - started, 3),
         "versions": versions(),
     }
-    ctx.store.write_json(mkey, manifest)
+    if main:
+        ctx.store.write_json(mkey, manifest)
     return manifest, True

@@ -51,6 +51,7 @@ def load_examples(spec: AlignmentRunSpec) -> list[dict[str, str]]:
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
+    from selfmoa.training import distributed
     from selfmoa.training.sft import train_sft
 
     spec = ctx.spec
@@ -71,6 +72,7 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         seed=spec.training.seed,
         dest=ctx.workdir / "out-reset",
         progress=ctx.progress,
+        strategy=distributed.strategy(spec.training),
     )
     out.upload_dir(layout.ADAPTER, result.adapter)
     out.write_json(TRAIN_LOG, [{"step": i + 1, "loss": v} for i, v in enumerate(result.losses)])

@@ -15,6 +15,11 @@ The multi-objective losses need a per-pair margin (see `objectives`): `MarginDPO
 the chosen response, which is exactly a per-pair offset of TRL's sigmoid / IPO target. TRL's
 logged rewards then include the margin too: for modpo/bfpo, `rewards/accuracies` is the share of
 pairs whose implicit reward gap already exceeds their margin.
+
+Under torchrun (see `distributed`) accelerate runs the trainer as DDP (gloo on CPU, nccl on GPUs)
+or FSDP2 (`training.strategy: fsdp`), `batchSize` per process; every rank trains and only rank 0
+saves the adapter. The precomputed reference log-probs are kept in memory on every rank instead
+of TRL's dataset cache file, whose directory is private to each process for an in-memory dataset.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from peft import PeftModel
+from torch.utils.data import DataLoader
 from transformers import (
     PreTrainedTokenizerBase,
     PrinterCallback,
@@ -43,13 +49,52 @@ from trl.trainer.dpo_trainer import DPOTrainer
 from selfmoa.api.spec import TrainingSpec
 from selfmoa.models.chat import has_chat_template, load_tokenizer
 from selfmoa.models.threads import cpu_threads_for
+from selfmoa.training import distributed as D
 from selfmoa.training import model as M
 from selfmoa.training.objectives import Row, trl_loss, uses_margin
 
 ProgressFn = Callable[[int, int, str], None]
 
 
-class MarginDPOTrainer(DPOTrainer):
+class _InMemoryRefDPOTrainer(DPOTrainer):
+    """DPOTrainer whose precomputed reference log-probs stay in memory on every rank.
+
+    TRL writes them to a cache file next to the dataset's own files; an in-memory dataset has
+    none, so each process picks a private temporary directory and ranks > 0 then fail to open the
+    file rank 0 wrote. Gathered over ranks, every rank holds all of them anyway.
+    """
+
+    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        loader = self.accelerator.prepare(
+            DataLoader(
+                dataset,
+                batch_size=batch_size,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                shuffle=False,
+            )
+        )
+        model = self.ref_model or self.model
+        chosen: list[torch.Tensor] = []
+        rejected: list[torch.Tensor] = []
+        for batch in loader:
+            c, r = self.compute_ref_log_probs(model, batch)  # type: ignore[no-untyped-call]
+            # In dataset order: rank-interleaved batches, the last one's padding dropped.
+            c, r = self.accelerator.gather_for_metrics((c, r))
+            chosen.append(c.detach().float().cpu())
+            rejected.append(r.detach().float().cpu())
+        columns = Dataset.from_dict(
+            {
+                "ref_chosen_logps": torch.cat(chosen).numpy(),
+                "ref_rejected_logps": torch.cat(rejected).numpy(),
+            }
+        )
+        if len(columns) != len(dataset):
+            raise RuntimeError(f"reference log-probs: {len(columns)} for {len(dataset)} pairs")
+        return concatenate_datasets([dataset, columns], axis=1)
+
+
+class MarginDPOTrainer(_InMemoryRefDPOTrainer):
     """DPOTrainer with a per-pair margin m: sigmoid -log sigma(beta*D - m); ipo target (0.5 + m)/beta.
 
     Needs `precompute_ref_log_probs=True` (the shift is applied to the precomputed reference).
@@ -141,12 +186,23 @@ def dataset_rows(
     return out
 
 
-def dpo_config(training: TrainingSpec, output_dir: Path, n_rows: int) -> DPOConfig:
+def dpo_config(
+    training: TrainingSpec,
+    output_dir: Path,
+    n_rows: int,
+    *,
+    fsdp: dict[str, Any] | None = None,
+) -> DPOConfig:
+    """TRL's configuration for this process: under torchrun the pairs are split over the ranks,
+    and `fsdp` (a `distributed.fsdp_config`) turns FSDP on instead of DDP."""
     loss_type, loss_weights = trl_loss(training)
     cpu = M.use_cpu()
+    w = D.world()
+    per_device_rows = max(math.ceil(n_rows / w.size), 1)
+    multi = parallel_args(w, cpu=cpu, fsdp=fsdp)
     return DPOConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=min(training.batch_size, max(n_rows, 1)),
+        per_device_train_batch_size=min(training.batch_size, per_device_rows),
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         num_train_epochs=training.epochs,
         learning_rate=training.learning_rate,
@@ -160,14 +216,30 @@ def dpo_config(training: TrainingSpec, output_dir: Path, n_rows: int) -> DPOConf
         # CPU: bf16 and gradient checkpointing cost 1.4-3x per step (measured on the tiny model).
         use_cpu=cpu,
         bf16=M._use_bf16(),
-        activation_checkpointing=not cpu,
+        activation_checkpointing=not cpu and not multi.get("fsdp"),
         report_to="none",
         disable_tqdm=True,
         logging_steps=1,
         save_strategy="no",
         dataloader_num_workers=0,
         remove_unused_columns=True,
+        **multi,
     )
+
+
+def parallel_args(w: D.World, *, cpu: bool, fsdp: dict[str, Any] | None) -> dict[str, Any]:
+    """The `DPOConfig` arguments of a multi-process launch (none for one process)."""
+    if not w.distributed:
+        return {}
+    out: dict[str, Any] = {
+        "ddp_backend": "gloo" if cpu else "nccl",
+        # Every LoRA weight takes part in every forward: no search for unused parameters.
+        "ddp_find_unused_parameters": False,
+    }
+    if fsdp is not None:
+        # FSDP checkpoints activations itself; the trainer's own flag would add an all-gather.
+        out |= {"fsdp": True, "fsdp_config": {**fsdp, "activation_checkpointing": not cpu}}
+    return out
 
 
 def train_dpo(
@@ -181,8 +253,19 @@ def train_dpo(
     progress: ProgressFn | None = None,
     label: str = "training",
 ) -> DPOResult:
-    """Train on `rows` from `parent_adapter` (None: the base) and save the adapter to `dest`."""
+    """Train on `rows` from `parent_adapter` (None: the base) and save the adapter to `dest`.
+
+    Under a multi-process launch every rank calls this; only rank 0 writes `dest`.
+    """
     started = time.monotonic()
+    world = D.world()
+    mode = D.strategy(training)
+    if mode == "fsdp" and world.distributed and M.use_cpu():
+        # accelerate shards only on GPUs and would quietly run DDP instead.
+        raise D.DistributedError(
+            "training.strategy fsdp needs GPUs: the DPO trainer (accelerate) shards only on CUDA "
+            "devices; use ddp on CPU"
+        )
     with M.quiet():
         tok = load_tokenizer(base_path)
         M.set_seed(training.seed)  # the fresh LoRA's init draws from it
@@ -193,15 +276,14 @@ def train_dpo(
         dropped = len(rows) - len(kept)
         with cpu_threads_for(base):
             if not kept:
-                return _untrained(base, parent_adapter, training, dest, started, dropped)
-            trainer = _trainer(base, parent_adapter, kept, tok, training, workdir)
+                return _untrained(base, parent_adapter, training, dest, started, dropped, world)
+            fsdp = D.fsdp_config(base) if mode == "fsdp" and world.distributed else None
+            trainer = _trainer(base, parent_adapter, kept, tok, training, workdir, fsdp)
             tokens = _count_tokens(trainer.train_dataset)
             if progress is not None:
                 trainer.add_callback(_Progress(progress, label))
             trainer.train()
-            trained = trainer.model
-            assert isinstance(trained, PeftModel)
-            M.save_adapter(trained, dest)
+            _save(trainer, dest, world)
 
     log = [_step_entry(e) for e in trainer.state.log_history if "loss" in e]
     acc = [e["rewards/accuracies"] for e in log if "rewards/accuracies" in e]
@@ -219,6 +301,19 @@ def train_dpo(
     )
 
 
+def _save(trainer: DPOTrainer, dest: Path, world: D.World) -> None:
+    """Rank 0 saves the trained adapter. Under FSDP every rank takes part in gathering it first."""
+    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if not world.is_main:
+        return
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    assert isinstance(trained, PeftModel)
+    if state is None:
+        M.save_adapter(trained, dest)
+    else:
+        M.save_adapter(trained, dest, state_dict=state)
+
+
 def _prompt_tokens(tok: PreTrainedTokenizerBase, prompt: str) -> int:
     return len(tok(M.prompt_text(tok, prompt), add_special_tokens=False)["input_ids"])
 
@@ -230,12 +325,13 @@ def _trainer(
     tok: PreTrainedTokenizerBase,
     training: TrainingSpec,
     workdir: Path,
+    fsdp: dict[str, Any] | None = None,
 ) -> DPOTrainer:
     """The configured trainer; constructing it tokenizes and precomputes the reference."""
     margin = uses_margin(training)
     data = Dataset.from_list(dataset_rows(rows, tok, margin))
-    args = dpo_config(training, workdir, len(rows))
-    trainer_cls = MarginDPOTrainer if margin else DPOTrainer
+    args = dpo_config(training, workdir, len(rows), fsdp=fsdp)
+    trainer_cls = MarginDPOTrainer if margin else _InMemoryRefDPOTrainer
     if parent_adapter is None:
         trainer = trainer_cls(
             model=base,
@@ -262,11 +358,12 @@ def _untrained(
     dest: Path,
     started: float,
     dropped: int,
+    world: D.World,
 ) -> DPOResult:
     """Zero pairs: the parent's adapter as is, or a fresh LoRA (B = 0: the base's outputs)."""
-    if parent_adapter is not None:
+    if world.is_main and parent_adapter is not None:
         M.copy_adapter(parent_adapter, dest)
-    else:
+    elif world.is_main:
         M.save_adapter(M.load_policy(base, None, training.lora), dest)
     return DPOResult(
         adapter=dest,

@@ -27,6 +27,7 @@ from transformers import (
 from selfmoa.api.spec import LoraSpec
 from selfmoa.models.chat import has_chat_template, render_prompt, user
 from selfmoa.models.threads import cpu_threads_for
+from selfmoa.training import distributed
 
 #: The adapter name PEFT gives the trained adapter; the only one we ever save.
 ADAPTER_NAME = "default"
@@ -45,11 +46,13 @@ def set_seed(seed: int) -> None:
 
 
 def load_base(path: Path | str) -> PreTrainedModel:
-    """The base model in fp32 on CPU, bf16 on a GPU that supports it."""
+    """The base model in fp32 on CPU, bf16 on a GPU that supports it (under torchrun: the GPU of
+    this process's local rank)."""
     dtype = torch.bfloat16 if _use_bf16() else torch.float32
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if torch.cuda.is_available():
-        model = model.to("cuda")  # type: ignore[arg-type]
+        device = torch.device("cuda", distributed.world().local_rank)
+        model = model.to(device)  # type: ignore[arg-type]
     return model
 
 
@@ -82,11 +85,17 @@ def load_policy(base: PreTrainedModel, adapter: Path | None, spec: LoraSpec) -> 
     return model
 
 
-def save_adapter(model: PeftModel, dest: Path) -> Path:
-    """Save only the trained adapter (never TRL's frozen "ref" copy) and keep only its files."""
+def save_adapter(model: PeftModel, dest: Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """Save only the trained adapter (never TRL's frozen "ref" copy) and keep only its files.
+
+    `state_dict`: the model's full state when its own parameters are shards (FSDP).
+    """
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=[ADAPTER_NAME], safe_serialization=True)
+    extra: dict[str, Any] = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(
+        str(tmp), selected_adapters=[ADAPTER_NAME], safe_serialization=True, **extra
+    )
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for name in ADAPTER_FILES:

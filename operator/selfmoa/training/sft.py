@@ -3,6 +3,12 @@
 A plain loop rather than TRL's SFTTrainer: the reset is a fixed number of optimizer steps on a
 few hundred short examples, and the loop is shorter than the configuration it would replace, has
 no dataset preprocessing pass, and starts in milliseconds.
+
+Under torchrun (see `distributed`) the loop is data-parallel: `batch_size` is per process, as
+`training.batchSize` says; every rank draws the same global batch of `batch_size * ranks`
+examples and trains on its share (DDP, or FSDP2 with `training.strategy: fsdp`). The loss is the sum of token losses over the *global* batch divided
+by its token count, so the averaged gradient, and the adapter, are those of one process training
+on the whole batch; only rank 0 saves the adapter.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 
 from selfmoa.api.spec import LoraSpec
 from selfmoa.models.chat import load_tokenizer
 from selfmoa.models.threads import cpu_threads_for
+from selfmoa.training import distributed as D
 from selfmoa.training import model as M
 
 ProgressFn = Callable[[int, int, str], None]
@@ -54,11 +62,18 @@ def train_sft(
     seed: int,
     dest: Path,
     progress: ProgressFn | None = None,
+    strategy: D.Strategy | None = None,
 ) -> SFTResult:
-    """`steps` AdamW steps of completion-only LM loss on (prompt, response) examples."""
+    """`steps` AdamW steps of completion-only LM loss on (prompt, response) examples.
+
+    Under a multi-process launch every rank calls this; only rank 0 writes `dest`. `losses` and
+    `tokens` are those of the global batches on every rank. `strategy` None: from the
+    environment (`distributed.STRATEGY_ENV`), ddp by default.
+    """
     if not examples:
         raise ValueError("no examples to train on")
     started = time.monotonic()
+    world = D.world()
     with M.quiet():
         tok = load_tokenizer(base_path)
         M.set_seed(seed)
@@ -66,19 +81,28 @@ def train_sft(
     with cpu_threads_for(model):
         device = next(model.parameters()).device
         encoded = [M.encode_pair(tok, e["prompt"], e["response"], max_length) for e in examples]
+        # Tokens the loss counts in each example: labels after the one-token shift, not masked.
+        targets = [sum(1 for y in labels[1:] if y != -100) for _, labels in encoded]
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-        params = [p for p in model.parameters() if p.requires_grad]
+        mode = strategy or D.strategy()
+        wrapped = D.wrap(model, mode, world)
+        params = [p for p in wrapped.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-        model.train()
+        wrapped.train()
         losses: list[float] = []
         tokens = 0
         queue: list[list[int]] = []
         epoch = 0
         for step in range(steps):
             if not queue:
-                queue = _batches(len(encoded), batch_size, seed + epoch)
+                queue = _batches(len(encoded), batch_size * world.size, seed + epoch)
                 epoch += 1
-            batch = [encoded[i] for i in queue.pop(0)]
+            batch_ids = queue.pop(0)
+            mine = batch_ids[world.rank :: world.size]
+            # A batch smaller than the world leaves some ranks idle: they still join the gradient
+            # reduction, with a zero loss on a stand-in example.
+            weight = 1.0 if mine else 0.0
+            batch = [encoded[i] for i in (mine or batch_ids[:1])]
             width = max(len(ids) for ids, _ in batch)
             # Right padding: positions are then the same as in an unpadded forward.
             ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch], device=device)
@@ -86,13 +110,31 @@ def train_sft(
             mask = torch.tensor(
                 [[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=device
             )
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
+            # This rank's token losses over the global batch's token count: summed over ranks,
+            # the mean over the global batch (the processes average gradients, hence * size).
+            n_items = max(sum(targets[i] for i in batch_ids), 1)
+            loss = (
+                weight
+                * wrapped(
+                    input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items
+                ).loss
+            )
+            (loss * world.size).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            tokens += int(mask.sum())
+            step_loss, step_tokens = D.all_reduce_sum(
+                [float(loss.detach()), weight * int(mask.sum())]
+            )
+            losses.append(step_loss)
+            tokens += round(step_tokens)
             if progress is not None:
                 progress(step + 1, steps, "safety reset")
-        M.save_adapter(model, dest)
+        state = D.full_state_dict(wrapped, mode)
+        if world.is_main:
+            inner = D.unwrap(wrapped)
+            assert isinstance(inner, PeftModel)
+            if state is None:
+                M.save_adapter(inner, dest)
+            else:
+                M.save_adapter(inner, dest, state_dict=state)
     return SFTResult(dest, len(examples), steps, time.monotonic() - started, losses, tokens)

@@ -16,6 +16,7 @@ from selfmoa.controller.builders.common import (
     placement,
     pod_security,
     queue_labels,
+    shm_volume,
     stage_labels,
     storage_env,
 )
@@ -47,11 +48,13 @@ def _stage_container(
         {k: v for k, v in spec.trainer.resources.wire().items() if v},
         spec.trainer.gpus if training else 0,
     )
+    # More than one GPU on the node: one training process per GPU (torchrun).
+    nproc = max(1, spec.trainer.gpus) if training else 1
     return {
         "name": "stage",
         "image": spec.trainer.image or config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": list(contract.COMMAND),
+        "command": contract.launch_command([], nproc=nproc),
         "args": call.args(),
         "env": env,
         "resources": resources,
@@ -77,13 +80,17 @@ def stage_job(
     call = contract.StageCall(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )
+    container = _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
+    shm: list[dict[str, Any]] = []
+    if stage_table.get(stage).trains and spec.trainer.gpus > 1:
+        # NCCL between the training processes needs more than the default 64 MiB /dev/shm.
+        shm = [shm_volume(spec.trainer.gpus)]
+        container["volumeMounts"].append({"name": "shm", "mountPath": "/dev/shm"})
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": pod_security(),
-        "containers": [
-            _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
-        ],
-        "volumes": [{"name": contract.WORK_VOLUME, "emptyDir": {}}],
+        "containers": [container],
+        "volumes": [{"name": contract.WORK_VOLUME, "emptyDir": {}}, *shm],
         **placement(config),
     }
     job_spec: dict[str, Any] = {

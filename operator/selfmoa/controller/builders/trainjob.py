@@ -55,10 +55,6 @@ TRAINER_DISCOVERY_PATH: Final = f"/apis/{TRAINER_API_VERSION}"
 RUNTIME_NODE: Final = "node"
 #: Who owns our runtime patch (Trainer keys patches by manager; Kueue adds its own).
 PATCH_MANAGER: Final = "selfmoa.dev/operator"
-#: torchrun and the module it runs in every process, as `selfmoa.training.distributed` spells
-#: them (the operator can't import the training package; a test checks that they agree).
-LAUNCHER: Final = "torchrun"
-CLI_MODULE: Final = "selfmoa.cli"
 #: JobSet refuses a name whose longest pod name, `<name>-node-<job>-<pod>-<5 random>`, passes
 #: 63 characters; with up to 64 nodes that leaves 63 - len("-node-0-63-abcde").
 MAX_TRAINJOB_NAME: Final = 47
@@ -81,24 +77,6 @@ def trainjob_name(run: str, iteration: int, stage: str) -> str:
     if not name[0].isalpha():
         name = f"t-{name}"
     return truncate(name, MAX_TRAINJOB_NAME)
-
-
-def launch_command(nproc: int, nnodes: int) -> list[str]:
-    """torchrun for `nnodes` nodes of `nproc` processes: Kubeflow Trainer's torch runtime gives
-    each node its rank and the rendezvous address through `PET_NODE_RANK`, `PET_MASTER_ADDR`
-    and `PET_MASTER_PORT`, which torchrun reads. `--max-restarts 0`: one dead rank fails the
-    node, and the pod's restart redoes the stage."""
-    return [
-        LAUNCHER,
-        "--nnodes",
-        str(nnodes),
-        "--nproc-per-node",
-        str(nproc),
-        "--max-restarts",
-        "0",
-        "-m",
-        CLI_MODULE,
-    ]
 
 
 def not_installed_message(spec: AlignmentRunSpec, runtime: str) -> str:
@@ -187,7 +165,8 @@ def train_job(
     )
     trainer = m.TrainerV1alpha1Trainer(
         image=container["image"],
-        command=launch_command(max(1, gpus), spec.trainer.nodes),
+        # The launcher part of the argv; the stage's arguments follow as `args`.
+        command=contract.launch_command([], nproc=max(1, gpus), nnodes=spec.trainer.nodes),
         args=list(container["args"]),
         env=[m.IoK8sApiCoreV1EnvVar.from_dict(e) for e in container["env"]],
         num_nodes=spec.trainer.nodes,
