@@ -5,6 +5,7 @@
     selfmoa stage NAME --run-uri URI -k K one stage (what the operator's Jobs run)
     selfmoa operator ...                  the Kubernetes operator
     selfmoa serve --model M               an OpenAI-compatible server (CPU clusters, tests)
+    selfmoa adapter-agent --run-uri URI   beside a server: loads the run's adapters into it
     selfmoa crd [--output PATH]           write the CustomResourceDefinition
     selfmoa export RUN_URI --out DIR      the aligned model: adapter or merged, with a card
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (
         ("operator", "run the Kubernetes operator"),
         ("serve", "serve a model over an OpenAI-compatible HTTP API"),
+        ("adapter-agent", "beside a server: load the run's LoRA adapters into it (a sidecar)"),
         ("crd", "write the CustomResourceDefinition generated from the spec"),
         ("export", "export a run's aligned model (adapter or merged) with a model card"),
     ):
@@ -122,7 +124,7 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Delegated commands parse their own flags (their --help must reach them).
-    if argv and argv[0] in ("operator", "serve", "crd", "export"):
+    if argv and argv[0] in ("operator", "serve", "adapter-agent", "crd", "export"):
         return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     # Deprecation notices of the ML libraries are for us, not for someone running an alignment.
@@ -156,6 +158,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         from selfmoa.export.command import main as export_main
 
         return int(export_main(rest))
+    if command == "adapter-agent":
+        from selfmoa.engines.agent.command import main as agent_main
+
+        return int(agent_main(rest))
     from selfmoa.api.crd import main as crd_main
 
     return int(crd_main(rest))

@@ -5,9 +5,13 @@ loop, so the server can batch, with retries on connection errors, timeouts, 429 
 reply that isn't JSON or lacks `choices[i].message.content` is a failed attempt too. A server that
 refuses `n > 1` gets one request per sample from then on.
 
-Adapters: `use_adapter` hot-loads a LoRA adapter into the server (vLLM's `/v1/load_lora_adapter`)
-under a name derived from where it lives, so the same adapter always gets the same name and a
-retried stage reuses it.
+Adapters: `use_adapter` makes a LoRA adapter servable under a name that is the same for the same
+adapter every time (a retried stage reuses it). Where the server can read the adapter (a path on
+a shared `file://` store, or the spec's given adapter) the engine hot-loads it itself (vLLM's
+`/v1/load_lora_adapter`). A stored adapter the server can't read (`s3://`) goes through the
+adapter agents beside every replica when the engine has them (`adapter_agents=`, see
+`selfmoa.engines.agent`): the engine asks for it in the run's store and waits until every replica
+serves it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from selfmoa.engines.agent.client import AgentDelivery
 from selfmoa.engines.base import (
     AdapterSource,
     Conversation,
@@ -39,6 +44,7 @@ from selfmoa.engines.http import (
 )
 
 __all__ = [
+    "AgentDelivery",
     "HTTPStatusEngineError",
     "OpenAIEngine",
     "adapter_location",
@@ -61,9 +67,8 @@ def adapter_location(source: AdapterSource) -> str:
     """Where the server reads an adapter from: the shared path on a `file://` store, else the
     store URI (vLLM reads `s3://` only with an S3 LoRA resolver).
 
-    The seam for the adapter agent: a helper beside the server that downloads the adapter into a
-    volume the server shares and answers with the local path takes this function's place
-    (`OpenAIEngine(adapter_locator=...)`).
+    A stored adapter on a store the server can't read goes through the adapter agents instead
+    when the engine has them (`OpenAIEngine(adapter_agents=...)`).
     """
     return source.location()
 
@@ -111,6 +116,7 @@ class OpenAIEngine(Engine):
         backoff: float = 0.5,
         api_key: str | None = None,
         adapter_locator: Callable[[AdapterSource], str] = adapter_location,
+        adapter_agents: AgentDelivery | None = None,
     ) -> None:
         self.http = RetryingClient(
             base_url,
@@ -126,6 +132,8 @@ class OpenAIEngine(Engine):
         #: How many requests may be in flight (callers such as the LLM judge size batches by it).
         self.max_concurrency = max_concurrency
         self.adapter_locator = adapter_locator
+        #: Delivers stored adapters the server can't read (None: hand the server the location).
+        self.adapter_agents = adapter_agents
         #: False once the server has refused `n > 1`: then n separate requests are sent.
         self.supports_n = True
 
@@ -271,9 +279,21 @@ class OpenAIEngine(Engine):
     # ------------------------------------------------------------------ adapters (vLLM)
 
     def use_adapter(self, source: AdapterSource | None) -> str | None:
-        """Hot-load the adapter into the server; the model name to ask for it by."""
+        """Make the adapter servable; the model name to ask for it by.
+
+        A stored adapter with no path on this machine goes through the adapter agents (when the
+        engine has them): this returns once every replica serves it. Anything else is
+        hot-loaded from where `adapter_locator` says the server can read it.
+        """
         if source is None:
             return None
+        if (
+            self.adapter_agents is not None
+            and source.key is not None
+            and source.store is not None
+            and source.store.local_path(source.key) is None
+        ):
+            return self.adapter_agents.deliver(source, self.model)
         location = self.adapter_locator(source)
         name = served_adapter_name(location)
         self.load_adapter(name, location)
@@ -314,9 +334,17 @@ class OpenAIEngine(Engine):
 
     def models(self) -> list[str]:
         """Model names the server serves (base model and loaded adapters)."""
+        return [str(m["id"]) for m in self.model_cards()]
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """The server's `/v1/models` entries (`id`; for an adapter vLLM adds `root`, the path it
+        was loaded from, and `parent`, the base model)."""
         body = self.http.run(self.http.get_json("/v1/models"))
         try:
-            return [str(m["id"]) for m in body["data"]]
-        except (KeyError, TypeError) as e:
+            cards = [dict(m) for m in body["data"]]
+            for m in cards:
+                m["id"] = str(m["id"])
+        except (KeyError, TypeError, ValueError) as e:
             url = self.base_url + "/v1/models"
             raise EngineError(f"GET {url} failed: unexpected reply ({short(str(e))})") from None
+        return cards

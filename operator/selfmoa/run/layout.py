@@ -26,6 +26,12 @@ ADAPTER: Final = "adapter"
 CEILING_ADAPTER: Final = "ceiling-adapter"
 METRICS: Final = "metrics.json"
 
+#: Adapter delivery to served engines (engines/agent): serving/<model-slug>/adapters.json is the
+#: desired set of adapters, serving/<model-slug>/replicas/<replica>.json what one replica loaded.
+SERVING: Final = "serving"
+DESIRED_ADAPTERS: Final = "adapters.json"
+REPLICAS: Final = "replicas"
+
 
 def run_prefix(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
