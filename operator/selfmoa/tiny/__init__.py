@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +27,14 @@ def ensure_base(
         return build.ensure_base(cache_dir, progress)
     from selfmoa.store.model_cache import materialize
 
+    def from_local_build(dest: Path, say: Callable[[str], None]) -> None:
+        # This machine's own build (made once, shared with `selfmoa serve` and earlier runs)
+        # is what gets published to the run; nothing is built twice on one machine.
+        shutil.copytree(build.ensure_base(cache_dir, say), dest, dirs_exist_ok=True)
+
     return materialize(
         f"tiny-{build.cache_key()}",
-        build.build_into,
+        from_local_build,
         cache_dir=cache_dir,
         shared=shared,
         progress=progress,
