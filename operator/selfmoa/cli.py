@@ -182,7 +182,11 @@ def _load(path: str) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from selfmoa.engines.capacity import gpu_warnings
+
     run = _load(args.file)
+    for warning in gpu_warnings(run.spec):
+        print(f"selfmoa: warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: ok (AlignmentRun {run.namespace}/{run.name}, {run.spec.iterations} iteration(s))"
     )

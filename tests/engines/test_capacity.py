@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from selfmoa.api import parse_run
 from selfmoa.engines.capacity import gpu_warnings
 
@@ -36,3 +38,23 @@ def test_unreadable_configs_give_no_guess(tmp_path: Path) -> None:
 def test_gpus_per_model_without_vllm_is_flagged() -> None:
     (warning,) = gpu_warnings(_spec("org/m", 2, engine="transformers"))
     assert "only vLLM servers use it" in warning
+
+
+def test_validate_prints_the_warning_and_still_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfmoa.cli import main
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"num_attention_heads": 6}))
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        "apiVersion: selfmoa.dev/v1alpha1\n"
+        "kind: AlignmentRun\n"
+        "metadata: {name: r}\n"
+        f"spec: {{policy: {{model: '{model}'}}, serving: {{engine: vllm, gpusPerModel: 4}}}}\n"
+    )
+    assert main(["validate", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: serving.gpusPerModel: 4 doesn't divide the 6 attention heads" in err
