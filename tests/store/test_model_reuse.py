@@ -10,9 +10,9 @@ import pytest
 
 from selfmoa.api import parse_run
 from selfmoa.api.spec import TINY_MODEL
-from selfmoa.engines.provider import EngineProvider, hub_key, parse_hub_model
+from selfmoa.engines.provider import EngineProvider
 from selfmoa.store import Store, open_store
-from selfmoa.store.model_cache import manifest_key
+from selfmoa.store.model_cache import hub_key, manifest_key, parse_hub_model
 
 
 def _spec(model: str = TINY_MODEL) -> Any:
@@ -73,3 +73,73 @@ def test_hub_references() -> None:
     assert parse_hub_model("org/m", "abc") == ("org/m", "abc")
     assert hub_key("org/m", "main") != hub_key("org/m", "v1")
     assert hub_key("Org/M", "main").startswith("hf-org-m-")
+
+
+def test_the_vllm_server_starts_from_the_runs_copy_of_a_hub_model(
+    s3_bucket: str, moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import huggingface_hub
+
+    from selfmoa.controller import builders
+    from selfmoa.controller.config import OperatorConfig
+    from selfmoa.store.fetch import main as fetch_main
+
+    spec = parse_run(
+        {
+            "metadata": {"name": "r"},
+            "spec": {
+                "policy": {"model": "Org/Model-0.5B"},
+                "serving": {"engine": "vllm"},
+                "storage": {"uri": f"s3://{s3_bucket}/runs", "endpoint": moto_endpoint},
+            },
+        }
+    ).spec
+    dep, _ = builders.serving_objects(
+        run="r",
+        namespace="ns",
+        spec=spec,
+        model="Org/Model-0.5B",
+        replicas=1,
+        config=OperatorConfig(),
+    )
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = [c for c in pod["initContainers"] if c["name"] == "fetch-model"]
+    args = pod["containers"][0]["args"]
+    served = args[args.index("--model") + 1]
+    assert served == f"/model/models/{hub_key('Org/Model-0.5B', 'main')}"
+
+    downloads: list[str] = []
+
+    def snapshot_download(repo_id: str, revision: str, local_dir: str) -> str:
+        downloads.append(repo_id)
+        Path(local_dir, "config.json").write_text("{}")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    monkeypatch.setenv("SELFMOA_SPEC", env["SELFMOA_SPEC"])
+    assert json.loads(env["SELFMOA_SPEC"])["storage"]["endpoint"] == moto_endpoint
+    # Two servers start (or one restarts): the hub is asked once, by the first.
+    for pod_dir in ("pod-a", "pod-b"):
+        dest = tmp_path / pod_dir
+        argv = [a if a != "/model" else str(dest) for a in init["command"][3:]]
+        assert fetch_main(argv) == 0
+        assert (Path(served.replace("/model", str(dest), 1)) / "config.json").exists()
+    assert downloads == ["Org/Model-0.5B"]
+    # A run on a local file:// store lets vLLM download the hub model itself.
+    local = parse_run(
+        {
+            "metadata": {"name": "r"},
+            "spec": {
+                "policy": {"model": "Org/M"},
+                "serving": {"engine": "vllm"},
+                "storage": {"uri": f"file://{tmp_path}"},
+            },
+        }
+    ).spec
+    dep, _ = builders.serving_objects(
+        run="r", namespace="ns", spec=local, model="Org/M", replicas=1, config=OperatorConfig()
+    )
+    assert "initContainers" not in dep["spec"]["template"]["spec"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,12 @@ from selfmoa.api import contract
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, Device, ServingEngine
 from selfmoa.engines.base import DeviceError, Engine
 from selfmoa.store import Store
+from selfmoa.store.model_cache import (
+    HUB_PREFIX,
+    looks_like_hub_id,
+    materialize_hub,
+    parse_hub_model,
+)
 
 
 def cache_dir() -> Path:
@@ -47,32 +52,6 @@ def resolve_device(wanted: Device, *, cuda_available: Callable[[], bool] | None 
             "stage a GPU)"
         )
     return "cpu"
-
-
-#: A policy (or judge) given as `hf://ORG/NAME[@REVISION]` is always snapshotted into the store.
-HUB_PREFIX = "hf://"
-
-
-def _looks_like_hub_id(model: str) -> bool:
-    parts = model.split("/")
-    return (
-        len(parts) == 2 and all(parts) and "://" not in model and not model.startswith((".", "~"))
-    )
-
-
-def parse_hub_model(model: str, revision: str | None = None) -> tuple[str, str]:
-    """(repo id, revision) of `hf://org/name@rev` or `org/name` (revision default: main)."""
-    repo = model.removeprefix(HUB_PREFIX)
-    if "@" in repo:
-        repo, revision = repo.split("@", 1)
-    return repo, revision or "main"
-
-
-def hub_key(repo: str, revision: str) -> str:
-    """The model cache key of a hub snapshot: readable, and unique per repo and revision."""
-    slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-")[:48]
-    digest = hashlib.sha256(f"{repo}@{revision}".encode()).hexdigest()[:8]
-    return f"hf-{slug}-{digest}"
 
 
 class EngineProvider:
@@ -110,7 +89,7 @@ class EngineProvider:
             from selfmoa.tiny import ensure_base
 
             return ensure_base(cache_dir(), progress=progress, shared=self.shared)
-        if model.startswith(HUB_PREFIX) or (_looks_like_hub_id(model) and self._snapshots_hub()):
+        if model.startswith(HUB_PREFIX) or (looks_like_hub_id(model) and self._snapshots_hub()):
             return self._hub_snapshot(model, progress)
         if model.startswith("s3://"):
             return self._s3_model(model, progress)
@@ -139,22 +118,9 @@ class EngineProvider:
         return self.shared is not None and not self.shared.uri.startswith("file:")
 
     def _hub_snapshot(self, model: str, progress: Callable[[str], None] | None) -> Path:
-        from selfmoa.store.model_cache import materialize
-
         repo, revision = parse_hub_model(model, self.spec.policy.revision)
-
-        def download(dest: Path, say: Callable[[str], None]) -> None:
-            from huggingface_hub import snapshot_download
-
-            say(f"downloading {repo}@{revision} from the hub (once for this run)")
-            snapshot_download(repo_id=repo, revision=revision, local_dir=str(dest))
-
-        return materialize(
-            hub_key(repo, revision),
-            download,
-            cache_dir=cache_dir(),
-            shared=self.shared,
-            progress=progress,
+        return materialize_hub(
+            repo, revision, cache_dir=cache_dir(), shared=self.shared, progress=progress
         )
 
     def for_model(self, model: str) -> Engine:

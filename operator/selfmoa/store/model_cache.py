@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -135,3 +136,50 @@ def fetch(shared: Store, key: str, dest: Path) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
     return manifest
+
+
+#: A policy (or judge) given as `hf://ORG/NAME[@REVISION]` is always snapshotted into the store.
+HUB_PREFIX = "hf://"
+
+
+def looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return (
+        len(parts) == 2 and all(parts) and "://" not in model and not model.startswith((".", "~"))
+    )
+
+
+def parse_hub_model(model: str, revision: str | None = None) -> tuple[str, str]:
+    """(repo id, revision) of `hf://org/name@rev` or `org/name` (revision default: main)."""
+    repo = model.removeprefix(HUB_PREFIX)
+    if "@" in repo:
+        repo, revision = repo.split("@", 1)
+    return repo, revision or "main"
+
+
+def hub_key(repo: str, revision: str) -> str:
+    """The model cache key of a hub snapshot: readable, and unique per repo and revision."""
+    slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-")[:48]
+    digest = hashlib.sha256(f"{repo}@{revision}".encode()).hexdigest()[:8]
+    return f"hf-{slug}-{digest}"
+
+
+def materialize_hub(
+    repo: str,
+    revision: str,
+    *,
+    cache_dir: Path,
+    shared: Store | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """A hub repo at a revision, downloaded once (into `shared` for everyone after)."""
+
+    def download(dest: Path, say: Callable[[str], None]) -> None:
+        from huggingface_hub import snapshot_download
+
+        say(f"downloading {repo}@{revision} from the hub (once)")
+        snapshot_download(repo_id=repo, revision=revision, local_dir=str(dest))
+
+    return materialize(
+        hub_key(repo, revision), download, cache_dir=cache_dir, shared=shared, progress=progress
+    )

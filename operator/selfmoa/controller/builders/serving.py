@@ -81,7 +81,7 @@ def serving_template(
 
     The policy's pod gets the adapter agent beside vLLM when the run's store is not `file://`.
     """
-    source = model_source(model)
+    source = model_source(model, spec, run_uri)
     server = vllm_container(spec, model, source, config)
     pod: dict[str, Any] = {
         "securityContext": pod_security(),

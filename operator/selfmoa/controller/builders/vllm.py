@@ -24,6 +24,13 @@ from selfmoa.controller.builders.common import (
     storage_env,
 )
 from selfmoa.controller.config import OperatorConfig
+from selfmoa.store.model_cache import (
+    HUB_PREFIX,
+    MODELS,
+    hub_key,
+    looks_like_hub_id,
+    parse_hub_model,
+)
 
 VLLM_PORT: Final = 8000
 VLLM_COMMAND: Final = ("python3", "-m", "vllm.entrypoints.openai.api_server")
@@ -70,12 +77,18 @@ class ModelSource:
     argument: str
     volumes: list[dict[str, Any]] = field(default_factory=list)
     mounts: list[dict[str, Any]] = field(default_factory=list)
-    #: An `s3://` model: an init container copies it into the volume first.
-    fetch: bool = False
+    #: What an init container runs first to put the model in the volume (None: nothing).
+    fetch: list[str] | None = None
 
 
-def model_source(model: str) -> ModelSource:
-    """The source of a hub id (vLLM downloads it), an `s3://` URI or a `pvc://CLAIM/PATH`."""
+#: The init container's model sync (`selfmoa.store.fetch`).
+FETCH: Final = ("python", "-m", "selfmoa.store.fetch")
+
+
+def model_source(model: str, spec: AlignmentRunSpec, run_uri: str) -> ModelSource:
+    """Where the server reads `model`: a `pvc://CLAIM/PATH`, an `s3://` copy, or a hub model —
+    from the run's model cache when the run's store is remote (the stages read the same copy,
+    and the hub is asked once per run), else downloaded by vLLM itself."""
     if model.startswith("pvc://"):
         claim, _, sub = model.removeprefix("pvc://").partition("/")
         return ModelSource(
@@ -83,13 +96,17 @@ def model_source(model: str) -> ModelSource:
             [{"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
             [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
         )
+    volume = [{"name": "model", "emptyDir": {}}]
+    mount = [{"name": "model", "mountPath": MODEL_DIR}]
     if model.startswith("s3://"):
-        return ModelSource(
-            MODEL_DIR,
-            [{"name": "model", "emptyDir": {}}],
-            [{"name": "model", "mountPath": MODEL_DIR}],
-            fetch=True,
-        )
+        return ModelSource(MODEL_DIR, volume, mount, fetch=[*FETCH, model, MODEL_DIR])
+    hub = model.startswith(HUB_PREFIX) or looks_like_hub_id(model)
+    if hub and not spec.storage.uri.startswith("file://"):
+        revision = spec.policy.revision if model == spec.policy.model else None
+        repo, rev = parse_hub_model(model, revision)
+        cached = f"{MODEL_DIR}/{MODELS}/{hub_key(repo, rev)}"
+        fetch = [*FETCH, "--hub", repo, "--revision", rev, "--run-uri", run_uri, MODEL_DIR]
+        return ModelSource(cached, volume, mount, fetch=fetch)
     return ModelSource(model)
 
 
@@ -123,7 +140,7 @@ def vllm_env(spec: AlignmentRunSpec, model: str) -> list[dict[str, Any]]:
 def fetch_model_container(
     spec: AlignmentRunSpec, model: str, source: ModelSource, config: OperatorConfig
 ) -> dict[str, Any]:
-    """The init container that copies an `s3://` model into the server's model volume."""
+    """The init container that puts the model into the server's model volume."""
     # Only the storage settings: the fetch needs nothing else, and the whole spec here would
     # change the pod template (and restart the server) on every unrelated spec edit.
     storage = {"storage": spec.wire()["storage"]}
@@ -131,10 +148,11 @@ def fetch_model_container(
         "name": "fetch-model",
         "image": spec.trainer.image or config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": ["python", "-m", "selfmoa.store.fetch", model, MODEL_DIR],
+        "command": list(source.fetch or []),
         "env": [
             {"name": contract.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
             *storage_env(spec),
+            *hf_token_env(spec),
         ],
         "resources": copy.deepcopy(config.stage_resources),
         "securityContext": container_security(),
