@@ -61,7 +61,9 @@ def test_iterations_follow_the_table() -> None:
     assert stage_table.stages_of(3, reset=True) == stage_table.LOOP
     assert "reset" not in stage_table.LOOP
     runs = list(stage_table.run_stages(2, reset=True))
-    assert runs[:2] == [(0, "reset"), (0, "evaluate")] and len(runs) == 2 + 2 * len(stage_table.LOOP)
+    assert runs[:2] == [(0, "reset"), (0, "evaluate")] and len(runs) == 2 + 2 * len(
+        stage_table.LOOP
+    )
 
 
 def test_cli_help_lists_every_stage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ class CountingBuild:
     def __call__(self, dest: Path, say: object) -> None:
         self.calls += 1
         time.sleep(self.delay)
-        (dest / "config.json").write_text('{"tag": "%s"}' % self.tag)
+        (dest / "config.json").write_text(json.dumps({"tag": self.tag}))
         (dest / "weights").mkdir()
         (dest / "weights" / "model.bin").write_bytes(self.tag.encode() * 1000)
 

@@ -10,9 +10,9 @@ import pytest
 from selfmoa.api import Phase, parse_run
 from selfmoa.api.errors import SpecError
 from selfmoa.local import executor as local
-from selfmoa.stages import runner
 from selfmoa.run import layout
 from selfmoa.run.metrics import Metrics
+from selfmoa.stages import runner
 from selfmoa.stages.base import StageContext, StageOutput
 
 
