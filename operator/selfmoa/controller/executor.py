@@ -219,8 +219,8 @@ class KubernetesExecutor:
         """Read the storage Secret the run names, so the operator reads its store with the
         same credentials as its Jobs (the operator's own, e.g. IRSA, when it names none)."""
         ref = self.spec.storage.secret_ref
-        if not ref:
-            return
+        if not ref or not self.run_uri.startswith("s3://"):
+            return  # a file:// store needs no credentials
         path = f"{collection('v1', 'secrets', self.namespace)}/{ref}"
         secret = await self.rt.kube.get(path)
         if secret is None:
