@@ -24,9 +24,9 @@ import kopf
 from selfmoa.api import GROUP, PLURAL, VERSION
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
-from selfmoa.controller.executor import Runtime
 from selfmoa.controller.handlers import register
 from selfmoa.controller.kube import Kube
+from selfmoa.controller.runtime import Runtime
 from selfmoa.run import layout
 from selfmoa.store import open_store
 

@@ -19,7 +19,7 @@ from harness import (
 
 from selfmoa.api import SpecError
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.controller.executor import queue_hold
+from selfmoa.controller.children import queue_hold
 from selfmoa.controller.failures import StorageConfigError, classify
 from selfmoa.controller.kube import KubeError
 from selfmoa.run.planner import Observed, Wait, next_action
@@ -144,7 +144,8 @@ async def test_the_operator_reads_the_store_with_the_runs_secret() -> None:
 
     from selfmoa.api import parse_run
     from selfmoa.controller.config import OperatorConfig
-    from selfmoa.controller.executor import KubernetesExecutor, Runtime
+    from selfmoa.controller.executor import KubernetesExecutor
+    from selfmoa.controller.runtime import Runtime
 
     class FakeKube:
         async def get(self, path: str) -> dict[str, object] | None:

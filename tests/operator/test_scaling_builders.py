@@ -10,8 +10,8 @@ import pytest
 from selfmoa.api import SpecError, parse_run
 from selfmoa.cli import build_parser
 from selfmoa.controller import builders
+from selfmoa.controller.children import deployment_ready
 from selfmoa.controller.config import OperatorConfig
-from selfmoa.controller.executor import deployment_ready
 from selfmoa.controller.serving_plan import serving_replicas
 from selfmoa.run import stage_table
 from selfmoa.run.planner import Observed, RunStage

@@ -38,9 +38,10 @@ from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.cli import build_parser
 from selfmoa.controller import builders, reconcile
 from selfmoa.controller.config import OperatorConfig
-from selfmoa.controller.executor import KubernetesExecutor, Runtime, TrainJobRejected
+from selfmoa.controller.executor import KubernetesExecutor, TrainJobRejected
 from selfmoa.controller.failures import classify
 from selfmoa.controller.kube import KubeError
+from selfmoa.controller.runtime import Runtime
 from selfmoa.run import stage_table
 from selfmoa.run.planner import Observed, RunStage
 

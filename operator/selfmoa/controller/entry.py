@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 async def serve(args: Any, config: Any, *, stop_flag: Any = None) -> None:
     import kopf
 
-    from selfmoa.controller.executor import Runtime
     from selfmoa.controller.handlers import register
     from selfmoa.controller.kube import Kube
+    from selfmoa.controller.runtime import Runtime
 
     rt: Runtime = Runtime(
         config=config, kube=Kube(lambda: rt.connection), resync_seconds=args.resync_seconds

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
-import datetime
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from selfmoa.api import contract
@@ -26,161 +23,25 @@ from selfmoa.api.spec import (
     AlignmentRunStatus,
 )
 from selfmoa.controller import builders
-from selfmoa.controller.config import OperatorConfig
-from selfmoa.controller.failures import StorageConfigError
-from selfmoa.controller.kube import Kube, KubeError, collection
+from selfmoa.controller.children import (
+    _condition,
+    deployment_ready,
+    job_key,
+    queue_hold,
+    rollout_patch,
+)
+from selfmoa.controller.kube import KubeError, collection
+from selfmoa.controller.runtime import Runtime
 from selfmoa.run import layout, outputs, stage_table
 from selfmoa.run import state as run_state
 from selfmoa.run.document import fixed_fields_changed, run_document
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Action, Observed, RunStage, StageFailure
-from selfmoa.store import Store, StoreError, open_store_for
-
-
-def utcnow() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-#: How long "Kubeflow Trainer is not served" is believed before discovery asks again (an admin
-#: may install it meanwhile); "served" is believed for the life of the process.
-TRAINER_RECHECK_SECONDS = 60.0
+from selfmoa.store import Store, StoreError
 
 
 class TrainJobRejected(RuntimeError):
     """Kubeflow Trainer's admission webhook refused a TrainJob (e.g. its runtime is missing)."""
-
-
-@dataclass
-class Runtime:
-    """State shared by every run's reconcile in one operator process."""
-
-    config: OperatorConfig
-    kube: Kube
-    #: The credentials Kopf logged in with (`kopf.ConnectionInfo`), shared with `kube`.
-    connection: Any = None
-    #: Seconds between safety-net reconciles when no watch event arrives.
-    resync_seconds: float = 60.0
-    now: Callable[[], str] = utcnow
-    triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    #: The status this process last wrote per run (the watch may not have delivered it yet).
-    last_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    phases: dict[tuple[str, str], str] = field(default_factory=dict)
-    #: Metrics already read per run (a finished evaluate stage never changes).
-    metrics_cache: dict[tuple[str, str], dict[int, Metrics]] = field(default_factory=dict)
-    stores: dict[tuple[str, str | None, tuple[str, str] | None], Store] = field(
-        default_factory=dict
-    )
-    #: Each run's run.json as first written (the spec its artifacts were made with).
-    run_documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    #: The ClusterTrainingRuntime of multi-node training stages (TrainJobs).
-    #: Whether the cluster serves trainer.kubeflow.org/v1alpha1, and when that was last asked
-    #: (`time.monotonic`); None until a run on several nodes needs to know.
-    trainer_served: bool | None = None
-    trainer_checked: float = 0.0
-
-    def trigger(self, namespace: str, name: str) -> asyncio.Event:
-        return self.triggers.setdefault((namespace, name), asyncio.Event())
-
-    def kick(self, namespace: str, name: str) -> None:
-        """Make the run's reconcile loop run now (a Job or the run changed)."""
-        self.trigger(namespace, name).set()
-
-    def forget(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        for d in (
-            self.triggers,
-            self.last_status,
-            self.phases,
-            self.metrics_cache,
-            self.run_documents,
-        ):
-            d.pop(key, None)  # type: ignore[attr-defined]
-
-    async def trainer_api(self) -> bool:
-        """Whether the cluster serves Kubeflow Trainer's TrainJobs (API discovery, cached)."""
-        if self.trainer_served:
-            return True
-        if self.trainer_served is False and (
-            time.monotonic() - self.trainer_checked < TRAINER_RECHECK_SECONDS
-        ):
-            return False
-        doc = await self.kube.get(builders.TRAINER_DISCOVERY_PATH)
-        names = {r.get("name") for r in (doc or {}).get("resources") or []}
-        self.trainer_served = builders.TRAINJOB_PLURAL in names
-        self.trainer_checked = time.monotonic()
-        return self.trainer_served
-
-    def store(
-        self, uri: str, spec: AlignmentRunSpec, credentials: tuple[str, str] | None = None
-    ) -> Store:
-        key = (uri, spec.storage.endpoint, credentials)
-        if key not in self.stores:
-            try:
-                self.stores[key] = open_store_for(uri, spec.storage, credentials)
-            except Exception as e:  # a URI no store can open: retrying won't help
-                raise StorageConfigError(f"{uri}: {e}") from e
-        return self.stores[key]
-
-
-def _condition(obj: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == ctype and c.get("status") == "True":
-            return dict(c)
-    return None
-
-
-def job_key(job: Mapping[str, Any]) -> tuple[int, str] | None:
-    labels = (job.get("metadata") or {}).get("labels") or {}
-    try:
-        return int(labels[builders.LABEL_ITERATION]), str(labels[builders.LABEL_STAGE])
-    except (KeyError, ValueError):
-        return None
-
-
-def job_seconds(job: Mapping[str, Any]) -> float | None:
-    st = job.get("status") or {}
-    start, end = st.get("startTime"), st.get("completionTime")
-    if not start or not end:
-        return None
-    parse = datetime.datetime.fromisoformat
-    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
-
-
-def queue_hold(job: Mapping[str, Any], key: tuple[int, str]) -> tuple[str, str] | None:
-    """(reason, message) when a suspended Job or TrainJob waits for a queue (Kueue admits it by
-    unsuspending it and preempts it by suspending it again); None when it is not held. A
-    TrainJob has no startTime: a preempted one reads as waiting for admission."""
-    if not (job.get("spec") or {}).get("suspend"):
-        return None
-    what = f"stage {key[1]} of iteration {key[0]}"
-    queue = ((job.get("metadata") or {}).get("labels") or {}).get(builders.QUEUE_LABEL)
-    where = f" in queue {queue}" if queue else ""
-    if (job.get("status") or {}).get("startTime"):
-        return "Preempted", f"{what} was preempted{where}; it resumes when admitted again"
-    return "WaitingForAdmission", f"{what} waits for admission{where}"
-
-
-def deployment_ready(dep: Mapping[str, Any]) -> bool:
-    """Every wanted replica of the *current* spec is ready (a status from before a rescale or a
-    rollout doesn't count): generation spreads over all of them."""
-    st = dep.get("status") or {}
-    gen = (dep.get("metadata") or {}).get("generation")
-    current = gen is None or st.get("observedGeneration") == gen
-    want = max(1, int((dep.get("spec") or {}).get("replicas") or 1))
-    return current and int(st.get("readyReplicas") or 0) >= want
-
-
-def rollout_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch that makes `current`'s pod template and replicas those of `desired`.
-
-    Merge patches replace lists whole (containers, env, volumes); pod-spec keys the new
-    template no longer has are removed explicitly with null."""
-    want = copy.deepcopy(dict(desired["spec"]))
-    cur_pod = ((current.get("spec") or {}).get("template") or {}).get("spec") or {}
-    pod = want["template"]["spec"]
-    for key in cur_pod:
-        pod.setdefault(key, None)
-    return {"spec": {"template": want["template"], "replicas": want["replicas"]}}
 
 
 @dataclass

@@ -19,7 +19,8 @@ import kopf
 from selfmoa.api import SpecError
 from selfmoa.api.spec import GROUP, KIND, PLURAL, VERSION
 from selfmoa.controller import builders, reconcile
-from selfmoa.controller.executor import KubernetesExecutor, Runtime
+from selfmoa.controller.executor import KubernetesExecutor
+from selfmoa.controller.runtime import Runtime
 
 LoginFn = Callable[..., "kopf.ConnectionInfo | Awaitable[kopf.ConnectionInfo | None] | None"]
 

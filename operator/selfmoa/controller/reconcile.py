@@ -19,13 +19,10 @@ from pydantic import ValidationError
 from selfmoa.api import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
-from selfmoa.controller.executor import (
-    KubernetesExecutor,
-    Runtime,
-    TrainJobRejected,
-    job_seconds,
-)
+from selfmoa.controller.children import job_seconds
+from selfmoa.controller.executor import KubernetesExecutor, TrainJobRejected
 from selfmoa.controller.failures import classify
+from selfmoa.controller.runtime import Runtime
 from selfmoa.controller.serving_plan import hold_for_serving, serving_replicas
 from selfmoa.run.planner import (
     Action,
