@@ -52,6 +52,17 @@ def ssl_context(info: Any) -> ssl.SSLContext | bool:
     return ctx
 
 
+async def _body(resp: aiohttp.ClientResponse) -> Any:
+    """JSON when the server says so; else the text. A real API server answers some errors (a 404
+    for an API group it doesn't serve) with a plain-text body."""
+    if resp.content_length == 0:
+        return None
+    if "json" in (resp.content_type or ""):
+        return await resp.json(content_type=None)
+    text = await resp.text()
+    return text or None
+
+
 class Kube:
     """JSON in, JSON out; 404 on get returns None, 409 on create returns (existing, False)."""
 
@@ -102,7 +113,7 @@ class Kube:
                 async with session.request(
                     method, self._server + path, json=body, params=params, headers=headers
                 ) as resp:
-                    data = await resp.json(content_type=None) if resp.content_length != 0 else None
+                    data = await _body(resp)
                     if resp.status == 401:
                         # Rotated token: reopen with fresh credentials next time.
                         await self.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from selfmoa.api import contract
-from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
+from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, ServingEngine
 from selfmoa.controller.builders.common import (
     container_security,
     hf_token_env,
@@ -100,7 +100,8 @@ def model_source(model: str, spec: AlignmentRunSpec, run_uri: str) -> ModelSourc
     mount = [{"name": "model", "mountPath": MODEL_DIR}]
     if model.startswith("s3://"):
         return ModelSource(MODEL_DIR, volume, mount, fetch=[*FETCH, model, MODEL_DIR])
-    hub = model.startswith(HUB_PREFIX) or looks_like_hub_id(model)
+    # The tiny model is built, never downloaded: its server builds it as the stages do.
+    hub = model != TINY_MODEL and (model.startswith(HUB_PREFIX) or looks_like_hub_id(model))
     if hub and not spec.storage.uri.startswith("file://"):
         revision = spec.policy.revision if model == spec.policy.model else None
         repo, rev = parse_hub_model(model, revision)
@@ -156,6 +157,8 @@ def fetch_model_container(
         ],
         "resources": copy.deepcopy(config.stage_resources),
         "securityContext": container_security(),
+        # The error line of a failed fetch is what the run's condition shows.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": copy.deepcopy(source.mounts),
     }
 
@@ -177,6 +180,7 @@ def vllm_container(
         "startupProbe": {**copy.deepcopy(health), "periodSeconds": 10, "failureThreshold": 90},
         "resources": merge_resources(config.serving_resources, {}, spec.serving.gpus_per_model),
         "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "cache", "mountPath": "/cache"},
             {"name": "shm", "mountPath": "/dev/shm"},
