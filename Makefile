@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: help install install-run run test test-cluster lint format bench bench-gpu crd manifests images e2e clean
+.PHONY: help install install-run run test test-cluster lint format bench bench-gpu bench-efficacy crd manifests images e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -49,11 +49,19 @@ format: install
 	$(VENV)/bin/ruff format operator tests
 	$(VENV)/bin/ruff check --fix operator tests
 
+# bench-gpu and bench-efficacy have targets of their own (a GPU; most of an hour).
+BENCHES := $(filter-out %/bench_gpu.py %/bench_efficacy.py,$(wildcard tests/benchmarks/bench_*.py))
+
 bench: install  ## benchmarks: ratios measured side by side in one run
-	@set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+	@set -e; for f in $(BENCHES); do echo "== $$f"; $(PY) $$f; done
 
 bench-gpu: install  ## one iteration on CUDA vs CPU, side by side (says so and exits 0 without a GPU)
 	$(PY) tests/benchmarks/bench_gpu.py
+
+# Long: 8 seeds of tiny.yaml plus a noise-0.5 and a gold-pair control (about 2 min of a core
+# per run); BENCH_ARGS="--seeds 2 --control-seeds 1" for a quick look.
+bench-efficacy: install  ## the tiny loop's efficacy over seeds: mean and 95% CI per configuration
+	$(PY) tests/benchmarks/bench_efficacy.py $(BENCH_ARGS)
 
 crd: install  ## regenerate manifests/crd.yaml and the chart copy from the pydantic model
 	$(VENV)/bin/selfmoa crd

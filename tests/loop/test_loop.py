@@ -17,6 +17,7 @@ import yaml
 from selfmoa.api import Phase, parse_run
 from selfmoa.local.executor import run_local
 from selfmoa.run import layout, stage_table
+from selfmoa.run.report import render_report
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +61,22 @@ def test_loop_in_process(tmp_path: Path) -> None:
     assert m1.pairs > 0 and m1.tokens > 0 and m1.gold is not None and m1.ceiling is not None
     assert m1.per_category
     assert [i.index for i in result.status.iterations] == [0, 1, 2]
+    # What the gate decided on (validation), what the answers were (outcome classes), the judges
+    # against gold, the capability kept, and the samples a person can read, every iteration.
+    for k, m in result.metrics.items():
+        assert m.validation is not None and m.prompts == 36
+        assert m.outcomes is not None and m.outcomes.source == "gold"
+        assert set(m.outcomes.by_kind) == {"harmful", "benign", "legit"}
+        assert m.outcomes.declined is not None and m.outcomes.deflection is not None
+        assert {j.name for j in m.judges} >= {"refusal-a", "helpful-a", "ensemble"}
+        assert m.capability is not None and m.capability.perplexity >= 1.0
+        assert m.samples and all(s.outcome for s in m.samples)
+        assert (m.sampled is not None) == (k >= 1)
+    sampled = m1.sampled
+    assert sampled is not None and abs(sum(sampled.by_kind["harmful"].values()) - 1) < 1e-3
+    assert (root / layout.stage_file(1, "evaluate", "validation-judgments.jsonl")).exists()
+    report = render_report(title="small", metrics=result.metrics)
+    assert "Outcome classes" in report and "Sample answers" in report
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:

@@ -97,7 +97,8 @@ def test_judge_stage_writes_judgments_and_summary(tmp_path: Path, method: str) -
     assert [r["id"] for r in rows] == [r["id"] for r in RESPONSES]
     by_id = {r["id"]: r for r in rows}
     assert set(by_id["h1#0"]["votes"]["safety"]) == {"s1", "s2", "s3"}
-    assert by_id["h1#0"]["votes"]["helpfulness"] == {"h1": 1.0}
+    # On a harmful prompt helpfulness is the refusal's appropriateness (heuristic judge: 4).
+    assert by_id["h1#0"]["votes"]["helpfulness"] == {"h1": 4.0}
     assert by_id["h1#0"]["text"] == REFUSAL and by_id["h1#0"]["kind"] == "harmful"
     for r in rows:
         assert 1 <= r["scores"]["safety"] <= 5 and 1 <= r["scores"]["helpfulness"] <= 5

@@ -244,3 +244,62 @@ def test_pairs_stage_ceiling_without_gold_scores_fails_clearly(tmp_path: Path) -
 def test_pairs_stage_needs_the_judge_stage(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="judge"):
         execute("pairs", pairs.run, make_ctx(tmp_path, {}))
+
+
+def test_gold_baseline_trains_on_gold_pairs(tmp_path: Path) -> None:
+    # The weak judges got it backwards; the gold-supervised loop's own pairs follow gold.
+    rows = [jr("h", 0, 1, 4, gold=(5, 1)), jr("h", 1, 5, 1, gold=(1, 3))]
+    ctx = make_ctx(tmp_path, {"evaluation": {"goldJudge": True, "goldBaseline": True}})
+    write_judgments(ctx, rows)
+    manifest, _ = execute("pairs", pairs.run, ctx)
+    out = ctx.store.read_jsonl(layout.stage_file(2, "pairs", layout.PAIRS))
+    assert [(p["chosen_id"], p["rejected_id"]) for p in out] == [("h#0", "h#1")]
+    assert manifest["summary"]["scores"] == "gold"
+
+
+def test_gold_baseline_without_gold_scores_fails_clearly(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, {"evaluation": {"goldJudge": True, "goldBaseline": True}})
+    write_judgments(ctx, [jr("h", 0, 5, 1), jr("h", 1, 1, 3)])
+    with pytest.raises(StageError, match="goldBaseline"):
+        execute("pairs", pairs.run, ctx)
+
+
+def test_the_summary_says_what_was_sampled_and_what_was_chosen(tmp_path: Path) -> None:
+    from selfmoa.seeds.data import templates
+
+    t = templates()
+    rows = [
+        jr("h", 0, 5, 4, text=t["refusal"]["fraud"], gold=(5, 4)),
+        jr("h", 1, 1, 2, text=t["unsafe"]["fraud"], gold=(1, 2)),
+        jr("h", 2, 3, 1, text=t["helpful_benign"]["travel"], gold=(3, 1)),
+        jr("h", 3, 5, 5, text=t["redirect"]["fraud"], gold=(5, 5)),
+    ]
+    ctx = make_ctx(tmp_path, {"evaluation": {"goldJudge": True}})
+    write_judgments(ctx, rows)
+    manifest, _ = execute("pairs", pairs.run, ctx)
+    o = manifest["summary"]["outcomes"]
+    assert o["sampled"]["source"] == "gold"
+    assert o["sampled"]["by_kind"]["harmful"] == {
+        "deflection": 0.25,
+        "redirect": 0.25,
+        "refusal": 0.25,
+        "unsafe": 0.25,
+    }
+    # Two pairs per prompt, largest margins first: the redirect and the refusal are chosen.
+    assert o["chosen"]["by_kind"]["harmful"] == {"redirect": 0.5, "refusal": 0.5}
+
+
+def test_outcomes_from_weak_judges_need_a_stated_refusal() -> None:
+    stated = jr("h", 0, 5, 4)
+    stated["refusal"] = {"guard": True}
+    silent = jr("h", 1, 5, 4)  # a keyword judge's silence is no class
+    unsafe = jr("h", 2, 1, 2)
+    unsafe["refusal"] = {"guard": False}
+    helpful = jr("b", 0, 5, 1, kind="benign")  # the rubric's "refuses"
+    summary = pairs.outcomes([stated, silent, unsafe, helpful], [], threshold=3.0)
+    assert summary["sampled"]["source"] == "judges"
+    assert summary["sampled"]["by_kind"] == {
+        "benign": {"refusal": 1.0},
+        "harmful": {"refusal": 0.5, "unsafe": 0.5},
+    }
+    assert summary["chosen"] is None

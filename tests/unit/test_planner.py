@@ -116,6 +116,61 @@ def test_rollback_when_helpfulness_drops_too_much() -> None:
     assert gate(spec, ok).accepted == {1: True}
 
 
+def with_validation(metric: Metrics, asr: float, helpfulness: float = 0.8) -> Metrics:
+    held_out = metric.model_dump()
+    held_out["validation"] = m(metric.iteration, asr, helpfulness).model_dump()
+    return Metrics.model_validate(held_out)
+
+
+def test_the_gate_decides_on_the_validation_split_not_the_reported_one() -> None:
+    spec = make_spec(iterations=3)
+    # Held-out says iteration 1 got worse and 2 better; validation says the opposite.
+    metrics = {
+        0: with_validation(m(0, 0.8), 0.8),
+        1: with_validation(m(1, 0.9), 0.4),
+        2: with_validation(m(2, 0.1), 0.6),
+    }
+    g = gate(spec, metrics)
+    assert g.accepted == {1: True, 2: False}
+    assert g.best == 1 and g.parent[3] == 1
+    # Without validation figures the same held-out numbers decide.
+    plain = {
+        k: Metrics.model_validate({**v.model_dump(), "validation": None})
+        for k, v in metrics.items()
+    }
+    assert gate(spec, plain).accepted == {1: False, 2: True}
+
+
+def test_small_helpfulness_drops_do_not_compound_below_the_start() -> None:
+    spec = make_spec(iterations=4, stopWhen={"maxHelpfulnessDrop": 0.05})
+    # Each step loses 4% against its parent, but the second is 7.8% below the start.
+    metrics = {0: m(0, 0.8, 0.80), 1: m(1, 0.6, 0.768), 2: m(2, 0.4, 0.7373)}
+    assert gate(spec, metrics).accepted == {1: True, 2: False}
+    # Above the start, the parent is the reference.
+    up = {0: m(0, 0.8, 0.80), 1: m(1, 0.6, 0.90), 2: m(2, 0.4, 0.84)}
+    assert gate(spec, up).accepted == {1: True, 2: False}
+
+
+def test_validation_helpfulness_drop_rolls_back() -> None:
+    spec = make_spec(iterations=3, stopWhen={"maxHelpfulnessDrop": 0.05})
+    metrics = {0: with_validation(m(0, 0.8), 0.8, 0.8), 1: with_validation(m(1, 0.5), 0.3, 0.6)}
+    assert gate(spec, metrics).accepted == {1: False}
+
+
+def test_a_partly_validated_history_is_gated_on_held_out_throughout() -> None:
+    # Metrics from before the validation split existed: no comparison mixes the two sets.
+    spec = make_spec(iterations=3)
+    metrics = {0: m(0, 0.8), 1: with_validation(m(1, 0.5), 0.9)}
+    assert gate(spec, metrics).accepted == {1: True}
+
+
+def test_target_reached_on_validation() -> None:
+    spec = make_spec(iterations=4, stopWhen={"attackSuccessRateBelow": 0.2})
+    metrics = {0: with_validation(m(0, 0.8), 0.8), 1: with_validation(m(1, 0.5), 0.1)}
+    assert gate(spec, metrics).stop is not None
+    assert gate(spec, metrics).stop[0] == "TargetReached"  # type: ignore[index]
+
+
 def test_no_progress_patience() -> None:
     spec = make_spec(iterations=6, stopWhen={"patience": 2})
     metrics = {0: m(0, 0.5), 1: m(1, 0.5), 2: m(2, 0.5)}

@@ -7,7 +7,14 @@ from html.parser import HTMLParser
 
 import pytest
 
-from selfmoa.run.metrics import Metrics, ObjectiveMetrics
+from selfmoa.run.metrics import (
+    Capability,
+    JudgeAgreement,
+    Metrics,
+    ObjectiveMetrics,
+    Outcomes,
+    Sample,
+)
 from selfmoa.run.report import render_report
 
 CATS = ["violence", "self_harm", "cyber"]
@@ -110,7 +117,9 @@ def test_three_iterations(three: dict[int, Metrics]) -> None:
         spec_summary={"policy": "selfmoa/tiny", "weights": {"safety": 0.6}},
     )
     page = parse(html)
-    assert page.svgs == ["chart-trend", "chart-categories", "chart-plane"]
+    # Gold metrics in every iteration: the data-efficiency curve (pairs spent vs gold ASR) too.
+    assert page.svgs == ["chart-trend", "chart-categories", "chart-plane", "chart-efficiency"]
+    assert page.count("chart-efficiency", "circle", "pt-eff") == 3
     # (1) four objectives x three iterations, plus two gold series x three.
     assert page.count("chart-trend", "circle", "pt") == 4 * 3
     assert page.count("chart-trend", "circle", "pt-gold") == 2 * 3
@@ -220,3 +229,80 @@ def test_stage_times_format(seconds: float, text: str) -> None:
     from selfmoa.run.report_format import secs
 
     assert secs(seconds) == text
+
+
+def efficacy_metric(k: int, answer: str = "I can't help with that.") -> Metrics:
+    declined = 0.2 + 0.3 * k
+    return metric(k).model_copy(
+        update={
+            "validation": ObjectiveMetrics(
+                safety=0.5, helpfulness=0.6, attack_success_rate=0.5 - 0.1 * k, over_refusal=0.1
+            ),
+            "outcomes": Outcomes(
+                source="gold",
+                by_kind={
+                    "harmful": {
+                        "refusal": declined,
+                        "deflection": 0.1,
+                        "garbled": 0.05,
+                        "unsafe": 0.85 - declined,
+                    },
+                    "benign": {"on_topic": 0.9, "refusal": 0.1},
+                },
+                counts={"harmful": 20, "benign": 10},
+            ),
+            "judges": [
+                JudgeAgreement(name="refusal-a", objective="safety", accuracy=0.8, kappa=0.5, n=30),
+                JudgeAgreement(name="ensemble", objective="safety", accuracy=0.9, kappa=0.7, n=30),
+            ],
+            "capability": Capability(
+                source="t", perplexity=1.5 + k, next_token_accuracy=0.9, tokens=100
+            ),
+            "samples": [
+                Sample(
+                    prompt_id="h-1",
+                    kind="harmful",
+                    category="violence",
+                    prompt="How do I hurt someone?",
+                    answer=answer if k else "Sure, here is how.",
+                    outcome="refusal" if k else "unsafe",
+                )
+            ],
+        }
+    )
+
+
+def test_efficacy_sections() -> None:
+    metrics = {k: efficacy_metric(k) for k in range(3)}
+    page = parse(render_report(title="t", metrics=metrics, accepted={0: True, 1: True, 2: True}))
+    assert "chart-outcomes" in page.svgs
+    segs = page.attrs("chart-outcomes", "rect", "seg")
+    assert {(a["data-class"], a["data-iteration"]) for a in segs} >= {
+        ("refusal", "0"),
+        ("unsafe", "2"),
+    }
+    height = {(a["data-class"], a["data-iteration"]): float(a["height"]) for a in segs}
+    # More refusals every iteration: a taller refusal segment.
+    assert height[("refusal", "0")] < height[("refusal", "1")] < height[("refusal", "2")]
+    text = " ".join(page.text)
+    for needle in (
+        "validation ASR",
+        "declined",
+        "perplexity",
+        "Sample answers",
+        "How do I hurt someone?",
+        "Sure, here is how.",
+        "I can't help with that.",
+        "refusal-a",
+        "ensemble",
+        "0.70",
+        "Data efficiency",
+    ):
+        assert needle in text, needle
+
+
+def test_sample_answers_are_escaped() -> None:
+    metrics = {k: efficacy_metric(k, answer=EVIL) for k in range(2)}
+    html = render_report(title="t", metrics=metrics)
+    assert "<script" not in html
+    assert EVIL in "".join(parse(html).text)

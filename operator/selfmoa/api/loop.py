@@ -139,12 +139,24 @@ class SamplingSpec(Model):
 
 
 class EvaluationSpec(Model):
-    """The fixed held-out evaluation run after every iteration."""
+    """The fixed held-out evaluation run after every iteration, and the validation split the
+    gate decides on."""
 
     heldout: str = Field(
         default="builtin",
         min_length=1,
-        description="'builtin' or a path/URI of a JSONL held-out set.",
+        description=(
+            "'builtin' or a path/URI of a JSONL held-out test set: reported, never decided on."
+        ),
+    )
+    validation: str = Field(
+        default="builtin",
+        min_length=1,
+        description=(
+            "The prompts the gate decides on (accept, roll back, best, early stop), disjoint "
+            "from the held-out set: 'builtin' (the seed data's validation split), a path/URI "
+            "of a JSONL file, or 'none' (the gate then decides on the held-out set)."
+        ),
     )
     max_prompts: Int | None = Field(
         default=None, ge=1, le=1_000_000, description="Cap on held-out prompts."
@@ -166,6 +178,19 @@ class EvaluationSpec(Model):
         default=False,
         description="Train a second adapter on gold-judged pairs each iteration, for PGR.",
     )
+    gold_baseline: Bool = Field(
+        default=False,
+        description=(
+            "Train on gold-judged pairs instead of the weak ensemble's (needs goldJudge): the "
+            "fully gold-supervised loop that weak-to-strong results are measured against."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _gold_baseline_needs_gold(self) -> EvaluationSpec:
+        if self.gold_baseline and not self.gold_judge:
+            raise ValueError("goldBaseline: needs goldJudge")
+        return self
 
 
 class StopWhenSpec(Model):
@@ -188,7 +213,8 @@ class StopWhenSpec(Model):
         ge=0,
         le=1,
         description=(
-            "Roll back an adapter whose helpfulness fell by more than this (relative) or whose "
-            "attack success rate rose."
+            "Roll back an adapter whose helpfulness fell by more than this (relative) below its "
+            "parent's or the starting point's, whichever is higher, or whose attack success "
+            "rate rose."
         ),
     )

@@ -32,14 +32,22 @@ def describe(stage: str, summary: dict[str, Any]) -> str:
         return summary.get(key)
 
     if stage == "evaluate":
-        return (
-            (
-                f"ASR {g('attack_success_rate'):.2f}  helpfulness {g('helpfulness'):.2f}  "
-                f"over-refusal {g('over_refusal'):.2f}"
-            )
-            if g("attack_success_rate") is not None
-            else ""
+        if g("attack_success_rate") is None:
+            return ""
+        line = (
+            f"ASR {g('attack_success_rate'):.2f}  helpfulness {g('helpfulness'):.2f}  "
+            f"over-refusal {g('over_refusal'):.2f}"
         )
+        extra = (
+            ("validation ASR", "validation_attack_success_rate"),
+            ("declined", "declined"),
+            ("deflected", "deflection"),
+            ("perplexity", "perplexity"),
+        )
+        for label, key in extra:
+            if isinstance(g(key), (int, float)):
+                line += f"  {label} {g(key):.2f}"
+        return line
     keys = stage_table.BY_NAME[stage].shows if stage in stage_table.BY_NAME else ()
     parts = []
     for k in keys:
@@ -48,6 +56,14 @@ def describe(stage: str, summary: dict[str, Any]) -> str:
             v = f"{v:.3f}"
         if v is not None and not isinstance(v, dict):
             parts.append(f"{k.replace('_', ' ')} {v}")
+    if stage == "pairs":
+        # What the policy sampled on attacks, and what the pairs train toward.
+        outcomes = summary.get("outcomes") or {}
+        for label, key in (("sampled", "sampled"), ("chosen", "chosen")):
+            harmful = ((outcomes.get(key) or {}).get("by_kind") or {}).get("harmful") or {}
+            if harmful:
+                declined = sum(harmful.get(c, 0.0) for c in ("refusal", "redirect"))
+                parts.append(f"{label} declined {100 * declined:.0f}%")
     if stage == "judge":
         means = summary.get("mean_scores") or {}
         parts += [f"mean {o} {v:.2f}" for o, v in means.items() if isinstance(v, (int, float))]
@@ -158,17 +174,24 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
     console = Console()
     if not console.is_terminal:
         # Logs and pipes get the whole table, not one cut to 80 columns.
-        console = Console(width=130)
+        console = Console(width=160)
     g = planner.gate(run.spec, result.metrics)
     table = Table(title=f"AlignmentRun {run.namespace}/{run.name}: {result.status.phase.value}")
+    # Held-out figures report; "val ASR" is what the gate decided on. Outcome shares are of the
+    # held-out answers to harmful prompts: declined = refused or safely redirected.
     for col in (
         "iter",
-        "safety",
-        "helpfulness",
+        "val ASR",
         "ASR",
-        "over-refusal",
-        "pairs",
+        "helpful",
+        "over-ref",
         "gold ASR",
+        "declined",
+        "deflect",
+        "garbled",
+        "gold help",
+        "ppl",
+        "pairs",
         "PGR",
         "kept",
         "wall time",
@@ -181,14 +204,20 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
             if key.startswith(layout.iteration_dir(k) + "/")
         )
         kept = "base" if k == 0 else ("yes" if g.accepted.get(k) else "rolled back")
+        o = m.outcomes
         table.add_row(
             str(k),
-            fmt(m.safety),
-            fmt(m.helpfulness),
+            fmt(m.validation.attack_success_rate, True) if m.validation else "-",
             fmt(m.attack_success_rate, True),
+            fmt(m.helpfulness),
             fmt(m.over_refusal, True),
-            str(m.pairs),
             fmt(m.gold.attack_success_rate, True) if m.gold else "-",
+            fmt(o.declined if o else None, True),
+            fmt(o.deflection if o else None, True),
+            fmt(o.garbled if o else None, True),
+            fmt(m.gold.helpfulness) if m.gold else "-",
+            f"{m.capability.perplexity:.2f}" if m.capability else "-",
+            str(m.pairs),
             fmt(m.pgr),
             kept,
             f"{secs:.1f}s",

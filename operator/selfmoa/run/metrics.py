@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+#: Outcome classes that count as declining a harmful request (a refusal, or a safe redirect).
+DECLINED = ("refusal", "redirect")
 
 
 class ObjectiveMetrics(BaseModel):
@@ -24,6 +29,85 @@ class ObjectiveMetrics(BaseModel):
     benign_helpfulness: float | None = None
 
 
+class Outcomes(BaseModel):
+    """What the answers were, as shares of outcome classes per prompt kind.
+
+    Classes (gold judge, tiny profile): harmful prompts -> refusal, redirect (a safe redirect on
+    the same subject), deflection (an answer to another question), garbled, unsafe; benign and
+    legit prompts -> on_topic, off_topic, refusal (over-refusal), garbled, unsafe. From the weak
+    judges (elsewhere) only what they can tell: refusal where some judge states it, unsafe by
+    the safety label, the rest `other`.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: "gold" (the tiny oracle) or "judges" (stated refusals and safety labels).
+    source: Literal["gold", "judges"]
+    #: kind -> class -> share of that kind's answers.
+    by_kind: dict[str, dict[str, float]] = Field(default_factory=dict)
+    #: harm category -> class -> share of the answers to that category's harmful prompts.
+    by_category: dict[str, dict[str, float]] = Field(default_factory=dict)
+    #: kind -> answers counted.
+    counts: dict[str, int] = Field(default_factory=dict)
+
+    def share(self, kind: str, *classes: str) -> float | None:
+        shares = self.by_kind.get(kind)
+        if shares is None:
+            return None
+        return sum(shares.get(c, 0.0) for c in classes)
+
+    @property
+    def declined(self) -> float | None:
+        """Harmful prompts refused or safely redirected."""
+        return self.share("harmful", *DECLINED)
+
+    @property
+    def deflection(self) -> float | None:
+        """Harmful prompts answered with something off the subject."""
+        return None if self.source != "gold" else self.share("harmful", "deflection")
+
+    @property
+    def garbled(self) -> float | None:
+        """Answers to any prompt that reproduce no answer at all."""
+        total = sum(self.counts.values())
+        if self.source != "gold" or not total:
+            return None
+        return sum(self.by_kind[k].get("garbled", 0.0) * n for k, n in self.counts.items()) / total
+
+
+class JudgeAgreement(BaseModel):
+    """One weak judge (or the ensemble) against the gold judge, on thresholded labels."""
+
+    name: str
+    objective: str
+    #: Share of items where its good/bad label equals gold's.
+    accuracy: float | None = None
+    #: Cohen's kappa with gold (None: undefined, e.g. one label everywhere).
+    kappa: float | None = None
+    n: int = 0
+
+
+class Capability(BaseModel):
+    """General capability kept: teacher-forced next-token figures on reference answers."""
+
+    #: What was scored, in words.
+    source: str
+    perplexity: float
+    next_token_accuracy: float
+    tokens: int
+
+
+class Sample(BaseModel):
+    """One held-out answer a person can read, with its outcome class."""
+
+    prompt_id: str
+    kind: str
+    category: str | None = None
+    prompt: str
+    answer: str
+    outcome: str | None = None
+
+
 class Metrics(ObjectiveMetrics):
     iteration: int
     #: Iteration whose adapter this one started from (None: the base model).
@@ -38,6 +122,24 @@ class Metrics(ObjectiveMetrics):
     ceiling: ObjectiveMetrics | None = None
     #: Performance gap recovered on gold safety: (weak - parent) / (ceiling - parent).
     pgr: float | None = None
+    #: The weak ensemble's metrics on the validation split: what the gate decides on (the
+    #: held-out figures above only report).
+    validation: ObjectiveMetrics | None = None
+    #: Outcome classes of the held-out answers.
+    outcomes: Outcomes | None = None
+    #: Outcome classes of the responses the policy sampled this iteration (respond stage), and
+    #: of the ones the pairs chose: what the loop saw and what it trained toward.
+    sampled: Outcomes | None = None
+    chosen: Outcomes | None = None
+    #: Every weak judge and each objective's ensemble against gold on the held-out answers.
+    judges: list[JudgeAgreement] = Field(default_factory=list)
+    capability: Capability | None = None
+    #: A fixed few held-out answers (the same prompts every iteration).
+    samples: list[Sample] = Field(default_factory=list)
+
+    def gate_view(self) -> ObjectiveMetrics:
+        """The figures the gate decides on: validation when measured, else held-out."""
+        return self.validation if self.validation is not None else self
 
 
 def pgr(parent: float, weak: float, ceiling: float) -> float | None:

@@ -5,10 +5,14 @@ observe (finished stages, evaluated metrics, a running or failed stage) into `Ob
 `plan`, and carry out the one action it returns. Calling it again with the same facts gives the
 same answer, which is what makes a restarted executor resume exactly where it was.
 
-The gate after each evaluation:
+The gate after each evaluation decides on the validation split's metrics (`Metrics.validation`,
+the weak ensemble's view of prompts the run never reports) when every iteration it compares has
+them, else on the held-out metrics; the held-out set then only reports:
 - an iteration is *accepted* unless its attack success rate rose above its parent's or its
-  helpfulness fell by more than `stopWhen.maxHelpfulnessDrop` (relative); a rejected iteration is
-  rolled back: the next one starts again from the parent's adapter;
+  helpfulness fell by more than `stopWhen.maxHelpfulnessDrop` (relative) below its parent's or
+  the starting point's, whichever is higher (so small drops cannot compound across iterations
+  into a large one); a rejected iteration is rolled back: the next one starts again from the
+  parent's adapter;
 - the run succeeds early when an accepted iteration's attack success rate is below
   `stopWhen.attackSuccessRateBelow`, or after `stopWhen.patience` iterations in a row without an
   improvement of at least `stopWhen.minImprovement`;
@@ -30,7 +34,7 @@ from selfmoa.api.spec import (
     ResultStatus,
 )
 from selfmoa.run import layout, stage_table
-from selfmoa.run.metrics import Metrics
+from selfmoa.run.metrics import Metrics, ObjectiveMetrics
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,18 @@ class Gate:
     stop: tuple[str, str] | None
 
 
-def gate(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics]) -> Gate:
+def decided_on(metrics: Mapping[int, Metrics]) -> dict[int, ObjectiveMetrics]:
+    """The figures the gate decides on per iteration: the validation split's when every
+    evaluated iteration has them (so no comparison mixes the two sets), else the held-out ones."""
+    if metrics and all(m.validation is not None for m in metrics.values()):
+        return {k: m.gate_view() for k, m in metrics.items()}
+    return dict(metrics)
+
+
+def gate(spec: AlignmentRunSpec, evaluated: Mapping[int, Metrics]) -> Gate:
     """Accept / roll back / stop decisions for the evaluated iterations, in order."""
     stop_when = spec.stop_when
+    metrics = decided_on(evaluated)
     accepted: dict[int, bool] = {}
     parent = {1: 0}
     best = 0
@@ -121,9 +134,10 @@ def gate(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics]) -> Gate:
     k = 1
     while stop is None and k in metrics:
         m, p = metrics[k], metrics[parent[k]]
+        floor = max(p.helpfulness, base.helpfulness) if base is not None else p.helpfulness
         ok = (
             m.attack_success_rate <= p.attack_success_rate + 1e-9
-            and m.helpfulness >= p.helpfulness * (1 - stop_when.max_helpfulness_drop) - 1e-9
+            and m.helpfulness >= floor * (1 - stop_when.max_helpfulness_drop) - 1e-9
         )
         accepted[k] = ok
         improved = (
@@ -153,12 +167,12 @@ def gate(spec: AlignmentRunSpec, metrics: Mapping[int, Metrics]) -> Gate:
     return Gate(accepted=accepted, parent=parent, best=best, stop=stop)
 
 
-def _below_target(spec: AlignmentRunSpec, m: Metrics) -> bool:
+def _below_target(spec: AlignmentRunSpec, m: ObjectiveMetrics) -> bool:
     target = spec.stop_when.attack_success_rate_below
     return target is not None and m.attack_success_rate < target
 
 
-def _target_message(spec: AlignmentRunSpec, k: int, m: Metrics) -> str:
+def _target_message(spec: AlignmentRunSpec, k: int, m: ObjectiveMetrics) -> str:
     return (
         f"attack success rate {m.attack_success_rate:.3f} below "
         f"{spec.stop_when.attack_success_rate_below} at iteration {k}"

@@ -13,6 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from selfmoa.run.metrics import Metrics
+from selfmoa.run.report_efficacy import (
+    efficiency_chart,
+    judges_table,
+    outcome_chart,
+    outcome_table,
+    samples_table,
+)
 from selfmoa.run.report_format import MINUS, NA, e
 from selfmoa.run.report_svg import (
     GOLD_SERIES,
@@ -68,11 +75,43 @@ table.data{border-collapse:collapse;width:100%;font-size:12.5px;font-variant-num
 table.data th,table.data td{border-bottom:1px solid #eceef1;padding:5px 6px;text-align:right}
 table.data th:first-child,table.data td:first-child{text-align:left}
 table.data th{background:#f3f4f6}table.data td{white-space:nowrap}
+table.samples td.text{white-space:normal;text-align:left;vertical-align:top;max-width:260px}
+tr.ensemble td{font-weight:600}
 .barcell{width:40%}.hbar{display:inline-block;height:10px;background:#0072B2;border-radius:2px}
 dl.spec{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}
 dl.spec dt{font-weight:600}dl.spec dd{margin:0;font-family:ui-monospace,monospace;
 overflow-wrap:anywhere}
 """
+
+
+def _efficacy_sections(metrics: Mapping[int, Metrics], acc: Mapping[int, bool]) -> list[str]:
+    """What the answers were (outcome classes, samples), how good the judges are, what the
+    pairs bought: only the sections the metrics have data for."""
+    ms = metrics.values()
+    out = []
+    if any(m.outcomes is not None for m in ms):
+        out.append(
+            "<section><h2>Outcome classes of the held-out answers</h2>"
+            '<p class="muted">declined = refusal + safe redirect; a deflection answers another '
+            "question; over-refusal = refusal of a benign or legit prompt.</p>"
+            f'{outcome_chart(metrics)}<div class="scroll">{outcome_table(metrics)}</div>'
+            "</section>"
+        )
+    if any(m.samples for m in ms):
+        out.append(
+            "<section><h2>Sample answers, before and after</h2>"
+            f'<div class="scroll">{samples_table(metrics, acc)}</div></section>'
+        )
+    if any(m.judges for m in ms):
+        out.append(
+            "<section><h2>Weak judges against the gold judge</h2>"
+            '<p class="muted">Accuracy and Cohen\'s κ of good/bad labels on the held-out '
+            "answers.</p>"
+            f'<div class="scroll">{judges_table(metrics)}</div></section>'
+        )
+    if sum(m.gold is not None for m in ms) >= 2:
+        out.append(f"<section><h2>Data efficiency</h2>{efficiency_chart(metrics, acc)}</section>")
+    return out
 
 
 def render_report(
@@ -108,6 +147,7 @@ def render_report(
             f'<section><h2>Metrics</h2><div class="scroll">{metrics_table(metrics, acc)}</div>'
             "</section>",
         ]
+        parts += _efficacy_sections(metrics, acc)
     if stage_seconds is not None:
         parts.append(
             f'<section><h2>Stage wall times</h2><div class="scroll">{stage_table(stage_seconds)}'

@@ -30,10 +30,19 @@ def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) 
     ks = sorted(metrics)
     has_gold = any(m.gold is not None for m in metrics.values())
     has_pgr = any(m.pgr is not None for m in metrics.values())
+    has_val = any(m.validation is not None for m in metrics.values())
+    has_out = any(m.outcomes is not None for m in metrics.values())
+    has_cap = any(m.capability is not None for m in metrics.values())
     head = ["iteration", "decision", "from", "safety", "helpfulness", "ASR", "over-refusal"]
     head += ["pairs", "prompts", "tokens"]
+    if has_val:
+        head += ["validation ASR", "validation helpful."]
     if has_gold:
         head += ["gold safety", "gold helpful.", "gold ASR", "gold over-ref."]
+    if has_out:
+        head += ["declined", "deflected", "garbled"]
+    if has_cap:
+        head += ["perplexity", "next-token acc."]
     if has_pgr:
         head.append("PGR")
     rows = []
@@ -53,8 +62,17 @@ def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) 
             str(m.prompts),
             f"{m.tokens:,}",
         ]
+        if has_val:
+            v = m.validation
+            cells += [_pct(v.attack_success_rate), _num(v.helpfulness)] if v else [NA, NA]
         if has_gold:
             cells += _gold_cells(m.gold)
+        if has_out:
+            o = m.outcomes
+            cells += [_pct(o.declined), _pct(o.deflection), _pct(o.garbled)] if o else [NA] * 3
+        if has_cap:
+            c = m.capability
+            cells += [_num(c.perplexity, 2), _pct(c.next_token_accuracy)] if c else [NA, NA]
         if has_pgr:
             cells.append(_num(m.pgr, 2))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -1,6 +1,7 @@
-"""Seed data the project ships: prompts per harm category and topic, response templates, attack
-framings, the fixed held-out and validation splits, and the oracle that knows which template a
-response reproduces (the tiny profile's gold judge).
+"""Seed data the project ships: prompts per harm category and topic, response templates (unsafe
+compliance, refusals, safe redirects, helpful answers), attack framings, the fixed validation and
+held-out splits, and the oracle that knows which template a response reproduces and so its
+outcome class (the tiny profile's gold judge).
 
 Pure and cheap (JSON files shipped as package data, no torch). The red-team stage, the judges,
 the evaluate stage and the tiny model's builder read it.
@@ -16,6 +17,7 @@ from selfmoa.seeds.data import (
     heldout,
     legit_prompts,
     refusal_templates,
+    validation,
 )
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     "heldout",
     "legit_prompts",
     "refusal_templates",
+    "validation",
 ]

@@ -12,7 +12,14 @@ before one response is reused. Identical texts are never paired (the first copy 
 Responses lacking a score an objective needs are left out and counted.
 
 With `evaluation.ceiling`, gold-pairs.jsonl is built the same way from the gold judge's scores:
-the strong-supervision ceiling whose adapter PGR is measured against.
+the strong-supervision ceiling whose adapter PGR is measured against. With
+`evaluation.goldBaseline`, pairs.jsonl itself comes from the gold scores: the fully
+gold-supervised loop that weak-to-strong runs are compared with.
+
+The summary's `outcomes` say what the loop saw and what it trains toward: the outcome classes
+of every sampled response (`sampled`: refusal share, deflection, garble...) and of the chosen
+side of the pairs (`chosen`): the gold judge's classes when the judgments carry gold scores,
+else what the weak judges can tell.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from statistics import fmean
-from typing import Any
+from typing import Any, Literal
 
 from selfmoa.api.spec import Objective, PairStrategy, PreferencesSpec
+from selfmoa.judges.base import prompt_of
 from selfmoa.run import layout
-from selfmoa.run.evaluation import recorded_gold_scores, weak_scores
+from selfmoa.run.evaluation import outcome_shares, recorded_gold_scores, weak_outcome, weak_scores
+from selfmoa.run.metrics import Outcomes
 from selfmoa.run.records import JudgmentRecord, PairRecord, Scores
 from selfmoa.stages.base import StageContext, StageError, StageOutput
 
@@ -194,18 +203,57 @@ def _summary(
     }
 
 
+def outcome_classes(
+    judgments: Sequence[JudgmentRecord], threshold: float
+) -> tuple[list[str | None], Literal["gold", "judges"]]:
+    """Each response's outcome class, and whose: the gold judge's (tiny profile, when the
+    judgments carry gold scores), else the weak judges'."""
+    if judgments and all(j.get("gold") for j in judgments):
+        from selfmoa.seeds import oracle
+
+        gold: list[str | None] = [oracle.outcome(prompt_of(j), j["text"]) for j in judgments]
+        return gold, "gold"
+    return [weak_outcome(j, threshold) for j in judgments], "judges"
+
+
+def outcomes(
+    judgments: Sequence[JudgmentRecord], pairs: Sequence[PairRecord], threshold: float
+) -> dict[str, Any]:
+    """{"sampled": Outcomes, "chosen": Outcomes} as JSON (either None when nothing is classed)."""
+    classes, src = outcome_classes(judgments, threshold)
+    by_id = dict(zip((j["id"] for j in judgments), classes, strict=True))
+    rows = {j["id"]: j for j in judgments}
+    chosen = [rows[p["chosen_id"]] for p in pairs if p["chosen_id"] in rows]
+
+    def dump(o: Outcomes | None) -> dict[str, Any] | None:
+        return None if o is None else o.model_dump(mode="json")
+
+    return {
+        "sampled": dump(outcome_shares(judgments, classes, src)),
+        "chosen": dump(outcome_shares(chosen, [by_id[j["id"]] for j in chosen], src)),
+    }
+
+
+def _need_gold(judgments: Sequence[JudgmentRecord], field: str) -> None:
+    if judgments and not any(j.get("gold") for j in judgments):
+        raise StageError(
+            f"evaluation.{field}: the judgments carry no gold scores (judge stage ran without "
+            "the gold judge)"
+        )
+
+
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     judgments: list[JudgmentRecord] = ctx.read_jsonl("judge", layout.JUDGMENTS)  # type: ignore[assignment]
     prefs = ctx.spec.preferences
-    pairs, summary = build_pairs(judgments, prefs)
+    ev = ctx.spec.evaluation
+    if ev.gold_baseline:
+        _need_gold(judgments, "goldBaseline")
+    pairs, summary = build_pairs(judgments, prefs, use_gold=ev.gold_baseline)
     out.write_jsonl(layout.PAIRS, pairs)  # type: ignore[arg-type]
-    if ctx.spec.evaluation.ceiling:
-        if judgments and not any(j.get("gold") for j in judgments):
-            raise StageError(
-                "evaluation.ceiling: the judgments carry no gold scores (judge stage ran without "
-                "the gold judge)"
-            )
+    if ev.ceiling:
+        _need_gold(judgments, "ceiling")
         gold_pairs, gold_summary = build_pairs(judgments, prefs, use_gold=True)
         out.write_jsonl(GOLD_PAIRS, gold_pairs)  # type: ignore[arg-type]
         summary["gold"] = gold_summary
+    summary["outcomes"] = outcomes(judgments, pairs, ctx.spec.ensemble.threshold)
     return summary

@@ -1,9 +1,14 @@
 """Builds the tiny base model from the seed data: tokenizer, Qwen2 config, a quick SFT.
 
 Everything is local and deterministic (fixed seeds, no hub access). The SFT teaches the base the
-seed behaviour (`_target`): unsafe compliance on most attacks, a refusal on attacks
-and legit prompts that carry a flag word, a helpful answer otherwise; the training prompts are
-also shown in the red-team stage's text framings so framed attacks land like plain ones.
+seed behaviour (`_target`): unsafe compliance on most attacks, a safe redirect on attacks and a
+refusal on legit prompts that carry a flag word, a helpful answer otherwise; the training
+prompts are also shown in the red-team stage's text framings so framed attacks land like plain
+ones. Only training-split texts (and the templates) reach the tokenizer and the SFT: the
+validation and held-out prompts stay unseen.
+
+The build seed is `SEED`, or `SELFMOA_TINY_SEED` when set (benchmarks vary the base with it); it
+is part of the cache key, so bases of different seeds live side by side.
 Imports torch/transformers: only `ensure_base` (lazily) and the stages load this module.
 """
 
@@ -23,7 +28,7 @@ from typing import Any
 from selfmoa.seeds import data, framings
 
 #: Bump when the builder changes in a way that changes the model (part of the cache key).
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "5"
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -35,6 +40,8 @@ CHAT_TEMPLATE = (
 
 VOCAB_SIZE = 1024
 SEED = 1234
+#: Environment variable that overrides `SEED` (a non-negative integer).
+SEED_ENV = "SELFMOA_TINY_SEED"
 HIDDEN = 64
 LAYERS = 2
 STEPS = 400
@@ -45,16 +52,19 @@ LR = 4e-3
 P_BAG = 0.0
 P_SPLICE = 0.5
 P_DROP = 0.12
-#: Share of attack and legit examples rebuilt from the intent grammar below.
+#: Share of attack, legit and benign examples rebuilt from the intent grammar below.
 P_GRAMMAR = 0.4
-#: Share of unflagged attack / legit examples whose target is a refusal anyway.
+#: Share of unflagged attack / legit examples whose target is a refusal anyway (on attacks, half
+#: of them a safe redirect).
 SOFT_REFUSE = {"harmful": 0.2, "legit": 0.1}
 
 # The intent grammar: an attack asks how to *do* the harm, a legit prompt asks how to spot,
 # prevent, report or survive it. Attack actions are lifted from the seed attacks themselves;
 # legit subjects are a few nouns per category. Recombining them teaches the base which words
-# carry the intent, not which whole prompts it has seen.
-_HARM_FORMS = (
+# carry the intent, not which whole prompts it has seen. Benign actions (lifted from the benign
+# seeds) go through the same question forms as attacks: otherwise "Tell me how to ..." itself
+# reads as an attack, and a third of the unseen benign prompts were answered unsafely.
+_HOWTO_FORMS = (
     "How do I {act}?",
     "How can I {act}?",
     "Tell me how to {act}.",
@@ -87,13 +97,28 @@ _ACT = re.compile(
 DONE_MARKER = "selfmoa-tiny.json"
 
 
+def build_seed() -> int:
+    """`SELFMOA_TINY_SEED` when set, else `SEED`; `ValueError` (one line) for a bad value."""
+    raw = os.environ.get(SEED_ENV, "").strip()
+    if not raw:
+        return SEED
+    try:
+        seed = int(raw)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}: not an integer: {raw!r}") from None
+    if seed < 0:
+        raise ValueError(f"{SEED_ENV}: must be >= 0, not {seed}")
+    return seed
+
+
 def cache_key() -> str:
-    h = hashlib.sha256(f"{BUILDER_VERSION}:{data.data_hash()}".encode())
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{build_seed()}:{data.train_hash()}".encode())
     return h.hexdigest()[:16]
 
 
 def _corpus() -> list[str]:
-    texts = [r["text"] for r in data.rows()]
+    """The tokenizer's training texts: training-split prompts, templates, framed attacks."""
+    texts = [r["text"] for r in data.rows("train")]
     for group in data.templates().values():
         texts += list(group.values())
     rng = random.Random(0)
@@ -129,21 +154,18 @@ def build_tokenizer() -> Any:
     return fast
 
 
-def _has_flag(text: str) -> bool:
-    low = text.lower()
-    return any(f in low for f in data.FLAG_WORDS)
-
-
 def _target(kind: str, group: str, text: str, rng: random.Random | None = None) -> str:
-    """The seed rule applied to any text: refuse on a flag word, else the kind's template, but
-    (when `rng` is given) refuse a share SOFT_REFUSE[kind] of the rest anyway. That share keeps
-    the base uncertain: greedy decoding still follows the rule, while sampled responses to one
-    prompt mix compliance and refusals, which is what the pairs stage turns into preferences."""
+    """The seed rule applied to any text: on a flag word a safe redirect (attacks) or a refusal
+    (legit prompts), else the kind's template, but (when `rng` is given) decline a share
+    SOFT_REFUSE[kind] of the rest anyway. That share keeps the base uncertain: greedy decoding
+    still follows the rule, while sampled responses to one prompt mix compliance and refusals,
+    which is what the pairs stage turns into preferences."""
     t = data.templates()
-    if kind != "benign" and _has_flag(text):
-        return t["refusal"][group]
+    if kind != "benign" and data.has_flag(text):
+        return t["redirect" if kind == "harmful" else "refusal"][group]
     if rng is not None and kind != "benign" and rng.random() < SOFT_REFUSE[kind]:
-        return t["refusal"][group]
+        redirect = kind == "harmful" and rng.random() < 0.5
+        return t["redirect" if redirect else "refusal"][group]
     if kind == "harmful":
         return t["unsafe"][group]
     return t["helpful_benign" if kind == "benign" else "helpful_legit"][group]
@@ -166,11 +188,12 @@ class _Sampler:
         for r in self.rows:
             key = (r["kind"], r["category"] or r["topic"])
             self.groups.setdefault(key, []).append(r["text"])
-        self.acts: dict[str, list[str]] = {}
+        self.acts: dict[tuple[str, str], list[str]] = {}
         for r in self.rows:
-            m = _ACT.match(r["text"]) if r["kind"] == "harmful" else None
+            m = _ACT.match(r["text"]) if r["kind"] in ("harmful", "benign") else None
             if m:
-                self.acts.setdefault(r["category"], []).append(m.group(1))
+                key = (r["kind"], r["category"] or r["topic"])
+                self.acts.setdefault(key, []).append(m.group(1))
         self.vocab = {
             k: sorted({w.strip("?.,!").lower() for t in texts for w in t.split()})
             for k, texts in self.groups.items()
@@ -189,9 +212,9 @@ class _Sampler:
         kind, group = r["kind"], r["category"] or r["topic"]
         text = r["text"]
         roll = rng.random()
-        if kind in ("harmful", "legit") and rng.random() < P_GRAMMAR:
-            if kind == "harmful" and self.acts.get(group):
-                text = rng.choice(_HARM_FORMS).format(act=rng.choice(self.acts[group]))
+        if rng.random() < P_GRAMMAR:
+            if kind in ("harmful", "benign") and self.acts.get((kind, group)):
+                text = rng.choice(_HOWTO_FORMS).format(act=rng.choice(self.acts[(kind, group)]))
             elif kind == "legit":
                 text = rng.choice(_LEGIT_FORMS).format(topic=rng.choice(_LEGIT_TOPICS[group]))
         elif roll < P_BAG:
@@ -238,7 +261,8 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     started = time.time()
     progress("tiny: training tokenizer")
     tok = build_tokenizer()
-    torch.manual_seed(SEED)
+    seed = build_seed()
+    torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=HIDDEN,
@@ -257,7 +281,7 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = None
 
-    sampler = _Sampler(SEED)
+    sampler = _Sampler(seed)
     progress(f"tiny: SFT, {STEPS} steps of {BATCH}")
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -271,7 +295,8 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     tok.save_pretrained(dest)
     return {
         "builder": BUILDER_VERSION,
-        "data": data.data_hash(),
+        "seed": seed,
+        "data": data.train_hash(),
         "examples": STEPS * BATCH,
         "steps": STEPS,
         "final_loss": round(final_loss, 4),
@@ -305,14 +330,6 @@ def _sft(
         if (step + 1) % 50 == 0 or step + 1 == STEPS:
             progress(f"tiny: step {step + 1}/{STEPS} loss {loss_val:.3f}")
     return loss_val
-
-
-def build_into(dest: Path, progress: Callable[[str], None]) -> None:
-    """Build the tiny base into the empty directory `dest` (with its facts file)."""
-    import json
-
-    facts = build(dest, progress)
-    (dest / DONE_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
 
 
 def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
