@@ -56,7 +56,7 @@ def test_best_is_the_gates_best_accepted_iteration(demo_run: BuiltRun, tmp_path:
     result = export_run(demo_run.uri, str(tmp_path / "out"))
 
     assert result.iteration == g.best and not result.merged
-    assert "lowest attack success rate (0.300) among accepted iterations" in result.why
+    assert "lowest held-out attack success rate (0.300) among accepted iterations" in result.why
     status_result = planner.result_of(g, run_state.read_metrics(demo_run.store, done))
     assert status_result is not None and result.why == status_result.why
     assert result.adapter == f"{demo_run.uri}/{demo_run.adapter_key(1)}"
@@ -150,7 +150,7 @@ def test_card_yaml_parses_and_holds_the_table(demo_run: BuiltRun, tmp_path: Path
     assert "| 2 | 1 | 0.500 | 0.500 | 0.500 | 0.200 | 20 | no (rolled back) |" in body
     assert f"| 0 | {NA} | 0.600 |" in body
     # Why, the judges and the training settings.
-    assert "This is iteration 1. Why: lowest attack success rate (0.300) among accepted" in body
+    assert "This is iteration 1. Why: lowest held-out attack success rate (0.300) among" in body
     assert "| guard | safety | llm | meta-llama/Llama-Guard-3-1B | llama-guard |" in body
     assert f"| refusal | safety | heuristic | {NA} | rubric |" in body
     assert "| beta | 0.25 |" in body and "| learning rate | 0.002 |" in body

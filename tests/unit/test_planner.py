@@ -19,6 +19,7 @@ from selfmoa.run.planner import (
     gate,
     next_action,
     parent_of,
+    result_of,
     status,
 )
 
@@ -139,6 +140,12 @@ def test_the_gate_decides_on_the_validation_split_not_the_reported_one() -> None
         for k, v in metrics.items()
     }
     assert gate(spec, plain).accepted == {1: False, 2: True}
+    # The result's reason quotes the figures decided on; its numbers are the held-out ones.
+    r = result_of(g, metrics)
+    assert r is not None and r.attack_success_rate == pytest.approx(0.9)
+    assert "lowest validation attack success rate (0.400)" in r.why
+    plain_r = result_of(gate(spec, plain), plain)
+    assert plain_r is not None and "lowest held-out attack success rate (0.100)" in plain_r.why
 
 
 def test_small_helpfulness_drops_do_not_compound_below_the_start() -> None:
@@ -261,7 +268,7 @@ def test_result_is_the_best_accepted_iteration_and_says_why() -> None:
     # 2 is rolled back (ASR rose), 3 is rolled back (helpfulness collapsed): 1 is the result.
     assert st.result is not None and st.result.iteration == 1
     assert st.result.attack_success_rate == pytest.approx(0.5)
-    assert "lowest attack success rate" in st.result.why
+    assert "lowest held-out attack success rate" in st.result.why
     assert all(c.observed_generation == 7 for c in st.conditions)
     base_only = Observed(done=done_through(spec, 1), metrics={0: m(0, 0.8), 1: m(1, 0.9)})
     st0 = status(spec, base_only, next_action(spec, base_only), now="t")

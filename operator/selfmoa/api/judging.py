@@ -57,7 +57,14 @@ class JudgeSpec(Model):
         le=0.5,
         description="Heuristic judges only: probability of a flipped verdict (simulated weakness).",
     )
-    seed: Seed = Field(default=0, description="Heuristic judges only: noise seed; 0..2^31-1.")
+    seed: Seed = Field(
+        default=0,
+        description=(
+            "Heuristic judges only: 0 knows every refusal, harm and topic cue; any other seed "
+            "picks the share of cues this judge knows (its blind spots) and its noise draws; "
+            "0..2^31-1."
+        ),
+    )
     format: JudgeFormat = Field(
         default=JudgeFormat.rubric,
         description=(

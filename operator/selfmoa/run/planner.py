@@ -320,12 +320,16 @@ def result_of(
     m = metrics.get(g.best)
     if m is None:
         return None
+    # The reason quotes what the gate decided on (the validation split when there is one); the
+    # figures beside it are the held-out set's, which are reported and never decided on.
+    d = decided_on(metrics)[g.best]
+    on = "validation" if d is not m else "held-out"
     if g.best == 0:
         why = "no trained iteration was accepted with a lower attack success rate than the start"
     else:
         why = (
-            f"lowest attack success rate ({m.attack_success_rate:.3f}) among accepted "
-            f"iterations, helpfulness {m.helpfulness:.3f}"
+            f"lowest {on} attack success rate ({d.attack_success_rate:.3f}) among accepted "
+            f"iterations, {on} helpfulness {d.helpfulness:.3f}"
         )
     return ResultStatus(
         iteration=g.best,

@@ -68,16 +68,18 @@ class PromptFilter:
 
 
 def heldout_texts(spec: AlignmentRunSpec) -> list[str]:
-    """Texts that must never appear in training prompts: the evaluation's held-out set."""
-    texts = [p["text"] for p in seeds.heldout()]
-    if spec.evaluation.heldout != "builtin":
-        # The evaluate stage reports a missing held-out file; here it just bans nothing more.
+    """Texts that must never appear in training prompts: the held-out test set and the
+    validation split the gate decides on (built in, and the user's files when given)."""
+    texts = seeds.evaluation_texts()
+    ev = spec.evaluation
+    for field, source in (("heldout", ev.heldout), ("validation", ev.validation)):
+        if source in ("builtin", "none"):
+            continue
+        # The evaluate stage reports a missing file; here it just bans nothing more.
         with contextlib.suppress(StageError):
             texts += [
                 str(r.get("text") or r.get("prompt") or "")
-                for r in read_jsonl_source(
-                    spec.evaluation.heldout, spec, field="evaluation.heldout"
-                )
+                for r in read_jsonl_source(source, spec, field=f"evaluation.{field}")
             ]
     return texts
 
