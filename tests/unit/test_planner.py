@@ -9,7 +9,7 @@ import pytest
 from selfmoa.api import Phase, parse_run
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.run import stage_table
-from selfmoa.run.metrics import Metrics
+from selfmoa.run.metrics import Metrics, Outcomes
 from selfmoa.run.planner import (
     Finish,
     Observed,
@@ -300,3 +300,25 @@ def test_with_an_output_the_result_is_exported_before_the_run_succeeds(
         1,
         "export",
     ) not in set(stage_table.run_stages(2, reset=False))
+
+
+def test_status_carries_each_iterations_outcome_classes() -> None:
+    spec = make_spec(iterations=1)
+    classed = Metrics.model_validate(
+        {
+            **m(1, 0.25).model_dump(),
+            "outcomes": Outcomes(
+                source="gold",
+                by_kind={"harmful": {"refusal": 0.5, "deflection": 0.123456, "unsafe": 0.25}},
+                counts={"harmful": 8},
+            ).model_dump(),
+        }
+    )
+    obs = Observed(done=done_through(spec, 1), metrics={0: m(0, 0.8), 1: classed})
+    st = status(spec, obs, next_action(spec, obs), now="t")
+    first, second = st.iterations
+    assert first.outcomes is None and first.outcomes_source is None
+    assert second.outcomes_source == "gold"
+    assert second.outcomes == {"harmful": {"refusal": 0.5, "deflection": 0.1235, "unsafe": 0.25}}
+    dumped = second.model_dump(by_alias=True)
+    assert dumped["outcomesSource"] == "gold"

@@ -52,6 +52,21 @@ class IterationStatus(Model):
     adapter: str | None = Field(default=None, description="Adapter URI of this iteration.")
     accepted: bool | None = Field(default=None, description="False when the gate rolled it back.")
     pgr: float | None = Field(default=None, description="Performance gap recovered (gold judge).")
+    outcomes: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        description=(
+            "What the held-out answers were: prompt kind (harmful, benign, legit) -> outcome "
+            "class (refusal, redirect, deflection, garbled, unsafe; on_topic, off_topic) -> "
+            "share. Classed by outcomesSource."
+        ),
+    )
+    outcomes_source: str | None = Field(
+        default=None,
+        description=(
+            "'gold' (the tiny profile's oracle) or 'judges' (stated refusals and the weak "
+            "safety labels only)."
+        ),
+    )
 
 
 class ResultStatus(Model):

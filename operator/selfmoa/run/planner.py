@@ -257,6 +257,8 @@ def status(
                 adapter=m.adapter,
                 accepted=g.accepted.get(k, True if k == 0 else None),
                 pgr=None if m.pgr is None else round(m.pgr, 4),
+                outcomes=None if m.outcomes is None else _rounded(m.outcomes.by_kind),
+                outcomes_source=None if m.outcomes is None else m.outcomes.source,
             )
         )
     it: int | None
@@ -311,6 +313,10 @@ def status(
         attempts=previous.attempts if previous else {},
         result=result_of(g, observed.metrics, observed.exported),
     )
+
+
+def _rounded(shares: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: {c: round(v, 4) for c, v in by.items()} for k, by in shares.items()}
 
 
 def result_of(
