@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import itertools
 import json
 import sys
 import threading
@@ -42,42 +41,15 @@ from selfmoa.stages.base import StageOutput
 from selfmoa.store import Store
 
 MODEL = "echo/base"
-_BUCKETS = itertools.count()
 
 
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def run_uri(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """A run root in a fresh bucket (dummy credentials; no host AWS config leaks in)."""
-    import boto3
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    bucket = f"agent-{next(_BUCKETS)}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
-    return f"s3://{bucket}/runs/ns/run"
+def run_uri(s3_bucket: str) -> str:
+    """A run root in a fresh bucket (tests/conftest.py's moto server)."""
+    return f"s3://{s3_bucket}/runs/ns/run"
 
 
 def open_s3(run_uri: str, endpoint: str) -> Store:

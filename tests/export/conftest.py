@@ -1,8 +1,8 @@
-"""Fixtures of the export tests, reused from the suites that own them: the training suite's tiny
-model and fake `selfmoa.tiny`, the store suite's moto S3 server and buckets.
+"""Fixtures of the export tests, reused from the training suite: its tiny model and fake
+`selfmoa.tiny` (S3 buckets come from tests/conftest.py).
 
-The two conftests are loaded by file under names of their own (every conftest is called
-`conftest`, so importing one by name is unreliable); their fixtures are re-exported here.
+That conftest is loaded by file under a name of its own (every conftest is called `conftest`,
+so importing one by name is unreliable); its fixtures are re-exported here.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 _training = _load("selfmoa_tests_training_fixtures", TESTS / "training" / "conftest.py")
-_store = _load("selfmoa_tests_store_fixtures", TESTS / "store" / "conftest.py")
 
 tiny_model = _training.tiny_model
 fake_tiny = _training.fake_tiny
-moto_endpoint = _store.moto_endpoint
-aws_env = _store.aws_env
-s3_bucket = _store.s3_bucket

@@ -16,7 +16,6 @@ import threading
 import time
 import types
 from collections import Counter
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -104,30 +103,9 @@ class _Forward(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(bucket, endpoint) on a moto server, with dummy credentials."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="runs")
-    try:
-        yield "runs", endpoint
-    finally:
-        server.stop()
+def s3(s3_bucket: str, moto_endpoint: str) -> tuple[str, str]:
+    """(bucket, endpoint): a fresh bucket on tests/conftest.py's moto server."""
+    return s3_bucket, moto_endpoint
 
 
 @pytest.fixture

@@ -1,58 +1,14 @@
-"""Fixtures for the store suite: a real S3 API (moto's server on 127.0.0.1) and file:// stores.
-
-The moto server is started once per session; each test gets its own fresh bucket, so tests never
-see each other's objects. boto3 itself is never patched: requests go over HTTP to the server.
-"""
+"""Fixtures for the store suite: every test on file:// and on S3 (tests/conftest.py's moto
+server, a fresh bucket per test)."""
 
 from __future__ import annotations
 
-import itertools
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from selfmoa.store import Store, open_store
-
-_BUCKETS = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Dummy credentials and region; no shared config file from the host leaks in."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-@pytest.fixture
-def s3_bucket(moto_endpoint: str, aws_env: None) -> str:
-    """A new, empty bucket on the moto server."""
-    import boto3
-
-    name = f"selfmoa-test-{next(_BUCKETS)}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=name
-    )
-    return name
 
 
 @pytest.fixture(params=["file", "s3"])
