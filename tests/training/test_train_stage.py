@@ -168,15 +168,21 @@ def test_each_loss_kind_trains(tiny_model: Path, tmp_path: Path, loss: str) -> N
     assert s["loss"] == loss and s["steps"] == 1 and s["trained"]
     first = ctx.store.read_json(layout.stage_file(1, "train", "train_log.json"))[0]["loss"]
     rows = build_rows(pairs, spec.training, weights=spec.preferences.weights, threshold=3.0)
-    beta = spec.training.beta
-    # At step 1 the policy equals the reference (D = 0), so the first loss shows the margins.
-    if loss == "modpo":
-        expected = sum(math.log1p(math.exp(r.margin)) for r in rows) / len(rows)  # -log sigma(-m)
-        assert first == pytest.approx(expected, rel=1e-4)
-    elif loss == "bfpo":
-        expected = sum(((0.5 + r.margin) / beta) ** 2 for r in rows) / len(rows)  # (g/beta)^2
-        assert first == pytest.approx(expected, rel=1e-4)
-        assert len({r.margin for r in rows}) > 1
+    beta = spec.training.resolved_beta
+    # At step 1 the policy equals the reference (delta = 0): the first loss is the paper's at 0.
+    if loss in ("modpo", "bfpo"):
+        from selfmoa.training.losses import bfpo_loss, modpo_loss
+
+        col = {k: torch.tensor([r.columns()[k] for r in rows]) for k in rows[0].columns()}
+        zero = torch.zeros(len(rows))
+        if loss == "modpo":
+            per_pair = modpo_loss(
+                zero, col["w_k"], col["w_other"], col["r_other_w"], col["r_other_l"], beta
+            )
+        else:
+            per_pair = bfpo_loss(zero, col["safe_w"], col["safe_l"], beta)  # (g/beta)^2
+        assert len(set(per_pair.tolist())) > 1
+        assert first == pytest.approx(per_pair.mean().item(), rel=1e-4)
     else:
         assert first > math.log(2)  # sigmoid's log 2 plus the SFT term
 

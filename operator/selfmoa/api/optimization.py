@@ -36,6 +36,11 @@ TRL_LOSS_TYPES = (
 )
 
 
+#: `training.beta` when unset; BFPO's paper trains with 0.01.
+DEFAULT_BETA = 0.1
+BFPO_DEFAULT_BETA = 0.01
+
+
 class LoraSpec(Model):
     # vLLM serves LoRA ranks up to 512 (--max-lora-rank); a larger adapter could not be served.
     r: Int = Field(default=16, ge=1, le=512, description="LoRA rank (at most 512).")
@@ -57,8 +62,9 @@ class TrainingSpec(Model):
     loss: LossKind = Field(
         default=LossKind.dpo,
         description=(
-            "dpo; bfpo (pairs ordered by helpfulness, safety flag per response); modpo (the "
-            "other objective's score difference as a margin); weighted (TRL loss_type list)."
+            "dpo; bfpo (BFPO: pairs ordered by helpfulness, safety flag per response); modpo "
+            "(MODPO: safety trained, helpfulness scores as the margin); weighted (TRL "
+            "loss_type list)."
         ),
     )
     strategy: TrainingStrategy = Field(
@@ -69,7 +75,12 @@ class TrainingSpec(Model):
             "models that don't fit one)."
         ),
     )
-    beta: Float = Field(default=0.1, gt=0, le=10, description="DPO beta.")
+    beta: Float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description="The loss's beta (default 0.1; 0.01 for bfpo, the BFPO paper's).",
+    )
     learning_rate: Float = Field(default=5e-6, gt=0, le=1, description="Learning rate.")
     epochs: Float = Field(default=1.0, gt=0, le=100, description="Epochs over the pairs.")
     batch_size: Int = Field(default=8, ge=1, le=4096, description="Per-device batch size.")
@@ -78,7 +89,10 @@ class TrainingSpec(Model):
         default=1024, ge=16, le=131072, description="Max tokens of prompt+response."
     )
     margin_scale: Float = Field(
-        default=1.0, ge=0, le=100, description="modpo: scale of the margin term."
+        default=1.0,
+        ge=0,
+        le=100,
+        description="modpo: the margin reward is marginScale times the helpfulness score.",
     )
     loss_types: list[str] = Field(
         default_factory=lambda: ["sigmoid", "sft"],
@@ -88,6 +102,13 @@ class TrainingSpec(Model):
     loss_weights: list[Float] | None = Field(default=None, description="weighted: loss weights.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter settings.")
     seed: Seed = Field(default=0, description="Training seed; 0..2^31-1.")
+
+    @property
+    def resolved_beta(self) -> float:
+        """`beta`, or its default for the loss kind."""
+        if self.beta is not None:
+            return self.beta
+        return BFPO_DEFAULT_BETA if self.loss == LossKind.bfpo else DEFAULT_BETA
 
     @model_validator(mode="after")
     def _weights_match(self) -> TrainingSpec:

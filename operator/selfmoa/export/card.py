@@ -148,7 +148,7 @@ def _training_table(spec: AlignmentRunSpec) -> str:
     targets = ", ".join(t.lora.target_modules) if t.lora.target_modules else "all linear layers"
     rows = [
         ["loss", t.loss.value],
-        ["beta", f"{t.beta:g}"],
+        ["beta", f"{t.resolved_beta:g}"],
         ["learning rate", f"{t.learning_rate:g}"],
         ["epochs", f"{t.epochs:g}"],
         ["batch size", f"{t.batch_size}, gradient accumulation {t.gradient_accumulation_steps}"],

@@ -10,11 +10,14 @@ optimizer step (`precompute_ref_log_probs=True`), so they are the starting polic
 construction, and cost one forward per pair instead of one per pair per epoch. Saving keeps
 only the "default" adapter, so TRL's "ref" copy never reaches the store.
 
-The multi-objective losses need a per-pair margin (see `objectives`): `MarginDPOTrainer` carries a
-`margin` column to the loss and applies it by shifting the precomputed reference log-prob of
-the chosen response, which is exactly a per-pair offset of TRL's sigmoid / IPO target. TRL's
-logged rewards then include the margin too: for modpo/bfpo, `rewards/accuracies` is the share of
-pairs whose implicit reward gap already exceeds their margin.
+`dpo` and `weighted` train on TRL's own losses. `bfpo` and `modpo` train on the papers' losses
+(`losses`, formulas in `objectives`) through `MultiObjectiveDPOTrainer`, which carries each pair's
+inputs (safety flags; weights and helpfulness rewards) as dataset columns and replaces TRL's loss:
+    bfpo:  (Δ - g/β)²,  g = B1·B3·I_safe(y_w) - B3·I_safe(y_l) - alpha
+    modpo: -log sigmoid((1/w_k)·[β·Δ - w_{-k}·(r_{-k}(x,y_w) - r_{-k}(x,y_l))])
+with Δ the difference of the policy-minus-reference log-ratios, log-probs summed over the tokens.
+Its `rewards/*` metrics are TRL's (β times the log-ratios), except `rewards/accuracies`: the share
+of pairs already on the side the loss pushes to (bfpo: Δ of g's sign; modpo: a positive logit).
 
 Under torchrun (see `distributed`) accelerate runs the trainer as DDP (gloo on CPU, nccl on GPUs)
 or FSDP2 (`training.strategy: fsdp`), `batchSize` per process; every rank trains and only rank 0
@@ -46,12 +49,13 @@ from transformers.training_args import TrainingArguments
 from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
-from selfmoa.api.spec import TrainingSpec
+from selfmoa.api.spec import LossKind, TrainingSpec
 from selfmoa.models.chat import has_chat_template, load_tokenizer
 from selfmoa.models.threads import cpu_threads_for
 from selfmoa.training import distributed as D
 from selfmoa.training import model as M
-from selfmoa.training.objectives import Row, trl_loss, uses_margin
+from selfmoa.training.losses import bfpo_loss, bfpo_target, modpo_logit, modpo_loss
+from selfmoa.training.objectives import Row, loss_columns, own_loss, trl_loss
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -94,38 +98,97 @@ class _InMemoryRefDPOTrainer(DPOTrainer):
         return concatenate_datasets([dataset, columns], axis=1)
 
 
-class MarginDPOTrainer(_InMemoryRefDPOTrainer):
-    """DPOTrainer with a per-pair margin m: sigmoid -log sigma(beta*D - m); ipo target (0.5 + m)/beta.
+class MultiObjectiveDPOTrainer(_InMemoryRefDPOTrainer):
+    """DPOTrainer whose loss is BFPO's or MODPO's, on the per-pair inputs of `objectives`.
 
-    Needs `precompute_ref_log_probs=True` (the shift is applied to the precomputed reference).
+    TRL 1.x has no narrower hook than `_compute_loss` (its loss types are branches inside it), so
+    this replaces it: the same fused forward, log-probs summed over the completion, the reference
+    precomputed (`precompute_ref_log_probs=True`, which `dpo_config` always sets).
     """
+
+    def __init__(self, *args: Any, loss_kind: LossKind, **kwargs: Any) -> None:
+        self.loss_kind = loss_kind
+        self.loss_columns = loss_columns(loss_kind)
+        if not self.loss_columns:
+            raise ValueError(f"{loss_kind.value}: not a multi-objective loss")
+        super().__init__(*args, **kwargs)
+        # Settings TRL applies inside the loss this class replaces: refuse them, not ignore them.
+        if (
+            self.ld_alpha is not None
+            or self.use_weighting
+            or self.f_divergence_type != "reverse_kl"
+        ):
+            raise ValueError(
+                "bfpo/modpo: ld_alpha, use_weighting and f_divergence_type unsupported"
+            )
+        if not self.precompute_ref_logps:
+            raise ValueError("bfpo/modpo: needs precompute_ref_log_probs=True")
+        self.data_collator = _with_columns(self.data_collator, self.loss_columns)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()  # type: ignore[no-untyped-call]
-        if self._signature_columns is not None and "margin" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "margin"]
+        if self._signature_columns is not None:
+            missing = [c for c in self.loss_columns if c not in self._signature_columns]
+            self._signature_columns = [*self._signature_columns, *missing]
+
+    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
+        kept = {k: v for k, v in inputs.items() if k not in self.loss_columns}
+        return super().compute_ref_log_probs(model, kept)  # type: ignore[no-untyped-call]
+
+    def pair_losses(
+        self, delta: torch.Tensor, pair: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per pair: the loss, and whether the pair is already on the side the loss pushes to."""
+        if self.loss_kind == LossKind.bfpo:
+            sw, sl = pair["safe_w"], pair["safe_l"]
+            return bfpo_loss(delta, sw, sl, self.beta), delta * bfpo_target(sw, sl) > 0
+        args = (pair["w_k"], pair["w_other"], pair["r_other_w"], pair["r_other_l"], self.beta)
+        return modpo_loss(delta, *args), modpo_logit(delta, *args) > 0
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        margin = inputs.pop("margin", None)
-        if margin is not None:
-            if "ref_chosen_logps" not in inputs:
-                raise RuntimeError("MarginDPOTrainer needs precompute_ref_log_probs=True")
-            shift = margin.to(inputs["ref_chosen_logps"]) / self.beta
-            if self.loss_types == ["ipo"]:
-                # TRL's IPO divides the chosen log-ratio by the chosen completion length.
-                chosen_mask, _ = inputs["completion_mask"].chunk(2, dim=0)
-                shift = shift * chosen_mask.sum(dim=1).clamp(min=1).to(shift)
-            inputs = {**inputs, "ref_chosen_logps": inputs["ref_chosen_logps"] + shift}
-        return super()._compute_loss(model, inputs, return_outputs)  # type: ignore[no-untyped-call]
+        mode = "train" if model.training else "eval"
+        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *self.loss_columns}
+        model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
+        model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        # log_probs is 0 where the label is -100; prompt-learning PEFT prepends positions.
+        logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1).float()
+        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+        chosen_ratio = chosen_logps - inputs["ref_chosen_logps"].to(logps)
+        rejected_ratio = rejected_logps - inputs["ref_rejected_logps"].to(logps)
+        delta = chosen_ratio - rejected_ratio
+        pair = {c: inputs[c].to(delta) for c in self.loss_columns}
+        per_pair, satisfied = self.pair_losses(delta, pair)
+        loss = per_pair.mean()
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+
+        gather = self.accelerator.gather
+        chosen_rewards = self.beta * chosen_ratio.detach()
+        rejected_rewards = self.beta * rejected_ratio.detach()
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather(satisfied.float()).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        return (loss, outputs) if return_outputs else loss
 
 
-def _with_margin(collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Any:
-    """Wrap TRL's preference collator so the margin column survives batching."""
+def _with_columns(
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]], names: Sequence[str]
+) -> Any:
+    """Wrap TRL's preference collator so the loss's per-pair columns survive batching."""
 
     def call(examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = collate(examples)
-        if examples and "margin" in examples[0]:
-            batch["margin"] = torch.tensor([float(e["margin"]) for e in examples])
+        for name in names:
+            batch[name] = torch.tensor([float(e[name]) for e in examples])
         return batch
 
     return call
@@ -164,11 +227,10 @@ class DPOResult:
     dropped: int = 0
 
 
-def dataset_rows(
-    rows: Sequence[Row], tok: PreTrainedTokenizerBase, margin: bool
-) -> list[dict[str, Any]]:
+def dataset_rows(rows: Sequence[Row], tok: PreTrainedTokenizerBase) -> list[dict[str, Any]]:
     """TRL's conversational preference format when the tokenizer has a chat template (so the
-    prompt is rendered exactly as the engines render it), the plain-text format otherwise."""
+    prompt is rendered exactly as the engines render it), the plain-text format otherwise; plus
+    the loss's per-pair columns."""
     chat = has_chat_template(tok)
     out: list[dict[str, Any]] = []
     for r in rows:
@@ -180,9 +242,7 @@ def dataset_rows(
             }
         else:
             row = {"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}
-        if margin:
-            row["margin"] = float(r.margin)
-        out.append(row)
+        out.append(row | r.columns())
     return out
 
 
@@ -206,7 +266,7 @@ def dpo_config(
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         num_train_epochs=training.epochs,
         learning_rate=training.learning_rate,
-        beta=training.beta,
+        beta=training.resolved_beta,
         loss_type=loss_type,
         loss_weights=loss_weights,
         max_length=training.max_length,
@@ -328,24 +388,20 @@ def _trainer(
     fsdp: dict[str, Any] | None = None,
 ) -> DPOTrainer:
     """The configured trainer; constructing it tokenizes and precomputes the reference."""
-    margin = uses_margin(training)
-    data = Dataset.from_list(dataset_rows(rows, tok, margin))
+    data = Dataset.from_list(dataset_rows(rows, tok))
     args = dpo_config(training, workdir, len(rows), fsdp=fsdp)
-    trainer_cls = MarginDPOTrainer if margin else _InMemoryRefDPOTrainer
+
+    def make(**kw: Any) -> DPOTrainer:
+        common = {"args": args, "train_dataset": data, "processing_class": tok}
+        if own_loss(training):
+            return MultiObjectiveDPOTrainer(loss_kind=training.loss, **common, **kw)
+        return _InMemoryRefDPOTrainer(**common, **kw)
+
     if parent_adapter is None:
-        trainer = trainer_cls(
-            model=base,
-            args=args,
-            train_dataset=data,
-            processing_class=tok,
-            peft_config=M.lora_config(training.lora),
-        )
+        trainer = make(model=base, peft_config=M.lora_config(training.lora))
     else:
         # A PeftModel without peft_config: TRL adds the frozen "ref" copy of the parent.
-        policy = M.load_policy(base, parent_adapter, training.lora)
-        trainer = trainer_cls(model=policy, args=args, train_dataset=data, processing_class=tok)
-    if margin:
-        trainer.data_collator = _with_margin(trainer.data_collator)
+        trainer = make(model=M.load_policy(base, parent_adapter, training.lora))
     # disable_tqdm makes the Trainer print every log dict instead: the log goes to train_log.json.
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -1,41 +1,61 @@
 """How preference pairs become training rows for each loss kind (pure Python, no torch).
 
-Every loss is written as TRL's DPO loss on (prompt, chosen, rejected) plus, for the two
-multi-objective kinds, a per-pair *margin* m (in units of the beta-scaled implicit reward
-beta*D, where D = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]):
+Δ = [log π(y_w|x) - log π_ref(y_w|x)] - [log π(y_l|x) - log π_ref(y_l|x)], token log-probs summed
+over the response; β = `training.beta` (default 0.1, or 0.01 for bfpo).
 
-- `dpo`: TRL `sigmoid`, -log sigma(beta*D). No margin.
-- `weighted`: TRL's `loss_type` list with `loss_weights` (e.g. sigmoid + sft). No margin.
-- `modpo` (MODPO, Zhou et al. 2023, with safety as the objective being trained and helpfulness
-  as the "other" objective whose score is already known): -log sigma(beta*D - m) with
-  m = marginScale * (w_help / w_safety) * (help(y_c) - help(y_r)), the weights from
-  `spec.preferences.weights`. MODPO's overall 1/w_k temperature is folded into beta. A missing
-  helpfulness score gives m = 0.
-- `bfpo` (BFPO-style, after Zhang et al. 2024): the pair is re-ordered by *helpfulness*
-  (y_hw = the more helpful response; ties keep the pair's order) and the target comes from a
-  per-response safety flag s = [safety >= ensemble threshold] (a missing score counts as unsafe):
-  g = 1.5*s(y_hw) - 0.5*s(y_hl) - alpha with alpha = 0.5, i.e.
-      both safe: g = 0.5   unsafe loser: g = 1   unsafe winner: g = -1   both unsafe: g = -0.5.
-  The loss regresses the length-normalized log-ratio difference onto g/beta (TRL's `ipo`, whose
-  fixed target 1/(2beta) is g = 0.5, shifted per pair by m = g - 0.5). A negative g flips the
-  preference: between two unsafe answers the less helpful one is preferred, and a safe refusal
-  beats a more helpful unsafe answer.
+- `dpo`: TRL `sigmoid`, -log sigmoid(β·Δ), y_w/y_l the pair's order.
+- `weighted`: TRL's `loss_type` list with `loss_weights` (e.g. sigmoid + sft).
+- `modpo` (MODPO, Zhou et al. 2024), k = safety the objective being trained on the pair's order,
+  -k = helpfulness whose judge scores are the margin reward r_{-k}:
+      L = -log sigmoid((1/w_k)·[β·Δ - w_{-k}·(r_{-k}(x,y_w) - r_{-k}(x,y_l))])
+  with r_{-k} = marginScale · helpfulness score, and (w_k, w_{-k}) the `spec.preferences.weights`
+  of safety and helpfulness normalized to sum 1 (MODPO's weights lie on the simplex; the default
+  0.6/0.4 already does). A missing helpfulness score on either side drops the margin term
+  (r_{-k} = 0 for both). w_k must be positive.
+- `bfpo` (BFPO, Zhang et al. 2025): y_w/y_l is the pair re-ordered by *helpfulness* (ties keep the
+  pair's order), and I_safe(y) = [safety score >= ensemble threshold] (a missing score is unsafe):
+      L = (Δ - (1/β)·[B1·B3·I_safe(y_w) - B3·I_safe(y_l) - alpha])²,  B1 = 3, B3 = 1/(B1-1), alpha = 0.5,
+  i.e. a target of g/β with g = 0.5 both safe, 1 unsafe loser, -1 unsafe winner, -0.5 both
+  unsafe. A negative g flips the preference: a safe refusal beats a more helpful unsafe answer,
+  and between two unsafe answers the less helpful one is preferred.
 
-The trainer applies m by shifting the precomputed reference log-prob of the chosen response
-(`selfmoa.training.dpo.MarginDPOTrainer`); these functions only compute it.
+The losses themselves are in `selfmoa.training.losses`; the trainer
+(`selfmoa.training.dpo.MultiObjectiveDPOTrainer`) applies them to the per-pair inputs computed here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+from selfmoa.api.base import SpecError
 from selfmoa.api.spec import LossKind, TrainingSpec
 
-#: BFPO's bias alpha.
-BFPO_ALPHA = 0.5
-#: TRL's IPO target corresponds to g = 0.5; BFPO margins are offsets from it.
-IPO_TARGET_G = 0.5
+
+@dataclass(frozen=True)
+class BfpoInputs:
+    """BFPO's per-pair inputs: I_safe(y_w), I_safe(y_l) as 1.0 / 0.0."""
+
+    safe_w: float
+    safe_l: float
+
+
+@dataclass(frozen=True)
+class ModpoInputs:
+    """MODPO's per-pair inputs: the normalized weights and the margin rewards r_{-k}."""
+
+    w_k: float
+    w_other: float
+    r_other_w: float
+    r_other_l: float
+
+
+PairInputs = BfpoInputs | ModpoInputs
+
+_INPUTS: dict[LossKind, type[BfpoInputs] | type[ModpoInputs]] = {
+    LossKind.bfpo: BfpoInputs,
+    LossKind.modpo: ModpoInputs,
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,20 @@ class Row:
     prompt: str
     chosen: str
     rejected: str
-    margin: float = 0.0
+    #: The loss's per-pair inputs; None for the kinds TRL computes itself (dpo, weighted).
+    inputs: PairInputs | None = None
+
+    def columns(self) -> dict[str, float]:
+        """The inputs as dataset columns (named as in `loss_columns`)."""
+        if self.inputs is None:
+            return {}
+        return {f.name: float(getattr(self.inputs, f.name)) for f in fields(self.inputs)}
+
+
+def loss_columns(kind: LossKind) -> tuple[str, ...]:
+    """The dataset columns a loss kind reads per pair; none for TRL's own losses."""
+    cls = _INPUTS.get(kind)
+    return tuple(f.name for f in fields(cls)) if cls is not None else ()
 
 
 def _score(scores: Any, objective: str) -> float | None:
@@ -53,21 +86,30 @@ def _score(scores: Any, objective: str) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-def modpo_margin(pair: dict[str, Any], weights: dict[str, float], scale: float) -> float:
-    """MODPO margin: the helpfulness difference, weighted against safety."""
-    hc = _score(pair.get("chosen_scores"), "helpfulness")
-    hr = _score(pair.get("rejected_scores"), "helpfulness")
-    if hc is None or hr is None:
-        return 0.0
+def modpo_weights(weights: dict[str, float]) -> tuple[float, float]:
+    """(w_k, w_{-k}) for k = safety, normalized to sum 1."""
     w_safety = weights.get("safety", 0.0)
     w_help = weights.get("helpfulness", 0.0)
-    # With no weight on safety the pair order already is the helpfulness order: no margin.
-    ratio = w_help / w_safety if w_safety > 0 else 0.0
-    return scale * ratio * (hc - hr)
+    if w_safety <= 0:
+        raise SpecError(
+            "training.loss modpo: needs preferences.weights.safety > 0 (MODPO divides by the "
+            "weight of the objective it trains)"
+        )
+    total = w_safety + w_help
+    return w_safety / total, w_help / total
+
+
+def modpo_row(pair: dict[str, Any], w_k: float, w_other: float, scale: float) -> Row:
+    """MODPO: the pair's order, helpfulness scores (times `scale`) as the margin reward."""
+    hc = _score(pair.get("chosen_scores"), "helpfulness")
+    hr = _score(pair.get("rejected_scores"), "helpfulness")
+    rw, rl = (scale * hc, scale * hr) if hc is not None and hr is not None else (0.0, 0.0)
+    inputs = ModpoInputs(w_k=w_k, w_other=w_other, r_other_w=rw, r_other_l=rl)
+    return Row(str(pair["prompt"]), str(pair["chosen"]), str(pair["rejected"]), inputs)
 
 
 def bfpo_row(pair: dict[str, Any], threshold: float) -> Row:
-    """BFPO: order by helpfulness, target from the two safety flags (see the module doc)."""
+    """BFPO: order by helpfulness, one safety flag per response (see the module doc)."""
     hc = _score(pair.get("chosen_scores"), "helpfulness")
     hr = _score(pair.get("rejected_scores"), "helpfulness")
     swap = hc is not None and hr is not None and hr > hc
@@ -77,8 +119,8 @@ def bfpo_row(pair: dict[str, Any], threshold: float) -> Row:
         s = _score(pair.get(f"{side}_scores"), "safety")
         return 1.0 if s is not None and s >= threshold else 0.0
 
-    g = 1.5 * safe(winner) - 0.5 * safe(loser) - BFPO_ALPHA
-    return Row(str(pair["prompt"]), str(pair[winner]), str(pair[loser]), g - IPO_TARGET_G)
+    inputs = BfpoInputs(safe_w=safe(winner), safe_l=safe(loser))
+    return Row(str(pair["prompt"]), str(pair[winner]), str(pair[loser]), inputs)
 
 
 def build_rows(
@@ -92,28 +134,21 @@ def build_rows(
     if training.loss == LossKind.bfpo:
         return [bfpo_row(p, threshold) for p in pairs]
     if training.loss == LossKind.modpo:
-        return [
-            Row(
-                str(p["prompt"]),
-                str(p["chosen"]),
-                str(p["rejected"]),
-                modpo_margin(p, weights, training.margin_scale),
-            )
-            for p in pairs
-        ]
+        w_k, w_other = modpo_weights(weights)
+        return [modpo_row(p, w_k, w_other, training.margin_scale) for p in pairs]
     return [Row(str(p["prompt"]), str(p["chosen"]), str(p["rejected"])) for p in pairs]
 
 
 def trl_loss(training: TrainingSpec) -> tuple[list[str], list[float] | None]:
-    """TRL's (loss_type, loss_weights) for the loss kind."""
+    """TRL's (loss_type, loss_weights) for the loss kind. TRL insists on one even for bfpo/modpo,
+    whose loss the trainer computes itself: there it is `sigmoid`, and unused."""
     if training.loss == LossKind.weighted:
         return list(training.loss_types), (
             list(training.loss_weights) if training.loss_weights is not None else None
         )
-    if training.loss == LossKind.bfpo:
-        return ["ipo"], None
     return ["sigmoid"], None
 
 
-def uses_margin(training: TrainingSpec) -> bool:
-    return training.loss in (LossKind.bfpo, LossKind.modpo)
+def own_loss(training: TrainingSpec) -> bool:
+    """Whether the loss is computed by `losses` (bfpo, modpo) rather than by TRL."""
+    return training.loss in _INPUTS
