@@ -483,3 +483,22 @@ def test_two_process_fsdp_reset_matches_single_process(tiny_model: Path, tmp_pat
         f"\nreset fsdp 2-proc vs 1-proc: max |adapter difference| {diff:.2e} (lora_B max {moved:.3f})"
     )
     assert diff < 1e-4 < moved
+
+
+def test_serving_device_cpu_keeps_training_off_a_visible_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from selfmoa.training import model as M
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        D.use_device("cpu")
+        assert not D.on_cuda() and D.backend() == "gloo" and M.use_cpu()
+        D.use_device("cuda")
+        assert D.on_cuda() and D.backend() == "nccl" and not M.use_cpu()
+    finally:
+        D.use_device("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not D.on_cuda() and M.use_cpu()

@@ -56,9 +56,9 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
 
     spec = ctx.spec
     examples = load_examples(spec)
-    # Training picks its device itself (CUDA when torch sees one); asking here makes
-    # `serving.device: cuda` without a GPU fail at once, in one line.
-    ctx.engines.device()
+    # `serving.device` decides (auto: CUDA when torch sees one); `cuda` without a GPU fails
+    # here at once, in one line.
+    distributed.use_device(ctx.engines.device())
     result = train_sft(
         base_path=ctx.engines.model_path(spec.policy.model),
         # The reset continues a user-given starting adapter (policy.adapter), if any.

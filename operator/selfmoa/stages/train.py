@@ -29,9 +29,11 @@ CEILING_LOG = "ceiling_log.json"
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     if ctx.iteration < 1:
         raise StageError(f"train runs in iterations >= 1, not {ctx.iteration}")
-    # Training picks its device itself (CUDA when torch sees one); asking here makes
-    # `serving.device: cuda` without a GPU fail at once, in one line.
-    ctx.engines.device()
+    from selfmoa.training import distributed
+
+    # `serving.device` decides (auto: CUDA when torch sees one); `cuda` without a GPU fails
+    # here at once, in one line.
+    distributed.use_device(ctx.engines.device())
     spec = ctx.spec
     result = _train(ctx, ctx.read_jsonl("pairs", layout.PAIRS), layout.ADAPTER, "training")
     out.upload_dir(layout.ADAPTER, result.adapter)

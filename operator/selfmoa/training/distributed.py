@@ -90,12 +90,27 @@ def strategy(training: object | None = None, environ: Mapping[str, str] = os.env
 
 # ------------------------------------------------------------------ inside a launch (torch)
 
+#: Set by `use_device("cpu")`: train on the CPU even when a GPU is visible (serving.device: cpu).
+_cpu_only = False
+
+
+def use_device(device: str) -> None:
+    """The device this process trains on, as the engine provider resolved `serving.device`
+    ("cpu" or "cuda"); called by the training stages before any model is loaded."""
+    global _cpu_only
+    _cpu_only = device == "cpu"
+
+
+def on_cuda() -> bool:
+    """Whether training runs on CUDA: a GPU is visible and the spec doesn't ask for the CPU."""
+    import torch
+
+    return not _cpu_only and torch.cuda.is_available()
+
 
 def backend() -> str:
     """nccl on GPUs, gloo on CPU."""
-    import torch
-
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if on_cuda() else "gloo"
 
 
 def init_process_group(w: World | None = None) -> None:
@@ -106,7 +121,7 @@ def init_process_group(w: World | None = None) -> None:
     w = w or world()
     if not w.distributed or dist.is_initialized():
         return
-    if torch.cuda.is_available():
+    if on_cuda():
         torch.cuda.set_device(w.local_rank)
     dist.init_process_group(backend=backend())
 
@@ -163,7 +178,6 @@ def fsdp_config(model: Any) -> dict[str, Any]:
 
 def wrap(model: torch.nn.Module, mode: Strategy, w: World | None = None) -> torch.nn.Module:
     """The model as the plain training loop (the reset) trains it: DDP, FSDP2, or as is."""
-    import torch
     from torch.nn.parallel import DistributedDataParallel
 
     w = w or world()
@@ -171,7 +185,7 @@ def wrap(model: torch.nn.Module, mode: Strategy, w: World | None = None) -> torc
     if not w.distributed:
         return model
     init_process_group(w)
-    cuda = torch.cuda.is_available()
+    cuda = on_cuda()
     if mode == "ddp":
         # Every LoRA weight takes part in every forward: no search for unused parameters.
         return DistributedDataParallel(

@@ -50,18 +50,18 @@ def load_base(path: Path | str) -> PreTrainedModel:
     this process's local rank)."""
     dtype = torch.bfloat16 if _use_bf16() else torch.float32
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    if torch.cuda.is_available():
+    if distributed.on_cuda():
         device = torch.device("cuda", distributed.world().local_rank)
         model = model.to(device)  # type: ignore[arg-type]
     return model
 
 
 def _use_bf16() -> bool:
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool(distributed.on_cuda() and torch.cuda.is_bf16_supported())
 
 
 def use_cpu() -> bool:
-    return not torch.cuda.is_available()
+    return not distributed.on_cuda()
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:
