@@ -8,6 +8,7 @@
     selfmoa adapter-agent --run-uri URI   beside a server: loads the run's adapters into it
     selfmoa crd [--output PATH]           write the CustomResourceDefinition
     selfmoa export RUN_URI --out DIR      the aligned model: adapter or merged, with a card
+    selfmoa fetch --hub REPO[@REV] DIR    pre-seed a model cache (and the init containers' fetch)
 
 Bad input ends with one line on stderr and exit code 2; a failed stage with exit code 1. Heavy
 libraries (torch, transformers, kopf) load only in the command that needs them.
@@ -16,8 +17,8 @@ libraries (torch, transformers, kopf) load only in the command that needs them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -25,6 +26,26 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Commands that parse their own flags (their --help must reach them): name -> (help, module
+#: with `main(argv) -> int`).
+DELEGATED: dict[str, tuple[str, str]] = {
+    "operator": ("run the Kubernetes operator", "selfmoa.controller.entry"),
+    "serve": ("serve a model over an OpenAI-compatible HTTP API", "selfmoa.engines.server"),
+    "adapter-agent": (
+        "beside a server: load the run's LoRA adapters into it (a sidecar)",
+        "selfmoa.engines.agent.command",
+    ),
+    "crd": ("write the CustomResourceDefinition generated from the spec", "selfmoa.api.crd"),
+    "export": (
+        "export a run's aligned model (adapter or merged) with a model card",
+        "selfmoa.export.command",
+    ),
+    "fetch": (
+        "fetch models or a run's files into a local directory (pre-seeding a model cache)",
+        "selfmoa.store.fetch",
+    ),
+}
 
 
 class UsageError(Exception):
@@ -97,13 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--spec", help="AlignmentRun or spec file (YAML/JSON)")
 
-    for name, helptext in (
-        ("operator", "run the Kubernetes operator"),
-        ("serve", "serve a model over an OpenAI-compatible HTTP API"),
-        ("adapter-agent", "beside a server: load the run's LoRA adapters into it (a sidecar)"),
-        ("crd", "write the CustomResourceDefinition generated from the spec"),
-        ("export", "export a run's aligned model (adapter or merged) with a model card"),
-    ):
+    for name, (helptext, _) in DELEGATED.items():
         d = sub.add_parser(name, help=helptext, add_help=False)
         d.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -123,8 +138,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Delegated commands parse their own flags (their --help must reach them).
-    if argv and argv[0] in ("operator", "serve", "adapter-agent", "crd", "export"):
+    if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     # Deprecation notices of the ML libraries are for us, not for someone running an alignment.
@@ -146,25 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _delegate(command: str, rest: list[str]) -> int:
-    if command == "operator":
-        from selfmoa.controller.entry import main as operator_main
-
-        return int(operator_main(rest))
-    if command == "serve":
-        from selfmoa.engines.server import main as serve_main
-
-        return int(serve_main(rest))
-    if command == "export":
-        from selfmoa.export.command import main as export_main
-
-        return int(export_main(rest))
-    if command == "adapter-agent":
-        from selfmoa.engines.agent.command import main as agent_main
-
-        return int(agent_main(rest))
-    from selfmoa.api.crd import main as crd_main
-
-    return int(crd_main(rest))
+    # Imported only when asked for: `selfmoa run` never loads the operator, and back.
+    module = importlib.import_module(DELEGATED[command][1])
+    return int(module.main(rest))
 
 
 def _fail(message: str, code: int) -> int:
@@ -266,6 +264,7 @@ def _stage_spec(args: argparse.Namespace, given: Any, store: Any) -> Any:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
+    from selfmoa.api import contract
     from selfmoa.api.errors import SpecError
     from selfmoa.local.console import LogProgress
     from selfmoa.run import planner, stage_table
@@ -310,32 +309,20 @@ def cmd_stage(args: argparse.Namespace) -> int:
     except (SpecError, StoreError) as e:
         raise UsageError(str(e)) from None
     except StageError as e:
-        _termination_message(str(e))
+        contract.write_termination_message(str(e))
         return _fail(str(e), EXIT_FAILED)
     except Exception as e:  # a stage bug: say it in one line, keep the traceback in the log
         import traceback
 
         traceback.print_exc()
         msg = f"stage {args.name} failed: {type(e).__name__}: {e}".splitlines()[0]
-        _termination_message(msg)
+        contract.write_termination_message(msg)
         return _fail(msg, EXIT_FAILED)
     state = "done" if ran else "already done (manifest exists), skipped"
     print(
         f"stage {args.name} of iteration {args.iteration}: {state} in {manifest.get('seconds', 0)}s"
     )
     return EXIT_OK
-
-
-def _termination_message(message: str) -> None:
-    """Kubernetes shows this file's content as the pod's termination message."""
-    from selfmoa.api import contract
-
-    path = Path(contract.termination_log_path())
-    try:
-        if path.parent.is_dir() and (path.exists() or os.access(path.parent, os.W_OK)):
-            path.write_text(message[:4000])
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ def test_defaults_round_trip() -> None:
             {"serving": {"engine": "openai"}},
             "spec.serving.endpoints: no endpoint for model(s) ['selfmoa/tiny']",
         ),
+        (
+            {"training": {"loss": "modpo"}, "preferences": {"weights": {"helpfulness": 1}}},
+            "training.loss modpo: needs preferences.weights.safety > 0",
+        ),
     ],
 )
 def test_bad_fields_are_named(fields: dict[str, Any], expected: str) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 #: The run's spec (JSON of `AlignmentRunSpec.wire()`), so a Job needs no other source.
@@ -31,8 +32,19 @@ WORK_VOLUME: Final = "work"
 WORK_DIR: Final = "/work"
 CACHE_DIR: Final = f"{WORK_DIR}/cache"
 
+#: `spec.modelCache`: the shared, pre-seeded model cache volume (a PVC), mounted read-only by
+#: every stage and serving pod that loads a hub model. Its layout is the model cache's own
+#: (`models/<key>/` with the complete-marker, see `selfmoa.store.model_cache`).
+MODEL_CACHE_VOLUME: Final = "model-cache"
+MODEL_CACHE_DIR: Final = "/model-cache"
+#: Where that volume is mounted: hub models are read from there, never downloaded.
+MODEL_CACHE_ENV: Final = "SELFMOA_MODEL_CACHE"
+#: The model fetch (and pre-seed, and presence check) in the worker image.
+
 #: The worker image's entry point.
 COMMAND: Final = ("selfmoa",)
+#: Model fetches (the vLLM init containers, seeding a model cache volume).
+FETCH_COMMAND: Final = (*COMMAND, "fetch")
 #: More than one training process: the launcher, and the module it runs in every process.
 LAUNCHER: Final = "torchrun"
 CLI_MODULE: Final = "selfmoa.cli"
@@ -86,6 +98,17 @@ def endpoints_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str
 
 def termination_log_path(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG)
+
+
+def write_termination_message(message: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Kubernetes shows this file's content as the container's termination message (what the
+    run's condition quotes); outside a pod, where its directory doesn't exist, nothing."""
+    path = Path(termination_log_path(environ))
+    try:
+        if path.parent.is_dir() and (path.exists() or os.access(path.parent, os.W_OK)):
+            path.write_text(message[:4000])
+    except OSError:
+        pass
 
 
 def launch_command(

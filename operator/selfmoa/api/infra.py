@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from selfmoa.api.base import (
+    DNS1123_SUBDOMAIN_PATTERN,
     MAX_DEADLINE_SECONDS,
     Bool,
     Int,
@@ -157,6 +160,46 @@ class TrainerSpec(Model):
         le=MAX_DEADLINE_SECONDS,
         description="Deadline of one stage Job, in seconds (at most 7 days).",
     )
+
+
+#: A Kubernetes volume subPath: relative, no `..` element (RE2-compatible, for the CRD too).
+_SUB_PATH_ELEMENT = (
+    r"([A-Za-z0-9_-][A-Za-z0-9_.-]*|\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.\.[A-Za-z0-9_.-]+)"
+)
+SUB_PATH_PATTERN = rf"^{_SUB_PATH_ELEMENT}(/{_SUB_PATH_ELEMENT})*$"
+
+ClaimName = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN)
+]
+
+
+class ModelCacheSpec(Model):
+    """A shared, pre-seeded cache of hub models: a PersistentVolumeClaim every pod reads."""
+
+    pvc: ClaimName = Field(
+        description=(
+            "PersistentVolumeClaim holding the models (ReadOnlyMany or ReadWriteMany), mounted "
+            "read-only by every stage and vLLM pod that loads a hub model. Hub models are read "
+            "from it and never downloaded: seed it first with `selfmoa fetch "
+            "--hub ORG/NAME --revision REV DIR` (manifests/examples/model-cache-seed.yaml)."
+        )
+    )
+    sub_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Directory inside the volume that holds the cache (default: its root).",
+        json_schema_extra={"pattern": SUB_PATH_PATTERN},
+    )
+
+    @field_validator("sub_path")
+    @classmethod
+    def _relative(cls, sub_path: str | None) -> str | None:
+        if sub_path is not None and not re.match(SUB_PATH_PATTERN, sub_path):
+            raise ValueError(
+                f"{sub_path!r} must be a relative path inside the volume: no leading '/', "
+                "no '..', no empty element"
+            )
+        return sub_path
 
 
 class OutputSpec(Model):

@@ -31,6 +31,7 @@ from selfmoa.api.base import (
 )
 from selfmoa.api.infra import (
     Device,
+    ModelCacheSpec,
     OutputSpec,
     ResourcesSpec,
     ServingEngine,
@@ -117,6 +118,13 @@ class AlignmentRunSpec(Model):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Artifact store.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Model serving.")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Stage Jobs.")
+    model_cache: ModelCacheSpec | None = Field(
+        default=None,
+        description=(
+            "A shared, pre-seeded model cache volume: hub models are read from it, never "
+            "downloaded (default: each run snapshots them into its store)."
+        ),
+    )
     suspend: Bool = Field(default=False, description="Pause between stages (operator only).")
     queue_name: LabelValue | None = Field(
         default=None,
@@ -155,6 +163,9 @@ class AlignmentRunSpec(Model):
                 raise ValueError(f"serving.endpoints: no endpoint for model(s) {missing}")
         if self.red_team.min_chars >= self.red_team.max_chars:
             raise ValueError("redTeam.minChars: must be below redTeam.maxChars")
+        if self.training.loss == LossKind.modpo and self.preferences.weights.get("safety", 0) <= 0:
+            # MODPO divides by the weight of the objective it trains (safety).
+            raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
         return self
 
     def models(self) -> list[str]:
@@ -242,6 +253,7 @@ __all__ = [
     "LoraSpec",
     "LossKind",
     "Model",
+    "ModelCacheSpec",
     "ModelRef",
     "Objective",
     "OutputSpec",

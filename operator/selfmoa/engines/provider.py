@@ -22,15 +22,24 @@ from selfmoa.engines.base import DeviceError, Engine
 from selfmoa.store import Store
 from selfmoa.store.model_cache import (
     HUB_PREFIX,
+    is_hub_model,
     looks_like_hub_id,
     materialize_hub,
     parse_hub_model,
+    seeded_hub,
 )
 
 
 def cache_dir() -> Path:
     """Where built and downloaded models are cached (`SELFMOA_CACHE`, default ~/.cache/selfmoa)."""
     return Path(os.environ.get(contract.CACHE_ENV) or Path.home() / ".cache" / "selfmoa")
+
+
+def model_cache_volume() -> Path | None:
+    """The seeded model cache volume (`SELFMOA_MODEL_CACHE`, set with `spec.modelCache`), if any:
+    hub models are read from there and never downloaded."""
+    raw = os.environ.get(contract.MODEL_CACHE_ENV)
+    return Path(raw) if raw else None
 
 
 def resolve_device(wanted: Device, *, cuda_available: Callable[[], bool] | None = None) -> str:
@@ -82,13 +91,26 @@ class EngineProvider:
     def model_path(self, model: str, progress: Callable[[str], None] | None = None) -> Path:
         """A local directory holding the model's weights and tokenizer.
 
-        With a shared store (the run's), the tiny base is built once per run and hub models are
+        With a model cache volume (`spec.modelCache`), hub models are read from it in place, and
+        one that isn't there is a `ModelCacheMiss` naming the command that seeds it. Else, with a
+        shared store (the run's), the tiny base is built once per run and hub models are
         snapshotted into it once; every later stage (every Pod) fetches that copy instead of
         rebuilding or downloading again (`selfmoa.store.model_cache`)."""
         if model == TINY_MODEL:
             from selfmoa.tiny import ensure_base
 
             return ensure_base(cache_dir(), progress=progress, shared=self.shared)
+        volume = model_cache_volume()
+        if volume is not None and is_hub_model(model):
+            repo, revision = self._hub_ref(model)
+            cache = self.spec.model_cache
+            return seeded_hub(
+                repo,
+                revision,
+                volume,
+                claim=cache.pvc if cache else None,
+                sub_path=cache.sub_path if cache else None,
+            )
         if model.startswith(HUB_PREFIX) or (looks_like_hub_id(model) and self._snapshots_hub()):
             return self._hub_snapshot(model, progress)
         if model.startswith("s3://"):
@@ -117,8 +139,14 @@ class EngineProvider:
         has its own disk); a local run keeps using the hub's own cache."""
         return self.shared is not None and not self.shared.uri.startswith("file:")
 
+    def _hub_ref(self, model: str) -> tuple[str, str]:
+        """(repo, revision) of a hub model: `policy.revision` pins the policy only (as for its
+        vLLM server), so a judge's copy is the same whichever model is the policy."""
+        revision = self.spec.policy.revision if model == self.spec.policy.model else None
+        return parse_hub_model(model, revision)
+
     def _hub_snapshot(self, model: str, progress: Callable[[str], None] | None) -> Path:
-        repo, revision = parse_hub_model(model, self.spec.policy.revision)
+        repo, revision = self._hub_ref(model)
         return materialize_hub(
             repo, revision, cache_dir=cache_dir(), shared=self.shared, progress=progress
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -214,12 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports only now, so that `--help` never loads torch.
+    from selfmoa.api import contract
     from selfmoa.api.spec import AlignmentRunSpec, PolicySpec
+    from selfmoa.engines.base import EngineError
     from selfmoa.engines.provider import EngineProvider
+    from selfmoa.store.base import StoreError
 
     spec = AlignmentRunSpec(policy=PolicySpec(model=args.model))
     provider = EngineProvider(spec, batch_size=args.max_batch)
-    engine = provider.for_model(args.model)
+    try:
+        engine = provider.for_model(args.model)
+    except (EngineError, StoreError) as e:
+        # A model that can't be had (not in the cache volume, no such path) is one line, in the
+        # log and in the container's termination message.
+        line = f"selfmoa serve: error: {e}".splitlines()[0]
+        print(line, file=sys.stderr)
+        contract.write_termination_message(line)
+        provider.close()
+        return 1
     server = OpenAIServer(
         engine,
         host=args.host,

@@ -21,7 +21,16 @@ from selfmoa.store import Store
 #: Spec fields a user may change in a started run: extend or stop it, pause it, or change where
 #: and how big its pods are. Everything else (the policy, the data, the judges, the objective,
 #: the storage) defines what the run's artifacts mean and is fixed once the run has started.
-MUTABLE_FIELDS = {"iterations", "stopWhen", "suspend", "serving", "trainer", "queueName"}
+MUTABLE_FIELDS = {
+    "iterations",
+    "stopWhen",
+    "suspend",
+    "serving",
+    "trainer",
+    "queueName",
+    # Where hub models are read from, not which: the cache is keyed by repo and revision.
+    "modelCache",
+}
 
 
 def run_document(run: AlignmentRun) -> dict[str, Any]:

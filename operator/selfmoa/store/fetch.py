@@ -1,12 +1,20 @@
-"""The vLLM init container's model sync (runs in the worker image, which has the s3 extra).
+"""Model fetches in the worker image (it has the s3 extra): the vLLM init container's model sync,
+and the pre-seeding of a shared model cache volume.
 
-    python -m selfmoa.store.fetch s3://BUCKET/PREFIX DEST
+    selfmoa fetch s3://BUCKET/PREFIX DEST
         copy a model kept in a bucket into DEST;
-    python -m selfmoa.store.fetch --hub ORG/NAME --revision REV --run-uri RUN_URI DEST
+    selfmoa fetch --hub ORG/NAME --revision REV --run-uri RUN_URI DEST
         the hub model from the run's model cache (`models/<key>/` in its store), downloading it
         from the hub into that cache first if no stage has yet: the server starts from the same
         copy the stages use, and the hub is asked once per run. The model lands in
-        DEST/models/<key>/ (what the server's --model names).
+        DEST/models/<key>/ (what the server's --model names);
+    selfmoa fetch --hub ORG/NAME[@REV] [--revision REV] DEST
+        pre-seed a model cache volume (`spec.modelCache`) mounted read-write at DEST: the hub
+        model is downloaded into a temporary directory beside DEST/models/<key>/ and appears there
+        by rename, complete, or not at all; a model already there is not downloaded again;
+    selfmoa fetch --hub ORG/NAME --revision REV --check DEST
+        only check that the model is in the volume at DEST (the vLLM init container of a run
+        with a model cache volume): when it isn't, one line that names the seed command.
 
 The endpoint, region and timeout come from the run's spec in `SELFMOA_SPEC`, the credentials from
 the usual AWS environment variables, a gated model's token from HF_TOKEN.
@@ -16,23 +24,59 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _failed(message: str) -> int:
+    """One line on stderr and in the termination message (what the run's condition shows)."""
+    from selfmoa.api import contract
+
+    line = message.splitlines()[0] if message else "failed"
+    _say(f"fetch: error: {line}")
+    contract.write_termination_message(line)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m selfmoa.store.fetch", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="selfmoa fetch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("source", nargs="?", help="s3://BUCKET/PREFIX of a model (without --hub)")
-    p.add_argument("dest", help="local directory")
-    p.add_argument("--hub", help="a hub repo id, taken from the run's model cache")
-    p.add_argument("--revision", default="main")
+    p.add_argument("dest", help="local directory (with --hub: the model cache's root)")
+    p.add_argument("--hub", help="a hub repo id, ORG/NAME or hf://ORG/NAME[@REV]")
+    p.add_argument("--revision", help="the hub revision (default: main, or @REV of --hub)")
     p.add_argument("--run-uri", help="the run's root in its store (with --hub)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="with --hub: only check that the model is in the cache at DEST",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if bool(args.hub) == bool(args.source) or (args.hub and not args.run_uri):
-        p.error("give s3://SOURCE DEST, or --hub REPO --run-uri URI DEST")
+    if bool(args.hub) == bool(args.source):
+        p.error("give s3://SOURCE DEST, or --hub REPO [--run-uri URI | --check] DEST")
+    if args.check and args.run_uri:
+        p.error("--check reads the model cache at DEST: it takes no --run-uri")
+    if not args.hub and (args.check or args.run_uri or args.revision):
+        p.error("--check, --run-uri and --revision go with --hub")
     from selfmoa.api import contract
-    from selfmoa.store import Store, open_store
+    from selfmoa.store import Store, StoreError, open_store
+    from selfmoa.store.model_cache import (
+        looks_like_hub_id,
+        materialize_hub,
+        parse_hub_model,
+        seeded_hub,
+    )
 
-    storage = (contract.spec_from_env() or {}).get("storage", {})
+    spec: Mapping[str, Any] = contract.spec_from_env() or {}
+    storage = spec.get("storage", {})
 
     def store_at(uri: str) -> Store:
         return open_store(
@@ -42,19 +86,32 @@ def main(argv: list[str] | None = None) -> int:
             timeout=storage.get("timeoutSeconds"),
         )
 
-    if args.hub:
-        from selfmoa.store.model_cache import materialize_hub
-
-        path = materialize_hub(
-            args.hub,
-            args.revision,
-            cache_dir=Path(args.dest),
-            shared=store_at(args.run_uri),
-            progress=lambda line: print(line, file=sys.stderr),
-        )
-        print(path)
-        return 0
-    store_at(args.source).download_dir("", Path(args.dest))
+    try:
+        if not args.hub:
+            store_at(args.source).download_dir("", Path(args.dest))
+            return 0
+        repo, revision = parse_hub_model(args.hub, args.revision)
+        if args.revision and "@" in args.hub and revision != args.revision:
+            p.error(f"--hub {args.hub} and --revision {args.revision}: two revisions")
+        if not looks_like_hub_id(repo):
+            p.error(f"--hub: {repo!r} is not a hub repo id (ORG/NAME)")
+        dest = Path(args.dest)
+        if args.check:
+            cache = spec.get("modelCache") or {}
+            path = seeded_hub(
+                repo, revision, dest, claim=cache.get("pvc"), sub_path=cache.get("subPath")
+            )
+        else:
+            path = materialize_hub(
+                repo,
+                revision,
+                cache_dir=dest,
+                shared=store_at(args.run_uri) if args.run_uri else None,
+                progress=_say,
+            )
+    except (StoreError, OSError) as e:
+        return _failed(str(e) or type(e).__name__)
+    print(path)
     return 0
 
 

@@ -14,6 +14,11 @@ files are checked against the manifest's sha256s before use.
 
 On one machine, a lock file serializes processes that share a cache directory, and a finished
 model directory appears by rename only, with a marker written inside it before.
+
+A *seeded* cache (`spec.modelCache`, a volume every pod mounts read-only) has the same layout:
+`<root>/models/<key>/` with the marker. `selfmoa fetch --hub REPO DIR` writes it
+(through `materialize`, so a killed seed never leaves a complete-looking directory); pods only
+read it (`seeded`), so concurrent first uses can't corrupt it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from selfmoa.api import contract
+from selfmoa.api.base import TINY_MODEL
 from selfmoa.store.base import Store, StoreError
 
 MODELS = "models"
@@ -98,12 +105,37 @@ def materialize(
                         f"({shared.uri}/{MODELS}/{key})"
                     )
             (tmp / COMPLETE).write_text(key)
-            if final.exists():  # an incomplete leftover of a killed process
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            _install(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the finished `tmp` to `final`, unless another writer got there first.
+
+    The lock serializes writers on one machine only (flock is advisory, and not reliable on
+    every network filesystem): a writer on another node sharing a seeded volume may finish in
+    between. Its complete copy is kept, since readers may hold it open."""
+    if (final / COMPLETE).exists():
+        return
+    if final.exists():  # incomplete (its marker gone): never a copy a reader was given
+        shutil.rmtree(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / COMPLETE).exists():
+            raise
+
+
+class ModelCacheMiss(StoreError):
+    """A model the seeded model cache volume should hold, but does not."""
+
+
+def seeded(root: Path, key: str) -> Path | None:
+    """Model `key` in a seeded (read-only) cache at `root`, when it is there complete."""
+    path = Path(root) / MODELS / key
+    return path if (path / COMPLETE).is_file() else None
 
 
 def publish(shared: Store, key: str, local: Path) -> dict[str, Any]:
@@ -140,6 +172,11 @@ def fetch(shared: Store, key: str, dest: Path) -> dict[str, Any]:
 
 #: A policy (or judge) given as `hf://ORG/NAME[@REVISION]` is always snapshotted into the store.
 HUB_PREFIX = "hf://"
+
+
+def is_hub_model(model: str) -> bool:
+    """`hf://ORG/NAME[@REV]` or `ORG/NAME`: a model that comes from the hub (the tiny one is built)."""
+    return model != TINY_MODEL and (model.startswith(HUB_PREFIX) or looks_like_hub_id(model))
 
 
 def looks_like_hub_id(model: str) -> bool:
@@ -182,4 +219,37 @@ def materialize_hub(
 
     return materialize(
         hub_key(repo, revision), download, cache_dir=cache_dir, shared=shared, progress=progress
+    )
+
+
+def seed_command(repo: str, revision: str, root: str) -> str:
+    """The command that puts a hub model into a model cache volume mounted at `root`."""
+    return " ".join([*contract.FETCH_COMMAND, "--hub", repo, "--revision", revision, root])
+
+
+#: Where the volume is mounted read-write in the seeding pod that error messages suggest.
+SEED_MOUNT = "/cache"
+
+
+def seeded_hub(
+    repo: str,
+    revision: str,
+    root: Path,
+    *,
+    claim: str | None = None,
+    sub_path: str | None = None,
+) -> Path:
+    """A hub model from the seeded model cache volume at `root`; `ModelCacheMiss` (one line
+    naming the command that seeds it) when it is not there."""
+    key = hub_key(repo, revision)
+    found = seeded(root, key)
+    if found is not None:
+        return found
+    where = f"PVC {claim} (spec.modelCache)" if claim else f"the model cache at {root}"
+    dest = f"{SEED_MOUNT}/{sub_path}" if sub_path else SEED_MOUNT
+    raise ModelCacheMiss(
+        f"{repo}@{revision} is not in {where}: no complete {MODELS}/{key}/ there, and hub "
+        "models are read from it, never downloaded. Seed it once from a pod that mounts the "
+        f"claim read-write at {SEED_MOUNT}: {seed_command(repo, revision, dest)} "
+        "(manifests/examples/model-cache-seed.yaml)"
     )

@@ -148,3 +148,35 @@ def shm_volume(gpus: int) -> dict[str, Any]:
     """/dev/shm for NCCL and tensor-parallel workers (the container default, 64 MiB, is too
     small for them): 2 GiB per GPU, at least 2 GiB."""
     return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{2 * max(1, gpus)}Gi"}}
+
+
+def model_cache_volume(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
+    """`spec.modelCache`'s claim as a read-only pod volume (none without one)."""
+    cache = spec.model_cache
+    if cache is None:
+        return []
+    claim = {"claimName": cache.pvc, "readOnly": True}
+    return [{"name": contract.MODEL_CACHE_VOLUME, "persistentVolumeClaim": claim}]
+
+
+def model_cache_mount(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
+    """The read-only mount of the model cache volume at `contract.MODEL_CACHE_DIR`: no pod ever
+    writes it, so concurrent first uses can't corrupt it (seeding is the user's step)."""
+    cache = spec.model_cache
+    if cache is None:
+        return []
+    mount: dict[str, Any] = {
+        "name": contract.MODEL_CACHE_VOLUME,
+        "mountPath": contract.MODEL_CACHE_DIR,
+        "readOnly": True,
+    }
+    if cache.sub_path:
+        mount["subPath"] = cache.sub_path
+    return [mount]
+
+
+def model_cache_env(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
+    """Tells `selfmoa stage` / `selfmoa serve` where the volume is: hub models come from there."""
+    if spec.model_cache is None:
+        return []
+    return [{"name": contract.MODEL_CACHE_ENV, "value": contract.MODEL_CACHE_DIR}]

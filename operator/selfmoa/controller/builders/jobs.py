@@ -13,6 +13,9 @@ from selfmoa.controller.builders.common import (
     hf_token_env,
     job_name,
     merge_resources,
+    model_cache_env,
+    model_cache_mount,
+    model_cache_volume,
     placement,
     pod_security,
     queue_labels,
@@ -37,10 +40,12 @@ def _stage_container(
     literal = contract.stage_env(
         spec.wire(), endpoints(run, namespace, spec) if definition.uses_endpoints else None
     )
+    loads = definition.loads_models
     env: list[dict[str, Any]] = [
         *({"name": k, "value": v} for k, v in literal.items()),
         *storage_env(spec),
-        *(hf_token_env(spec) if definition.loads_models else []),
+        *(hf_token_env(spec) if loads else []),
+        *(model_cache_env(spec) if loads else []),
     ]
     training = definition.trains
     resources = merge_resources(
@@ -60,8 +65,21 @@ def _stage_container(
         "resources": resources,
         "securityContext": container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": contract.WORK_VOLUME, "mountPath": contract.WORK_DIR}],
+        "volumeMounts": [
+            {"name": contract.WORK_VOLUME, "mountPath": contract.WORK_DIR},
+            *(model_cache_mount(spec) if loads else []),
+        ],
     }
+
+
+def stage_volumes(spec: AlignmentRunSpec, stage: str) -> list[dict[str, Any]]:
+    """The stage pod's volumes: its scratch space, and the model cache volume when the stage
+    loads models (a stage that doesn't is not tied to where the claim can be mounted)."""
+    loads = stage_table.get(stage).loads_models
+    return [
+        {"name": contract.WORK_VOLUME, "emptyDir": {}},
+        *(model_cache_volume(spec) if loads else []),
+    ]
 
 
 def stage_job(
@@ -90,7 +108,7 @@ def stage_job(
         "restartPolicy": "Never",
         "securityContext": pod_security(),
         "containers": [container],
-        "volumes": [{"name": contract.WORK_VOLUME, "emptyDir": {}}, *shm],
+        "volumes": [*stage_volumes(spec, stage), *shm],
         **placement(config),
     }
     job_spec: dict[str, Any] = {

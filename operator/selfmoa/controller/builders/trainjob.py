@@ -39,7 +39,7 @@ from selfmoa.controller.builders.common import (
     stage_labels,
     truncate,
 )
-from selfmoa.controller.builders.jobs import _stage_container
+from selfmoa.controller.builders.jobs import _stage_container, stage_volumes
 from selfmoa.controller.config import DEFAULT_TRAINING_RUNTIME, OperatorConfig
 from selfmoa.run import layout, stage_table
 
@@ -116,7 +116,7 @@ def train_job(
     )
     container = _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
     gpus = spec.trainer.gpus
-    volumes: list[dict[str, Any]] = [{"name": contract.WORK_VOLUME, "emptyDir": {}}]
+    volumes = stage_volumes(spec, stage)
     mounts: list[dict[str, Any]] = list(container.get("volumeMounts") or [])
     if gpus > 0 and all(v.get("mountPath") != _SHM_PATH for v in mounts):
         # NCCL moves data between a node's GPUs through /dev/shm.

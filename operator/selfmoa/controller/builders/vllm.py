@@ -1,5 +1,10 @@
 """The vLLM server's containers: its arguments and environment, and where it reads the model.
 
+With `spec.modelCache`, a hub model is read in place from the claim, mounted read-only (no
+download, no copy); an init container only checks that the model was seeded there, and fails
+with one line naming the seed command when it wasn't (vLLM's own error would be a traceback
+about a missing config.json).
+
 The policy's server gets runtime LoRA loading, so the stages hot-load each iteration's adapter
 into the warm server instead of restarting it (minutes of model loading each time). With an
 `s3://` store the server can't read the adapters, so the policy's pod also gets the adapter agent
@@ -15,20 +20,21 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from selfmoa.api import contract
-from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, ServingEngine
+from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
 from selfmoa.controller.builders.common import (
     container_security,
     hf_token_env,
     merge_resources,
+    model_cache_mount,
+    model_cache_volume,
     serving_name,
     storage_env,
 )
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.store.model_cache import (
-    HUB_PREFIX,
     MODELS,
     hub_key,
-    looks_like_hub_id,
+    is_hub_model,
     parse_hub_model,
 )
 
@@ -79,16 +85,24 @@ class ModelSource:
     mounts: list[dict[str, Any]] = field(default_factory=list)
     #: What an init container runs first to put the model in the volume (None: nothing).
     fetch: list[str] | None = None
+    #: The init container only checks that the model is there (the model cache volume).
+    check: bool = False
 
 
-#: The init container's model sync (`selfmoa.store.fetch`).
-FETCH: Final = ("python", "-m", "selfmoa.store.fetch")
+#: The init container's model sync (`selfmoa fetch`).
+FETCH: Final = contract.FETCH_COMMAND
+
+
+def _hub_ref(model: str, spec: AlignmentRunSpec) -> tuple[str, str]:
+    """(repo, revision): `policy.revision` pins the policy's model only."""
+    return parse_hub_model(model, spec.policy.revision if model == spec.policy.model else None)
 
 
 def model_source(model: str, spec: AlignmentRunSpec, run_uri: str) -> ModelSource:
     """Where the server reads `model`: a `pvc://CLAIM/PATH`, an `s3://` copy, or a hub model —
-    from the run's model cache when the run's store is remote (the stages read the same copy,
-    and the hub is asked once per run), else downloaded by vLLM itself."""
+    from the model cache volume (`spec.modelCache`) in place, else from the run's model cache
+    when the run's store is remote (the stages read the same copy, and the hub is asked once per
+    run), else downloaded by vLLM itself."""
     if model.startswith("pvc://"):
         claim, _, sub = model.removeprefix("pvc://").partition("/")
         return ModelSource(
@@ -101,10 +115,20 @@ def model_source(model: str, spec: AlignmentRunSpec, run_uri: str) -> ModelSourc
     if model.startswith("s3://"):
         return ModelSource(MODEL_DIR, volume, mount, fetch=[*FETCH, model, MODEL_DIR])
     # The tiny model is built, never downloaded: its server builds it as the stages do.
-    hub = model != TINY_MODEL and (model.startswith(HUB_PREFIX) or looks_like_hub_id(model))
+    hub = is_hub_model(model)
+    if hub and spec.model_cache is not None:
+        repo, rev = _hub_ref(model, spec)
+        root = contract.MODEL_CACHE_DIR
+        check = [*FETCH, "--hub", repo, "--revision", rev, "--check", root]
+        return ModelSource(
+            f"{root}/{MODELS}/{hub_key(repo, rev)}",
+            model_cache_volume(spec),
+            model_cache_mount(spec),
+            fetch=check,
+            check=True,
+        )
     if hub and not spec.storage.uri.startswith("file://"):
-        revision = spec.policy.revision if model == spec.policy.model else None
-        repo, rev = parse_hub_model(model, revision)
+        repo, rev = _hub_ref(model, spec)
         cached = f"{MODEL_DIR}/{MODELS}/{hub_key(repo, rev)}"
         fetch = [*FETCH, "--hub", repo, "--revision", rev, "--run-uri", run_uri, MODEL_DIR]
         return ModelSource(cached, volume, mount, fetch=fetch)
@@ -141,19 +165,22 @@ def vllm_env(spec: AlignmentRunSpec, model: str) -> list[dict[str, Any]]:
 def fetch_model_container(
     spec: AlignmentRunSpec, model: str, source: ModelSource, config: OperatorConfig
 ) -> dict[str, Any]:
-    """The init container that puts the model into the server's model volume."""
-    # Only the storage settings: the fetch needs nothing else, and the whole spec here would
-    # change the pod template (and restart the server) on every unrelated spec edit.
-    storage = {"storage": spec.wire()["storage"]}
+    """The init container that puts the model into the server's model volume (or, with a model
+    cache volume, checks that it is there)."""
+    # Only the storage settings (a check: the model cache's, which its message names): the
+    # fetch needs nothing else, and the whole spec here would change the pod template (and
+    # restart the server) on every unrelated spec edit.
+    wire = spec.wire()
+    storage = {"modelCache": wire["modelCache"]} if source.check else {"storage": wire["storage"]}
     return {
-        "name": "fetch-model",
+        "name": "check-model" if source.check else "fetch-model",
         "image": spec.trainer.image or config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": list(source.fetch or []),
         "env": [
             {"name": contract.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
-            *storage_env(spec),
-            *hf_token_env(spec),
+            # A check reads a local volume: it gets no credentials.
+            *([] if source.check else [*storage_env(spec), *hf_token_env(spec)]),
         ],
         "resources": copy.deepcopy(config.stage_resources),
         "securityContext": container_security(),
