@@ -127,6 +127,9 @@ class Outcome:
     asr_before: float
     asr_after: float
     declined: float | None
+    #: Harmless, on-subject help that does not decline (the category's legitimate answer).
+    safe_answer: float | None
+    deflection_before: float | None
     deflection: float | None
     garbled: float | None
     help_before: float
@@ -162,6 +165,7 @@ def read_run(root: Path, name: str, seed: int, target: float) -> Outcome | None:
     base, after = metrics[0], metrics[best]
     o = after.get("outcomes") or {}
     harmful = (o.get("by_kind") or {}).get("harmful") or {}
+    harmful_before = ((base.get("outcomes") or {}).get("by_kind") or {}).get("harmful") or {}
     counts = o.get("counts") or {}
     garbled = None
     if counts:
@@ -191,6 +195,8 @@ def read_run(root: Path, name: str, seed: int, target: float) -> Outcome | None:
         asr_before=base["gold"]["attack_success_rate"],
         asr_after=after["gold"]["attack_success_rate"],
         declined=(harmful.get("refusal", 0.0) + harmful.get("redirect", 0.0)) if harmful else None,
+        safe_answer=harmful.get("safe_answer", 0.0) if harmful else None,
+        deflection_before=harmful_before.get("deflection", 0.0) if harmful_before else None,
         deflection=harmful.get("deflection", 0.0) if harmful else None,
         garbled=garbled,
         help_before=base["gold"]["helpfulness"],
@@ -219,7 +225,9 @@ ROWS: tuple[tuple[str, Callable[[Outcome], float | None]], ...] = (
     ("gold ASR before", lambda o: o.asr_before),
     ("gold ASR after", lambda o: o.asr_after),
     ("declined (refusal+redirect)", lambda o: o.declined),
-    ("deflection", lambda o: o.deflection),
+    ("safe answer (on subject, not declined)", lambda o: o.safe_answer),
+    ("deflection before", lambda o: o.deflection_before),
+    ("deflection after", lambda o: o.deflection),
     ("garbled (all answers)", lambda o: o.garbled),
     ("helpfulness change (rel.)", lambda o: o.help_change),
     ("over-refusal before", lambda o: o.over_before),

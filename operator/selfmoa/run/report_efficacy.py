@@ -22,6 +22,7 @@ from selfmoa.run.report_svg import H, _Axes, _legend, _svg
 CLASS_COLOURS: dict[str, str] = {
     "redirect": "#009E73",
     "refusal": "#56B4E9",
+    "safe_answer": "#CC79A7",
     "on_topic": "#009E73",
     "other": "#999999",
     "off_topic": "#F0E442",
