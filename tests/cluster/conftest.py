@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,22 +31,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # realcluster, kubelet: importable in any import mode
 
 from realcluster import (  # noqa: E402
-    BUCKET,
     MEASURED,
-    ROOT,
-    RUN_NS,
-    S3_KEYS,
-    SCRIPT,
-    VENV_BIN,
     Cluster,
     Installed,
     OperatorProcess,
-    chart_values,
     install_chart,
+    kubelet_player,
     measure,
-    sa_token,
-    script,
+    operator_requests,
+    prepare_run_namespace,
+    s3_server,
+    start_cluster,
     start_operator,
+    stop_cluster,
+    used_permissions,
 )
 
 
@@ -96,101 +92,35 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    run_dir = tmp_path_factory.mktemp("controlplane")
-    env = dict(os.environ, SELFMOA_CLUSTER_RUN=str(run_dir))
-    t = time.monotonic()
-    script("build", env=env, timeout=30 * 60)
-    measure("build (cached or cold), s", round(time.monotonic() - t, 1))
-    t = time.monotonic()
-    try:
-        script("start", env=env, timeout=180)
-    except BaseException:
-        script("stop", env=env, timeout=60)  # whatever it had started
-        raise
-    measure("start to ready, s", round(time.monotonic() - t, 1))
-    exports = subprocess.run(
-        ["bash", str(SCRIPT), "env"], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    bin_dir = Path(exports.split("PATH=")[1].split(":")[0].strip("'\""))
-    port = (run_dir / "api.port").read_text().strip()
-    c = Cluster(
-        run_dir=run_dir,
-        bin_dir=bin_dir,
-        server=f"https://127.0.0.1:{port}",
-        ca=run_dir / "pki" / "ca.crt",
-        admin_token=(run_dir / "pki" / "admin.token").read_text().strip(),
-        kubeconfig=run_dir / "admin.kubeconfig",
-        env=env,
-    )
-    measure("control plane RSS after start, MiB", c.rss_mib())
+    c = start_cluster(tmp_path_factory.mktemp("controlplane"))
     try:
         yield c
     finally:
-        measure("control plane RSS at the end, MiB", c.rss_mib())
-        logs = tmp_path_factory.getbasetemp() / "controlplane-logs"
-        logs.mkdir(exist_ok=True)
-        for f in run_dir.glob("*.log"):
-            shutil.copy(f, logs / f.name)
-        (tmp_path_factory.getbasetemp() / "measurements.json").write_text(
-            json.dumps(MEASURED, indent=2, default=str)
+        base = tmp_path_factory.getbasetemp()
+        # Over every scenario (test_install's no-403 check runs before the serving ones): what
+        # the chart's rules must cover (the RBAC review of issue 13 reads this line).
+        used = used_permissions(operator_requests(c))
+        measure(
+            "operator (group, resource, verb) used, whole session",
+            [" ".join(u) for u in sorted(used)],
         )
-        script("stop", env=env, timeout=60)
-
-
-# ------------------------------------------------------------------------------ S3
+        try:
+            stop_cluster(c, base / "controlplane-logs")
+        finally:
+            (base / "measurements.json").write_text(json.dumps(MEASURED, indent=2, default=str))
 
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[dict[str, str]]:
     """moto's S3 server on 127.0.0.1 with the bucket `selfmoa`: endpoint, bucket, keys."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-    ).create_bucket(Bucket=BUCKET)
-    try:
-        yield {"endpoint": endpoint, "bucket": BUCKET, **S3_KEYS}
-    finally:
-        server.stop()
-
-
-# ------------------------------------------------------------------------------ kubelet
+    with s3_server() as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
 def kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    import logging
-
-    from kubelet import KubeletPlayer, parse_dockerfile_env
-
-    root = tmp_path_factory.mktemp("nodes")
-    handler = logging.FileHandler(root / "kubelet.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("kubelet-player")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    player = KubeletPlayer(
-        cluster.api_client(),
-        root,
-        venv_bin=VENV_BIN,
-        # Only the operator's children: the chart's own operator Pod is replaced by a local
-        # process (the `operator` fixture), so it stays Pending.
-        label_selector="app.kubernetes.io/managed-by=selfmoa-operator",
-        worker_image=chart_values()["config"]["workerImage"],
-        image_env=parse_dockerfile_env(ROOT / "images" / "worker" / "Dockerfile"),
-    )
-    with player:
+    with kubelet_player(cluster, tmp_path_factory.mktemp("nodes")) as player:
         yield player
-    logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
@@ -220,15 +150,4 @@ def operator(
 @pytest.fixture(scope="session")
 def run_namespace(cluster: Cluster, s3: dict[str, str]) -> str:
     """`team-a` with the S3 credentials Secret the runs' spec.storage.secretRef names."""
-    cluster.kubectl("create", "namespace", RUN_NS, check=False)
-    cluster.kubectl(
-        "-n",
-        RUN_NS,
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        *(f"--from-literal={k}={s3[k]}" for k in S3_KEYS),
-    )
-    sa_token(cluster, RUN_NS, "default")  # until it exists, Pods in the namespace are refused
-    return RUN_NS
+    return prepare_run_namespace(cluster, s3)

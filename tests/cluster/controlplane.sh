@@ -7,6 +7,7 @@
 #   controlplane.sh start   start etcd, apiserver, controller-manager; wait until Pods can be made
 #   controlplane.sh stop    stop what `start` started (by pid file) and remove the run dir
 #   controlplane.sh env     print `export KUBECONFIG=... PATH=...` for a shell (eval "$(... env)")
+#   controlplane.sh built   exit 0 when the cache holds every binary (no build, no network)
 #
 # Why build from source: no registry reachable from here ships kube-apiserver binaries; Debian
 # bookworm's `kubernetes` source package is the newest full upstream tree (with vendor/) that
@@ -179,16 +180,19 @@ build_kube() {
   log "build: kube-apiserver and kube-controller-manager built"
 }
 
+built() {
+  local b
+  for b in kube-apiserver kube-controller-manager etcd kubectl; do
+    [[ -x $BIN/$b ]] || return 1
+  done
+}
+
 build() {
   mkdir -p "$CACHE"
   # One build at a time per cache (two test sessions may start together).
   exec 9>"$CACHE/.lock"
   flock 9
-  local need=0 b
-  for b in kube-apiserver kube-controller-manager etcd kubectl; do
-    [[ -x $BIN/$b ]] || need=1
-  done
-  if ((need == 0)); then log "build: cached in $BIN"; return; fi
+  if built; then log "build: cached in $BIN"; return; fi
   rm -rf "$CACHE"/.trash.*
   fetch
   mkdir -p "$BIN"
@@ -390,7 +394,8 @@ main() {
     start) start ;;
     stop) stop ;;
     env) env_ ;;
-    *) echo "usage: $0 build|start|stop|env" >&2; exit 2 ;;
+    built) built ;;
+    *) echo "usage: $0 build|start|stop|env|built" >&2; exit 2 ;;
   esac
 }
 

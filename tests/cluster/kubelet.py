@@ -869,7 +869,7 @@ class KubeletPlayer:
         core = client.CoreV1Api(self._client)
         while not self._stop.is_set():
             try:
-                resp = core.list_pod_for_all_namespaces(
+                resp: Any = core.list_pod_for_all_namespaces(
                     label_selector=self.label_selector, _preload_content=False
                 )
                 listing = json.loads(resp.data)
@@ -882,7 +882,7 @@ class KubeletPlayer:
                 for uid in gone:
                     self._forget(uid)
                 rv = listing["metadata"]["resourceVersion"]
-                w = watch.Watch()
+                w: Any = watch.Watch()  # type: ignore[no-untyped-call]
                 for ev in w.stream(
                     core.list_pod_for_all_namespaces,
                     label_selector=self.label_selector,

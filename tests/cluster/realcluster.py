@@ -7,12 +7,16 @@ A module of its own (not imported from conftest by name): several conftest modul
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,8 @@ OPERATOR_NS = "selfmoa-system"
 RUN_NS = "team-a"
 BUCKET = "selfmoa"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "selfmoa-test", "AWS_SECRET_ACCESS_KEY": "selfmoa-test-secret"}
+#: The chart ServiceAccount's user name in the audit log (default release).
+SA_USER = f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}"
 
 
 # ------------------------------------------------------------------------------ measurements
@@ -45,10 +51,11 @@ def measure(key: str, value: Any) -> None:
 # ------------------------------------------------------------------------------ control plane
 
 
-def _rss_mib(pid: int) -> float:
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process' resident memory (VmRSS), or its peak so far (VmHWM), in MiB; 0 once gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -137,6 +144,120 @@ class Cluster:
 def script(*args: str, env: dict[str, str], timeout: float) -> None:
     # Output goes to the terminal (-s) or pytest's capture: the build prints phase lines.
     subprocess.run(["bash", str(SCRIPT), *args], env=env, check=True, timeout=timeout)
+
+
+def built() -> bool:
+    """Whether the cache already holds the control plane (`controlplane.sh built`)."""
+    return subprocess.run(["bash", str(SCRIPT), "built"], check=False).returncode == 0
+
+
+def start_cluster(run_dir: Path, *, build_timeout: float = 30 * 60) -> Cluster:
+    """controlplane.sh build (cached: instant) + start in `run_dir`; the handle to it."""
+    env = dict(os.environ, SELFMOA_CLUSTER_RUN=str(run_dir))
+    t = time.monotonic()
+    script("build", env=env, timeout=build_timeout)
+    measure("build (cached or cold), s", round(time.monotonic() - t, 1))
+    t = time.monotonic()
+    try:
+        script("start", env=env, timeout=180)
+    except BaseException:
+        script("stop", env=env, timeout=60)  # whatever it had started
+        raise
+    measure("start to ready, s", round(time.monotonic() - t, 1))
+    exports = subprocess.run(
+        ["bash", str(SCRIPT), "env"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    bin_dir = Path(exports.split("PATH=")[1].split(":")[0].strip("'\""))
+    port = (run_dir / "api.port").read_text().strip()
+    c = Cluster(
+        run_dir=run_dir,
+        bin_dir=bin_dir,
+        server=f"https://127.0.0.1:{port}",
+        ca=run_dir / "pki" / "ca.crt",
+        admin_token=(run_dir / "pki" / "admin.token").read_text().strip(),
+        kubeconfig=run_dir / "admin.kubeconfig",
+        env=env,
+    )
+    measure("control plane RSS after start, MiB", c.rss_mib())
+    return c
+
+
+def stop_cluster(c: Cluster, logs: Path | None = None) -> None:
+    """Copy the control plane's logs (audit log included) into `logs`, then stop it."""
+    measure("control plane RSS at the end, MiB", c.rss_mib())
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        for f in c.run_dir.glob("*.log"):
+            shutil.copy(f, logs / f.name)
+    script("stop", env=c.env, timeout=60)
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3 server on 127.0.0.1 with the bucket `selfmoa`: endpoint, bucket, keys."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket=BUCKET)
+        yield {"endpoint": endpoint, "bucket": BUCKET, **S3_KEYS}
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def kubelet_player(cluster: Cluster, root: Path) -> Iterator[Any]:
+    """The Pod player (kubelet.py) for the operator's children, logging to root/kubelet.log."""
+    from kubelet import KubeletPlayer, parse_dockerfile_env
+
+    root.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(root / "kubelet.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("kubelet-player")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    player = KubeletPlayer(
+        cluster.api_client(),
+        root,
+        venv_bin=VENV_BIN,
+        # Only the operator's children: the chart's own operator Pod is replaced by a local
+        # process (start_operator), so it stays Pending.
+        label_selector="app.kubernetes.io/managed-by=selfmoa-operator",
+        worker_image=chart_values()["config"]["workerImage"],
+        image_env=parse_dockerfile_env(ROOT / "images" / "worker" / "Dockerfile"),
+    )
+    try:
+        with player:
+            yield player
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def prepare_run_namespace(cluster: Cluster, s3: dict[str, str]) -> str:
+    """`team-a` with the S3 credentials Secret the runs' spec.storage.secretRef names."""
+    cluster.kubectl("create", "namespace", RUN_NS, check=False)
+    cluster.kubectl(
+        "-n",
+        RUN_NS,
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        *(f"--from-literal={k}={s3[k]}" for k in S3_KEYS),
+    )
+    sa_token(cluster, RUN_NS, "default")  # until it exists, Pods in the namespace are refused
+    return RUN_NS
 
 
 # ------------------------------------------------------------------------------ chart
@@ -248,6 +369,10 @@ class OperatorProcess:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def peak_rss_mib(self) -> float:
+        """The current process' peak resident memory (VmHWM; 0 once it has exited)."""
+        return round(_rss_mib(self.proc.pid, "VmHWM"), 1)
+
     def kill_and_restart(self) -> None:
         """SIGKILL (no clean-up, like a node failure or OOM kill), then a new process."""
         self.proc.kill()
@@ -314,6 +439,41 @@ def start_operator(
 # ------------------------------------------------------------------------------ runs
 
 
+def operator_requests(cluster: Cluster, user: str = SA_USER) -> list[dict[str, Any]]:
+    """The audited requests of the operator process: its ServiceAccount, minus the kubectl
+    probes the tests themselves make with the same token (least-privilege checks)."""
+    return [
+        e
+        for e in cluster.audit()
+        if e.get("user", {}).get("username") == user
+        and not str(e.get("userAgent", "")).startswith("kubectl/")
+    ]
+
+
+def used_permissions(events: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup or "core", resource[/subresource], verb) of audited requests."""
+    out = set()
+    for e in events:
+        ref = e.get("objectRef")
+        if not ref:
+            continue
+        resource = ref.get("resource", "")
+        if ref.get("subresource"):
+            resource += f"/{ref['subresource']}"
+        out.add((ref.get("apiGroup") or "core", resource, e["verb"]))
+    return out
+
+
+def s3_storage(s3: dict[str, str]) -> dict[str, str]:
+    """spec.storage of a run on the moto store (as in manifests/examples/minio-s3.yaml)."""
+    return {
+        "uri": f"s3://{s3['bucket']}/runs",
+        "endpoint": s3["endpoint"],
+        "region": "us-east-1",
+        "secretRef": "s3-credentials",
+    }
+
+
 def small_run(name: str, s3: dict[str, str], **spec: Any) -> dict[str, Any]:
     """A one-iteration tiny run on the moto S3 store (spec.storage as in minio-s3.yaml)."""
     body: dict[str, Any] = {
@@ -345,12 +505,7 @@ def small_run(name: str, s3: dict[str, str], **spec: Any) -> dict[str, Any]:
         },
         "evaluation": {"goldJudge": True, "maxPrompts": 16},
         "iterations": 1,
-        "storage": {
-            "uri": f"s3://{s3['bucket']}/runs",
-            "endpoint": s3["endpoint"],
-            "region": "us-east-1",
-            "secretRef": "s3-credentials",
-        },
+        "storage": s3_storage(s3),
         "serving": {"engine": "transformers"},
         "trainer": {
             "gpus": 0,

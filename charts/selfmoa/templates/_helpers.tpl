@@ -52,37 +52,42 @@ app.kubernetes.io/part-of: selfmoa
 {{- end }}
 
 {{/*
-The operator's permissions, exactly the kinds and verbs it uses: its own resource and status;
-the stage Jobs and vLLM Deployments/Services it creates and removes; pods and their logs to
-report why a stage failed; the storage Secret named by a run (read only, to check it exists);
-ConfigMaps for per-run stage inputs; Events on the run.
+The operator's permissions: exactly the (resource, verb) pairs its code and Kopf request, checked
+against the apiserver's audit log of real runs (tests/cluster). Nothing else: no ConfigMaps,
+no pods/log, no events.k8s.io, no update (Kopf and the executor only patch), no Secret list/watch.
 */}}
 {{- define "selfmoa.rules" -}}
+# Kopf lists and watches the runs and patches its finalizer and progress annotations on them.
 - apiGroups: ["selfmoa.dev"]
-  resources: ["alignmentruns", "alignmentruns/status"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  resources: ["alignmentruns"]
+  verbs: ["list", "watch", "patch"]
+# The run's status (phase, conditions, stages) is a merge patch of the status subresource.
+- apiGroups: ["selfmoa.dev"]
+  resources: ["alignmentruns/status"]
+  verbs: ["patch"]
+# Stage Jobs: Kopf watches them (a finished Job kicks its run); the executor lists, creates,
+# deletes them, and gets one only when its create answers 409 (adopted after a restart).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# vLLM servers: as Jobs, plus patch to scale them and roll a changed spec.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# The vLLM servers' Services: created, listed and deleted with them (get: on a 409 create).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  verbs: ["get", "list", "create", "delete"]
+# A failed stage's Pods, listed by job-name to report their termination message.
 - apiGroups: [""]
-  resources: ["pods", "pods/log"]
-  verbs: ["get", "list", "watch"]
+  resources: ["pods"]
+  verbs: ["list"]
+# The storage Secret a run names in spec.storage.secretRef, read by name (never listed).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Kopf posts Events on the run as core/v1 Events (create only; it never patches them).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
