@@ -257,3 +257,49 @@ async def test_a_serving_spec_change_rolls_the_deployments(
     assert args[-2:] == ["--seed", "7"]
     # The edit is allowed mid-run (serving is not fixed at the start).
     assert "SpecChangeRefused" not in (run_status(cluster, "v").get("message") or "")
+
+
+async def test_a_crashing_serving_pod_says_why_in_the_runs_status(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    from harness import now
+
+    await apply(cluster, _vllm_run(tmp_path))
+    name = serving_name("v", "org/policy-0.5b")
+    dep = await wait_for(lambda: objects(cluster, DEPLOYMENTS).get(name))
+    # What the kubelet shows for an init container that keeps failing: the model is not in
+    # the cache volume (its one line, from the termination-message file).
+    line = "fetch: error: org/policy-0.5b@main is not in PVC models: seed it first"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-7d9f-x",
+            "namespace": NS,
+            "labels": dict(dep["spec"]["selector"]["matchLabels"]),
+        },
+        "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "check-model",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "message": line, "finishedAt": now()}
+                    },
+                }
+            ],
+        },
+    }
+    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
+        assert resp.status < 400, await resp.text()
+    st = await wait_for(
+        lambda: (
+            "check-model failed" in (run_status(cluster, "v").get("message") or "")
+            and run_status(cluster, "v")
+        )
+    )
+    assert st["phase"] == "Running" and jobs(cluster) == {}
+    assert st["conditions"][0]["reason"] == "ServingNotReady"
+    assert f"pod {name}-7d9f-x: init container check-model failed: {line}" in st["message"]

@@ -19,7 +19,7 @@ from harness import (
 
 from selfmoa.api import SpecError
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.controller.children import queue_hold
+from selfmoa.controller.children import pod_problem, queue_hold
 from selfmoa.controller.failures import StorageConfigError, classify
 from selfmoa.controller.kube import KubeError
 from selfmoa.run.planner import Observed, Wait, next_action
@@ -62,6 +62,41 @@ def test_a_suspended_job_is_waiting_not_failed() -> None:
     spec = AlignmentRunSpec.model_validate({"policy": {"model": "m"}})
     held = Observed(running=(0, "evaluate"), held=("WaitingForAdmission", "waits"))
     assert next_action(spec, held) == Wait("WaitingForAdmission", "waits")
+
+
+def test_a_serving_pods_problem_is_what_its_kubelet_reports() -> None:
+    def pod(**status: object) -> dict[str, object]:
+        return {"metadata": {"name": "p"}, "status": status}
+
+    def term(message: str, at: str, code: int = 1) -> dict[str, object]:
+        return {"terminated": {"exitCode": code, "message": message, "finishedAt": at}}
+
+    assert pod_problem(pod(phase="Pending")) is None
+    starting = {"name": "vllm", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert pod_problem(pod(containerStatuses=[starting])) is None
+    ok = {"name": "fetch-model", "state": term("", "t1", code=0)}
+    assert pod_problem(pod(initContainerStatuses=[ok])) is None
+    # A crash loop: the last failure's last line, the newest across containers.
+    crashing = {
+        "name": "fetch-model",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": term("traceback...\nfetch: error: no such bucket", "2026-01-01T00:00:02Z"),
+    }
+    older = {"name": "vllm", "state": term("CUDA out of memory", "2026-01-01T00:00:01Z")}
+    assert pod_problem(pod(initContainerStatuses=[crashing], containerStatuses=[older])) == (
+        "pod p: init container fetch-model failed: fetch: error: no such bucket"
+    )
+    bare = {"name": "vllm", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+    assert pod_problem(pod(containerStatuses=[bare])) == (
+        "pod p: container vllm failed: OOMKilled, exit code 137"
+    )
+    pull = {
+        "name": "vllm",
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling x"}},
+    }
+    assert pod_problem(pod(containerStatuses=[pull])) == (
+        "pod p: container vllm ImagePullBackOff: Back-off pulling x"
+    )
 
 
 async def test_a_store_no_one_can_open_fails_the_run_saying_why(

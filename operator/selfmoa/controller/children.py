@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from selfmoa.controller import builders
@@ -57,6 +57,55 @@ def deployment_ready(dep: Mapping[str, Any]) -> bool:
     current = gen is None or st.get("observedGeneration") == gen
     want = max(1, int((dep.get("spec") or {}).get("replicas") or 1))
     return current and int(st.get("readyReplicas") or 0) >= want
+
+
+#: Waiting reasons of a container that no retry fixes without a person (image, config).
+_STUCK = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def _statuses(pod: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    st = pod.get("status") or {}
+    for kind, key in (
+        ("init container", "initContainerStatuses"),
+        ("container", "containerStatuses"),
+    ):
+        for cs in st.get(key) or []:
+            yield f"{kind} {cs.get('name')}", cs
+
+
+def _failure(term: Mapping[str, Any]) -> str:
+    lines = str(term.get("message") or "").strip().splitlines()
+    return (
+        lines[-1] if lines else f"{term.get('reason') or 'Error'}, exit code {term.get('exitCode')}"
+    )
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str | None:
+    """Why a serving Pod isn't serving, as its kubelet reports it: the newest failed (init)
+    container's termination message (its last line) or reason, else a waiting reason that needs
+    a person (image pull, bad config); None when nothing failed (it may just be starting)."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    failed = [
+        (str(term.get("finishedAt") or ""), f"{what} failed: {_failure(term)}")
+        for what, cs in _statuses(pod)
+        for term in ((cs.get(s) or {}).get("terminated") or {} for s in ("state", "lastState"))
+        if term and term.get("exitCode", 0) != 0
+    ]
+    stuck = [
+        f"{what} {w['reason']}" + (f": {w['message']}".splitlines()[0] if w.get("message") else "")
+        for what, cs in _statuses(pod)
+        if (w := (cs.get("state") or {}).get("waiting") or {}).get("reason") in _STUCK
+    ]
+    found = max(failed)[1] if failed else (stuck[0] if stuck else None)
+    return None if found is None else f"pod {name}: {found}"[:1000]
 
 
 def rollout_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

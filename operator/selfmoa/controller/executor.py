@@ -27,6 +27,7 @@ from selfmoa.controller.children import (
     _condition,
     deployment_ready,
     job_key,
+    pod_problem,
     queue_hold,
     rollout_patch,
 )
@@ -316,16 +317,18 @@ class KubernetesExecutor:
             raise _trainjob_error(e) from None
         return created
 
-    async def ensure_serving(self, replicas: Mapping[str, int]) -> set[str]:
-        """Create/scale the vLLM Deployments + Services; the models whose server is ready."""
+    async def ensure_serving(self, replicas: Mapping[str, int]) -> tuple[set[str], dict[str, str]]:
+        """Create/scale the vLLM Deployments + Services: the models whose server is ready, and
+        for a wanted server that isn't, what its Pods' kubelet says went wrong (if anything)."""
         if not replicas:
-            return set()
+            return set(), {}
         dep_path = collection("apps/v1", "deployments", self.namespace)
         svc_path = collection("v1", "services", self.namespace)
         existing = {
             d["metadata"]["name"]: d for d in await self.rt.kube.list(dep_path, self.labels)
         }
         ready: set[str] = set()
+        problems: dict[str, str] = {}
         for model, want in replicas.items():
             dep, svc = builders.serving_objects(
                 run=self.name,
@@ -353,7 +356,13 @@ class KubernetesExecutor:
                 continue
             if want > 0 and deployment_ready(cur):
                 ready.add(model)
-        return ready
+            elif want > 0:
+                selector = dict(cur["spec"]["selector"]["matchLabels"])
+                pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
+                found = [p for p in map(pod_problem, pods) if p]
+                if found:
+                    problems[model] = found[0]
+        return ready, problems
 
     async def patch_status(self, status: Mapping[str, Any]) -> None:
         path = f"{collection(API_VERSION, PLURAL, self.namespace)}/{self.name}/status"

@@ -119,8 +119,8 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         action = Finish(Phase.failed, "TrainerNotInstalled", missing)
     replicas = serving_replicas(spec, action, snap.observed)
     if replicas:
-        ready = await ex.ensure_serving(replicas)
-        action = hold_for_serving(spec, action, ready)
+        ready, problems = await ex.ensure_serving(replicas)
+        action = hold_for_serving(spec, action, ready, problems)
     if isinstance(action, RunStage):
         start = action
         try:

@@ -6,7 +6,7 @@ have meanwhile, and holds a stage back until the servers it talks to are ready.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 
 from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
 from selfmoa.run import stage_table
@@ -34,8 +34,15 @@ def serving_replicas(spec: AlignmentRunSpec, action: Action, observed: Observed)
     return dict.fromkeys(models, spec.serving.replicas)
 
 
-def hold_for_serving(spec: AlignmentRunSpec, action: Action, ready: Set[str]) -> Action:
-    """`action`, or a Wait while a stage that needs the servers would start before they're ready."""
+def hold_for_serving(
+    spec: AlignmentRunSpec,
+    action: Action,
+    ready: Set[str],
+    problems: Mapping[str, str] | None = None,
+) -> Action:
+    """`action`, or a Wait while a stage that needs the servers would start before they're ready;
+    the Wait says what went wrong in a server's Pod (`problems`, by model), if anything did: a
+    crashing init container (a model not in the cache volume) is fixed by a person, not by time."""
     if not isinstance(action, RunStage) or spec.serving.engine != ServingEngine.vllm:
         return action
     if not stage_table.get(action.stage).uses_endpoints:
@@ -43,8 +50,9 @@ def hold_for_serving(spec: AlignmentRunSpec, action: Action, ready: Set[str]) ->
     missing = [m for m in spec.models() if m not in ready]
     if not missing:
         return action
+    why = [problems[m] for m in missing if problems and m in problems]
     return Wait(
         "ServingNotReady",
         f"waiting for vLLM server(s) of {', '.join(missing)} before stage {action.stage} "
-        f"of iteration {action.iteration}",
+        f"of iteration {action.iteration}" + "".join(f"; {w}" for w in why),
     )
