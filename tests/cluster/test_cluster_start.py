@@ -1,0 +1,211 @@
+"""What a run says before and while it starts, on the real control plane.
+
+- A store no one can open (`s3:///prefix`) fails the run at once, with a condition and an Event
+  naming it, and no Job; an unreachable store keeps the run retrying and says so; a missing
+  credentials Secret is named while the run waits.
+- A fixed field (the training objective) edited mid-run is refused with a condition and an Event, no
+  next Job starts, and reverting it resumes the run; `status.observedGeneration` follows
+  `metadata.generation` through the edits.
+- `spec.queueName` / `spec.priorityClassName` reach the stage Jobs and their Pods as Kueue's
+  labels (Job `suspend`, hence Kueue's admission itself, is 1.21: the emulator tier plays it).
+- Events for stage started and finished land on the run, as `kubectl describe` shows them.
+
+Each scenario deletes its run; none waits for a whole loop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from realcluster import RUN_NS, Cluster, OperatorProcess, children, small_run, wait_until
+
+
+def _run(cluster: Cluster, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def _status(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict(_run(cluster, name).get("status") or {})
+
+
+def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return None
+
+
+def _events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "-n",
+        RUN_NS,
+        "get",
+        "events",
+        "--field-selector",
+        f"involvedObject.kind=AlignmentRun,involvedObject.name={name}",
+        "-o",
+        "json",
+    ).stdout
+    return list(json.loads(out).get("items") or [])
+
+
+def _reasons(cluster: Cluster, name: str) -> set[str]:
+    return {str(e.get("reason")) for e in _events(cluster, name)}
+
+
+def _apply(cluster: Cluster, run: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(run))
+
+
+def _delete(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("-n", RUN_NS, "delete", "arun", name, "--wait=false")
+
+
+def _patch_spec(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
+    body = json.dumps({"spec": spec})
+    cluster.kubectl("-n", RUN_NS, "patch", "arun", name, "--type=merge", "-p", body)
+
+
+@pytest.mark.timeout(300)
+def test_a_store_no_one_can_open_fails_the_run_saying_why(
+    cluster: Cluster, operator: OperatorProcess, run_namespace: str, s3: dict[str, str]
+) -> None:
+    name = "no-bucket"
+    run = small_run(name, s3)
+    run["spec"]["storage"] = {"uri": "s3:///prefix"}
+    _apply(cluster, run)
+    try:
+        status = wait_until(
+            f"{name} to fail",
+            120,
+            lambda: (st := _status(cluster, name)).get("phase") == "Failed" and st,
+        )
+        failed = _condition(status, "Failed")
+        assert failed is not None and failed["status"] == "True", status
+        assert failed["reason"] == "InvalidStorage" and "bucket" in failed["message"], failed
+        wait_until(
+            f"{name}'s InvalidStorage Event",
+            60,
+            lambda: "InvalidStorage" in _reasons(cluster, name),
+        )
+        assert children(cluster, "jobs", name) == []
+    finally:
+        _delete(cluster, name)
+
+
+@pytest.mark.timeout(300)
+def test_an_unreachable_store_keeps_retrying_and_says_so(
+    cluster: Cluster, operator: OperatorProcess, run_namespace: str, s3: dict[str, str]
+) -> None:
+    name = "store-down"
+    run = small_run(name, s3)
+    run["spec"]["storage"] = {"uri": "s3://bucket/p", "endpoint": "http://127.0.0.1:1"}
+    _apply(cluster, run)
+    try:
+        status = wait_until(
+            f"{name} to say it retries",
+            180,
+            lambda: "retrying" in ((st := _status(cluster, name)).get("message") or "") and st,
+        )
+        assert status["phase"] == "Running", status
+        progressing = _condition(status, "Progressing")
+        assert progressing is not None and progressing["reason"] == "StorageUnavailable", status
+        assert children(cluster, "jobs", name) == []
+    finally:
+        _delete(cluster, name)
+
+
+@pytest.mark.timeout(300)
+def test_a_missing_credentials_secret_is_named_while_the_run_waits(
+    cluster: Cluster, operator: OperatorProcess, run_namespace: str, s3: dict[str, str]
+) -> None:
+    name = "no-secret"
+    run = small_run(name, s3)
+    run["spec"]["storage"] = {**run["spec"]["storage"], "secretRef": "no-such-secret"}
+    _apply(cluster, run)
+    try:
+        status = wait_until(
+            f"{name} to name the Secret",
+            180,
+            lambda: (
+                "no-such-secret" in ((st := _status(cluster, name)).get("message") or "") and st
+            ),
+        )
+        assert status["phase"] == "Running" and "retrying" in status["message"], status
+        assert children(cluster, "jobs", name) == []
+    finally:
+        _delete(cluster, name)
+
+
+@pytest.mark.timeout(900)
+def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    kubelet: Any,
+    run_namespace: str,
+    s3: dict[str, str],
+) -> None:
+    name = "edit"
+    _apply(cluster, small_run(name, s3, queueName="team-queue", priorityClassName="batch-low"))
+    try:
+        first = wait_until(f"{name}'s first Job", 120, lambda: children(cluster, "jobs", name))
+        # Kueue's labels on the Job and on the Pod it makes.
+        (job,) = first
+        labels = job["metadata"]["labels"]
+        assert labels["kueue.x-k8s.io/queue-name"] == "team-queue", labels
+        assert labels["kueue.x-k8s.io/priority-class"] == "batch-low", labels
+        pod_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["kueue.x-k8s.io/queue-name"] == "team-queue", pod_labels
+        wait_until(
+            f"{name}'s StageStarted Event", 60, lambda: "StageStarted" in _reasons(cluster, name)
+        )
+
+        # The training objective defines what the adapters mean: fixed once the run started.
+        _patch_spec(cluster, name, {"training": {"loss": "bfpo"}})
+        status = wait_until(
+            f"{name} to refuse the edit",
+            120,
+            lambda: (
+                ((st := _status(cluster, name)).get("message") or "").startswith("spec.training")
+                and st
+            ),
+        )
+        assert "changed after the run started" in status["message"], status
+        wait_until(
+            f"{name}'s SpecChangeRefused Event",
+            60,
+            lambda: "SpecChangeRefused" in _reasons(cluster, name),
+        )
+        generation = _run(cluster, name)["metadata"]["generation"]
+        wait_until(
+            f"{name}'s observedGeneration to follow the edit",
+            60,
+            lambda: _status(cluster, name).get("observedGeneration") == generation,
+        )
+        # The running stage may finish meanwhile; nothing new starts.
+        wait_until(
+            f"{name}'s first stage to finish",
+            600,
+            lambda: all(
+                (j.get("status") or {}).get("succeeded") for j in children(cluster, "jobs", name)
+            ),
+            period=3,
+        )
+        assert len(children(cluster, "jobs", name)) == 1
+
+        # Reverting the fixed field resumes the run: the next stage's Job appears.
+        _patch_spec(cluster, name, {"training": {"loss": "dpo"}})
+        wait_until(f"{name}'s next Job", 180, lambda: len(children(cluster, "jobs", name)) >= 2)
+        wait_until(
+            f"{name}'s StageSucceeded Event",
+            60,
+            lambda: "StageSucceeded" in _reasons(cluster, name),
+        )
+        run = _run(cluster, name)
+        assert (run.get("status") or {}).get("observedGeneration") == run["metadata"]["generation"]
+    finally:
+        _delete(cluster, name)
