@@ -523,6 +523,18 @@ def small_run(name: str, s3: dict[str, str], **spec: Any) -> dict[str, Any]:
     }
 
 
+def get_run(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The AlignmentRun as `kubectl get -o json` shows it."""
+    out = cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def final_status(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    """The run's status once it is Succeeded or Failed; None while it goes on."""
+    status: dict[str, Any] = get_run(cluster, name).get("status") or {}
+    return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+
 def children(cluster: Cluster, kind: str, run: str) -> list[dict[str, Any]]:
     out = cluster.kubectl("-n", RUN_NS, "get", kind, "-l", f"selfmoa.dev/run={run}", "-o", "json")
     return list(json.loads(out.stdout)["items"])

@@ -10,13 +10,21 @@ first stage finds no weights in what it downloaded (no tiny base to build first)
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import pytest
 import yaml
-from realcluster import RUN_NS, Cluster, OperatorProcess, children, measure, small_run, wait_until
+from realcluster import (
+    RUN_NS,
+    Cluster,
+    OperatorProcess,
+    children,
+    final_status,
+    measure,
+    small_run,
+    wait_until,
+)
 
 
 @pytest.mark.timeout(900)
@@ -38,12 +46,7 @@ def test_a_failing_stage_fails_the_run_with_its_termination_message(
     run["spec"]["trainer"]["backoffLimit"] = 1
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(run))
 
-    def failed() -> dict[str, Any] | None:
-        out = cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout
-        status: dict[str, Any] = json.loads(out).get("status") or {}
-        return status if status.get("phase") in ("Failed", "Succeeded") else None
-
-    status = wait_until(f"{name} to fail", 800, failed, period=2)
+    status = wait_until(f"{name} to fail", 800, lambda: final_status(cluster, name), period=2)
     measure(
         f"scenario {name} (stage exits 1, backoffLimit 1) to Failed, s",
         round(time.monotonic() - t0, 1),

@@ -20,16 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from realcluster import RUN_NS, Cluster, OperatorProcess, children, small_run, wait_until
-
-
-def _run(cluster: Cluster, name: str) -> dict[str, Any]:
-    out = cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout
-    return dict(json.loads(out))
+from realcluster import RUN_NS, Cluster, OperatorProcess, children, get_run, small_run, wait_until
 
 
 def _status(cluster: Cluster, name: str) -> dict[str, Any]:
-    return dict(_run(cluster, name).get("status") or {})
+    return dict(get_run(cluster, name).get("status") or {})
 
 
 def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
@@ -180,7 +175,7 @@ def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
             60,
             lambda: "SpecChangeRefused" in _reasons(cluster, name),
         )
-        generation = _run(cluster, name)["metadata"]["generation"]
+        generation = get_run(cluster, name)["metadata"]["generation"]
         wait_until(
             f"{name}'s observedGeneration to follow the edit",
             60,
@@ -205,7 +200,7 @@ def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
             60,
             lambda: "StageSucceeded" in _reasons(cluster, name),
         )
-        run = _run(cluster, name)
+        run = get_run(cluster, name)
         assert (run.get("status") or {}).get("observedGeneration") == run["metadata"]["generation"]
     finally:
         _delete(cluster, name)

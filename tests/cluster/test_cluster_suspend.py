@@ -19,15 +19,11 @@ from realcluster import (
     Cluster,
     OperatorProcess,
     children,
+    get_run,
     measure,
     small_run,
     wait_until,
 )
-
-
-def _run(cluster: Cluster, name: str) -> dict[str, Any]:
-    out = cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout
-    return dict(json.loads(out))
 
 
 def _suspend(cluster: Cluster, name: str, value: bool) -> int:
@@ -42,7 +38,7 @@ def _suspend(cluster: Cluster, name: str, value: bool) -> int:
         "-p",
         json.dumps({"spec": {"suspend": value}}),
     )
-    return int(_run(cluster, name)["metadata"]["generation"])
+    return int(get_run(cluster, name)["metadata"]["generation"])
 
 
 def _stage_keys(jobs: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -87,12 +83,12 @@ def test_suspend_mid_stage_then_resume(
     wait_until(
         f"status.observedGeneration {gen} (suspend)",
         60,
-        lambda: (_run(cluster, name).get("status") or {}).get("observedGeneration") == gen,
+        lambda: (get_run(cluster, name).get("status") or {}).get("observedGeneration") == gen,
     )
     status = wait_until(
         f"{name} to be Suspended after its first stage",
         900,
-        lambda: (s := _run(cluster, name).get("status") or {}).get("phase") == "Suspended" and s,
+        lambda: (s := get_run(cluster, name).get("status") or {}).get("phase") == "Suspended" and s,
         2,
     )
     jobs = children(cluster, "jobs", name)
@@ -105,7 +101,7 @@ def test_suspend_mid_stage_then_resume(
     # second Job and still Suspended.
     time.sleep(15)
     assert _stage_keys(children(cluster, "jobs", name)) == _stage_keys(jobs)
-    assert (_run(cluster, name).get("status") or {}).get("phase") == "Suspended"
+    assert (get_run(cluster, name).get("status") or {}).get("phase") == "Suspended"
     measure(f"scenario {name}: suspended after, s", round(time.monotonic() - t0, 1))
 
     # Resume: the next stage starts, the generation is observed, the run finishes.
@@ -118,18 +114,20 @@ def test_suspend_mid_stage_then_resume(
     wait_until(
         f"status.observedGeneration {gen} (resume)",
         60,
-        lambda: (_run(cluster, name).get("status") or {}).get("observedGeneration") == gen,
+        lambda: (get_run(cluster, name).get("status") or {}).get("observedGeneration") == gen,
     )
 
     def finished() -> dict[str, Any] | None:
-        st: dict[str, Any] = _run(cluster, name).get("status") or {}
+        st: dict[str, Any] = get_run(cluster, name).get("status") or {}
         return st if st.get("phase") in ("Succeeded", "Failed") else None
 
     status = wait_until(f"{name} to finish", 2000, finished, 5)
     assert status["phase"] == "Succeeded", (
         f"{json.dumps(status, indent=1)[:3000]}\noperator log tail:\n{operator.text()[-3000:]}"
     )
-    assert status.get("observedGeneration") == gen == _run(cluster, name)["metadata"]["generation"]
+    assert (
+        status.get("observedGeneration") == gen == get_run(cluster, name)["metadata"]["generation"]
+    )
     # One Job per (iteration, stage): suspending and resuming made no duplicate.
     keys = _stage_keys(children(cluster, "jobs", name))
     assert len(keys) == len(set(keys)) == 7, keys

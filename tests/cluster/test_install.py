@@ -29,6 +29,7 @@ from realcluster import (
     Installed,
     OperatorProcess,
     children,
+    final_status,
     install_chart,
     measure,
     operator_requests,
@@ -300,9 +301,7 @@ def test_small_run_on_s3_succeeds_through_an_operator_kill(
         )
 
     def finished() -> dict[str, Any] | None:
-        run = json.loads(cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout)
-        status: dict[str, Any] = run.get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
+        return final_status(cluster, name)
 
     wait_until(f"{name}'s respond stage to run", 1500, lambda: respond_running() or finished(), 2)
     if finished() is None:

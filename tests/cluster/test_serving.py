@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 import yaml
-from realcluster import RUN_NS, Cluster, OperatorProcess, children, measure, small_run
-
-
-def wait_for(what: str, timeout: float, check: Any) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+from realcluster import (
+    RUN_NS,
+    Cluster,
+    OperatorProcess,
+    children,
+    final_status,
+    get_run,
+    measure,
+    small_run,
+    wait_until,
+)
 
 
 @pytest.mark.slow_cluster
@@ -61,7 +61,9 @@ def test_a_served_model_is_reachable_by_its_service_name(
         out = cluster.kubectl("-n", RUN_NS, "get", "deploy", name, "-o", "json").stdout
         return bool((json.loads(out).get("status") or {}).get("readyReplicas"))
 
-    wait_for("the serving Deployment to be ready (readiness probes via the player)", 600, available)
+    wait_until(
+        "the serving Deployment to be ready (readiness probes via the player)", 600, available
+    )
     measure("serving pod to ready, s", round(time.monotonic() - t0, 1))
     pods = json.loads(
         cluster.kubectl(
@@ -110,7 +112,7 @@ def test_a_served_model_is_reachable_by_its_service_name(
         status: dict[str, Any] = json.loads(out).get("status") or {}
         return status if status.get("succeeded") or status.get("failed") else None
 
-    status = wait_for("the client Job", 120, finished)
+    status = wait_until("the client Job", 120, finished)
     pods = kubelet.pod_dirs(RUN_NS)
     logs = {p.name: (p / "ask.log").read_text() for p in pods if (p / "ask.log").exists()}
     assert status.get("succeeded") == 1, logs
@@ -136,9 +138,8 @@ def test_a_vllm_run_on_s3_succeeds(
     )
 
     def finished() -> dict[str, Any] | None:
-        out = cluster.kubectl("-n", RUN_NS, "get", "arun", name, "-o", "json").stdout
-        status: dict[str, Any] = json.loads(out).get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed"):
+        status = final_status(cluster, name)
+        if status is not None:
             return status
         # Fail fast when a serving Pod can't start (a kubelet would show Init:CrashLoopBackOff).
         for pod in [
@@ -151,14 +152,15 @@ def test_a_vllm_run_on_s3_succeeds(
                         for d in kubelet.pod_dirs(RUN_NS)
                         if d.name.startswith(pod["metadata"]["name"])
                     )
+                    run_status = get_run(cluster, name).get("status") or {}
                     raise AssertionError(
                         f"{pod['metadata']['name']}: init container {init['name']} failed "
-                        f"{init['restartCount']} times; run: {status.get('message')}\n{logs}"
+                        f"{init['restartCount']} times; run: {run_status.get('message')}\n{logs}"
                     )
         return None
 
     try:
-        status = wait_for(f"{name} to finish", 1200, finished)
+        status = wait_until(f"{name} to finish", 1200, finished)
     except AssertionError as e:
         pods = cluster.kubectl("-n", RUN_NS, "get", "pods", "-o", "wide").stdout
         raise AssertionError(f"{e}\n{pods}") from None
