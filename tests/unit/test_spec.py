@@ -62,6 +62,13 @@ def test_defaults_round_trip() -> None:
             "spec.serving.endpoints: no endpoint for model(s) ['selfmoa/tiny']",
         ),
         (
+            {
+                "policy": {"model": "org/m", "adapter": "s3://b/adapters/a"},
+                "serving": {"engine": "vllm"},
+            },
+            "spec.policy.adapter: a served policy can't start from an s3:// adapter",
+        ),
+        (
             {"training": {"loss": "modpo"}, "preferences": {"weights": {"helpfulness": 1}}},
             "training.loss modpo: needs preferences.weights.safety > 0",
         ),
@@ -117,3 +124,13 @@ def test_load_run_errors(tmp_path: Path) -> None:
     nospec.write_text("kind: AlignmentRun\nmetadata: {name: x}\n")
     with pytest.raises(SpecError, match="spec: missing"):
         load_run(nospec)
+
+
+def test_an_s3_starting_adapter_is_fine_where_it_is_not_served_as_is() -> None:
+    adapter = {"model": "org/m", "adapter": "s3://b/adapters/a"}
+    # In-process engines download it; with the reset, the servers get the reset's stored adapter.
+    assert parse_run(spec(policy=adapter)).spec.policy.adapter == adapter["adapter"]
+    served = spec(policy=adapter, serving={"engine": "vllm"}, safetyReset={"enabled": True})
+    assert parse_run(served).spec.safety_reset.enabled
+    hub = {"model": "org/m", "adapter": "org/m-lora"}
+    assert parse_run(spec(policy=hub, serving={"engine": "vllm"})).spec.policy.adapter

@@ -163,6 +163,16 @@ class AlignmentRunSpec(Model):
                 raise ValueError(f"serving.endpoints: no endpoint for model(s) {missing}")
         if self.red_team.min_chars >= self.red_team.max_chars:
             raise ValueError("redTeam.minChars: must be below redTeam.maxChars")
+        served = self.serving.engine in (ServingEngine.vllm, ServingEngine.openai)
+        adapter = self.policy.adapter or ""
+        if served and adapter.startswith("s3://") and not self.safety_reset.enabled:
+            # vLLM loads a LoRA from its own filesystem or the hub, never from a bucket (the
+            # adapter agent delivers only the run's own adapters; the reset stores one).
+            raise ValueError(
+                "policy.adapter: a served policy can't start from an s3:// adapter; give a hub "
+                "id, enable safetyReset (its adapter is served from the run's store), or use "
+                "serving.engine: transformers"
+            )
         if self.training.loss == LossKind.modpo and self.preferences.weights.get("safety", 0) <= 0:
             # MODPO divides by the weight of the objective it trains (safety).
             raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
