@@ -3,7 +3,11 @@ for the root conftest)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
 
 from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
 
@@ -36,3 +40,17 @@ class ScriptedEngine(Engine):
         if progress is not None:
             progress(len(conversations))
         return out
+
+
+def trainutil() -> ModuleType:
+    """tests/training/trainutil.py (a random tiny Qwen2 and a LoRA on it, in about a second),
+    for suites outside tests/training."""
+    if "trainutil" in sys.modules:
+        return sys.modules["trainutil"]
+    path = Path(__file__).parent / "training" / "trainutil.py"
+    spec = importlib.util.spec_from_file_location("trainutil", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["trainutil"] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -9,19 +9,17 @@ adapter directory it was given); the slow one serves the tiny model with a real 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from fakes import trainutil
 from selfmoa.engines.agent import protocol
 from selfmoa.engines.agent.agent import PARTIAL, VERIFIED, AdapterAgent
 from selfmoa.engines.agent.client import AgentDelivery
@@ -459,45 +457,14 @@ def test_an_agent_pass_leaves_no_partial_download_when_the_store_fails(
 # ---------------------------------------------------------------- the tiny model, for real
 
 
-def _trainutil() -> ModuleType:
-    """tests/training/trainutil.py (a random tiny Qwen2 in about a second)."""
-    if "trainutil" in sys.modules:
-        return sys.modules["trainutil"]
-    path = Path(__file__).parents[1] / "training" / "trainutil.py"
-    spec = importlib.util.spec_from_file_location("trainutil", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["trainutil"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def peft_adapter(base: Path, dest: Path) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(str(base)),
-        LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False),
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.mul_(4.0)
-    model.save_pretrained(str(dest))
-    return dest
-
-
 @pytest.mark.slow
 def test_two_tiny_model_servers_generate_with_an_s3_adapter(
     run_uri: str, moto_endpoint: str, tmp_path: Path
 ) -> None:
     from selfmoa.engines.transformers_engine import TransformersEngine
 
-    base = _trainutil().build_tiny_model(tmp_path / "tiny")
-    local = peft_adapter(base, tmp_path / "adapter")
+    base = trainutil().build_tiny_model(tmp_path / "tiny")
+    local = trainutil().random_adapter(base, tmp_path / "adapter")
     store = open_s3(run_uri, moto_endpoint)
     files = {p.name: p.read_bytes() for p in local.iterdir() if p.is_file()}
     key = store_adapter(store, 1, files)

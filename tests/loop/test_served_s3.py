@@ -9,12 +9,9 @@ standing in for `selfmoa/tiny`, so the loop's numbers mean nothing: what is chec
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
-import types
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fakes import trainutil
 from selfmoa.api import Phase, parse_run
 from selfmoa.engines.agent import protocol
 from selfmoa.engines.agent.agent import AdapterAgent
@@ -35,19 +33,6 @@ from selfmoa.store.s3 import S3Store
 pytestmark = pytest.mark.slow
 
 TINY = "selfmoa/tiny"
-
-
-def _trainutil() -> types.ModuleType:
-    """tests/training/trainutil.py (a random tiny Qwen2 in about a second)."""
-    if "trainutil" in sys.modules:
-        return sys.modules["trainutil"]
-    path = Path(__file__).parents[1] / "training" / "trainutil.py"
-    spec = importlib.util.spec_from_file_location("trainutil", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["trainutil"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 class RoundRobin(ThreadingHTTPServer):
@@ -113,7 +98,7 @@ def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`selfmoa.tiny.ensure_base` gives a random tiny model (the real build takes minutes)."""
     import selfmoa.tiny
 
-    base: Path = _trainutil().build_tiny_model(tmp_path / "tiny")
+    base: Path = trainutil().build_tiny_model(tmp_path / "tiny")
     monkeypatch.setattr(selfmoa.tiny, "ensure_base", lambda *_, **__: base)
     return base
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fakes import ScriptedEngine
+from fakes import ScriptedEngine, trainutil
 from selfmoa.api import parse_run
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.base import (
@@ -41,24 +41,6 @@ PROMPTS = [
 ]
 
 
-def _random_adapter(base: Path, dest: Path) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(str(base)),
-        LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False),
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.mul_(4.0)
-    model.save_pretrained(str(dest))
-    return dest
-
-
 @pytest.mark.slow
 def test_respond_hot_loads_the_parent_adapter_into_the_server(tmp_path: Path) -> None:
     from selfmoa.engines.transformers_engine import TransformersEngine
@@ -66,7 +48,9 @@ def test_respond_hot_loads_the_parent_adapter_into_the_server(tmp_path: Path) ->
 
     base = ensure_base(cache_dir())
     store = open_store(f"file://{tmp_path}/store/default/run")
-    store.upload_dir(_random_adapter(base, tmp_path / "adapter"), "iter-000/reset/adapter")
+    store.upload_dir(
+        trainutil().random_adapter(base, tmp_path / "adapter"), "iter-000/reset/adapter"
+    )
     engine = TransformersEngine(base, model="selfmoa/tiny")
     server = OpenAIServer(engine)
     url = server.start()

@@ -72,6 +72,25 @@ def build_tiny_model(dest: Path) -> Path:
     return dest
 
 
+def random_adapter(base: Path, dest: Path) -> Path:
+    """A LoRA adapter on `base` whose (scaled-up) random weights visibly change generations."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(base)),
+        LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.mul_(4.0)
+    model.save_pretrained(str(dest))
+    return dest
+
+
 def make_spec(model: str, tmp: Path, **overrides: Any) -> Any:
     """A spec for fast CPU training: small LoRA, short sequences, a high learning rate."""
     from selfmoa.api.spec import AlignmentRunSpec
