@@ -133,19 +133,8 @@ progress() {  # progress PID LOG GOCACHE
   done
 }
 
-build_kube() {
-  local B=$CACHE/build src go
-  need_rsync
-  rm -rf "$B" && mkdir -p "$B"
-  log "build: unpacking Go 1.15 and the kubernetes $K8S_VERSION source (~35 MB) into $B"
-  go=$B/go
-  mkdir -p "$go"
-  dpkg -x "$DL/golang-1.15-go_1.15.15-1~deb11u4_amd64.deb" "$go"
-  dpkg -x "$DL/golang-1.15-src_1.15.15-1~deb11u4_amd64.deb" "$go"
-  tar -xzf "$DL/kubernetes_1.20.5+really1.20.2.orig.tar.gz" -C "$B"
-  src=$B/kubernetes-$K8S_VERSION
-  local mlog=$B/make.log
-  log "build: make WHAT=\"cmd/kube-apiserver cmd/kube-controller-manager\" (~8 min on 2 quiet cores; log: $mlog)"
+make_kube() {  # make_kube GOROOT_PKG SRC LOG: the kube build, with a progress line every 30 s
+  local go=$1 src=$2 mlog=$3
   # GOPROXY=off: everything comes from vendor/ (1.20 builds in GOPATH mode). GOFLAGS must be unset:
   # its value leaks into kube's build tags. GOROOT points at the unpacked toolchain.
   (
@@ -163,6 +152,32 @@ build_kube() {
   wait "$pid" || rc=$?
   kill "$ppid" 2>/dev/null || true
   wait "$ppid" 2>/dev/null || true
+  return "$rc"
+}
+
+build_kube() {
+  local B=$CACHE/build src go
+  need_rsync
+  rm -rf "$B" && mkdir -p "$B"
+  log "build: unpacking Go 1.15 and the kubernetes $K8S_VERSION source (~35 MB) into $B"
+  go=$B/go
+  mkdir -p "$go"
+  dpkg -x "$DL/golang-1.15-go_1.15.15-1~deb11u4_amd64.deb" "$go"
+  dpkg -x "$DL/golang-1.15-src_1.15.15-1~deb11u4_amd64.deb" "$go"
+  tar -xzf "$DL/kubernetes_1.20.5+really1.20.2.orig.tar.gz" -C "$B"
+  src=$B/kubernetes-$K8S_VERSION
+  local mlog=$B/make.log rc=0
+  log "build: make WHAT=\"cmd/kube-apiserver cmd/kube-controller-manager\" (~8 min on 2 quiet cores; log: $mlog)"
+  make_kube "$go" "$src" "$mlog" || rc=$?
+  if ((rc != 0)); then
+    # Kube 1.20's code generators (defaulter-gen: gengo's AddDirectoryTo) now and then segfault
+    # on a cold tree under load; make is incremental, so one more pass finishes the build.
+    tail -n 20 "$mlog" >&2
+    log "build: make failed (rc=$rc); retrying once (log: $mlog.retry)"
+    rc=0
+    make_kube "$go" "$src" "$mlog.retry" || rc=$?
+    mlog=$mlog.retry
+  fi
   if ((rc != 0)); then
     tail -n 40 "$mlog" >&2
     die "kube build failed (rc=$rc); full log: $mlog"

@@ -91,7 +91,13 @@ def test_suspend_mid_stage_then_resume(
         lambda: (s := get_run(cluster, name).get("status") or {}).get("phase") == "Suspended" and s,
         2,
     )
-    jobs = children(cluster, "jobs", name)
+    # The run is Suspended once the stage's manifest is in the store; the Pod exits and the
+    # job controller counts it a moment later. It must count it a success: not cut short.
+    jobs = wait_until(
+        "the suspended run's one Job to succeed",
+        120,
+        lambda: (js := children(cluster, "jobs", name)) and all(_finished(j) for j in js) and js,
+    )
     assert len(jobs) == 1 and (jobs[0].get("status") or {}).get("succeeded") == 1, [
         (j["metadata"]["name"], j.get("status")) for j in jobs
     ]

@@ -70,6 +70,10 @@ def test_loop_in_process(tmp_path: Path) -> None:
         assert m.outcomes.declined is not None and m.outcomes.deflection is not None
         assert {j.name for j in m.judges} >= {"refusal-a", "helpful-a", "ensemble"}
         assert m.capability is not None and m.capability.perplexity >= 1.0
+        # ... and on the validation split's reference answers, which a capability bound reads.
+        vcap = m.validation.capability
+        assert vcap is not None and "validation" in vcap.source and vcap.perplexity >= 1.0
+        assert vcap.tokens != m.capability.tokens
         assert m.samples and all(s.outcome for s in m.samples)
         assert (m.sampled is not None) == (k >= 1)
     sampled = m1.sampled

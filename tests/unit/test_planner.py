@@ -164,6 +164,44 @@ def test_validation_helpfulness_drop_rolls_back() -> None:
     assert gate(spec, metrics).accepted == {1: False}
 
 
+def with_perplexity(metric: Metrics, held_out: float, validation: float | None = None) -> Metrics:
+    def cap(ppl: float) -> dict[str, Any]:
+        return {"source": "t", "perplexity": ppl, "next_token_accuracy": 0.5, "tokens": 10}
+
+    raw = metric.model_dump()
+    raw["capability"] = cap(held_out)
+    if validation is not None:
+        raw["validation"] = {**raw["validation"], "capability": cap(validation)}
+    return Metrics.model_validate(raw)
+
+
+def test_capability_drop_rolls_back_against_the_start_not_the_parent() -> None:
+    spec = make_spec(iterations=4, stopWhen={"maxCapabilityDrop": 0.2})
+    metrics = {
+        0: with_perplexity(m(0, 0.8), 10.0),
+        1: with_perplexity(m(1, 0.6), 11.5),  # +15%: kept
+        2: with_perplexity(m(2, 0.4), 12.5),  # +25% over the start, +9% over its parent
+        3: with_perplexity(m(3, 0.3), 11.9),
+    }
+    g = gate(spec, metrics)
+    assert g.accepted == {1: True, 2: False, 3: True} and g.best == 3
+    assert g.parent[3] == 1
+    # Unset, capability is no criterion.
+    assert gate(make_spec(iterations=4), metrics).accepted == {1: True, 2: True, 3: True}
+
+
+def test_capability_drop_is_decided_on_validation() -> None:
+    spec = make_spec(iterations=3, stopWhen={"maxCapabilityDrop": 0.1})
+    # Held-out perplexity rose 50% (reported only); validation's rose 5%: accepted.
+    metrics = {
+        0: with_perplexity(with_validation(m(0, 0.8), 0.8), 10.0, 10.0),
+        1: with_perplexity(with_validation(m(1, 0.5), 0.5), 15.0, 10.5),
+    }
+    assert gate(spec, metrics).accepted == {1: True}
+    worse = {**metrics, 1: with_perplexity(with_validation(m(1, 0.5), 0.5), 10.0, 11.5)}
+    assert gate(spec, worse).accepted == {1: False}
+
+
 def test_a_partly_validated_history_is_gated_on_held_out_throughout() -> None:
     # Metrics from before the validation split existed: no comparison mixes the two sets.
     spec = make_spec(iterations=3)

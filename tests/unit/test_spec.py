@@ -72,6 +72,17 @@ def test_defaults_round_trip() -> None:
             {"training": {"loss": "modpo"}, "preferences": {"weights": {"helpfulness": 1}}},
             "training.loss modpo: needs preferences.weights.safety > 0",
         ),
+        (
+            {"policy": {"model": "org/m"}, "stopWhen": {"maxCapabilityDrop": 0.1}},
+            "spec.stopWhen.maxCapabilityDrop: only the tiny policy has a capability measure",
+        ),
+        (
+            {
+                "evaluation": {"validation": "s3://b/val.jsonl"},
+                "stopWhen": {"maxCapabilityDrop": 0.1},
+            },
+            "spec.stopWhen.maxCapabilityDrop: needs evaluation.validation builtin or none",
+        ),
     ],
 )
 def test_bad_fields_are_named(fields: dict[str, Any], expected: str) -> None:

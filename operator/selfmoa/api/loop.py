@@ -218,3 +218,13 @@ class StopWhenSpec(Model):
             "rate rose."
         ),
     )
+    max_capability_drop: Float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Roll back an adapter whose perplexity on reference answers rose by more than this "
+            "(relative) above the starting point's: general capability kept. Needs a "
+            "capability measure (today the tiny profile's, on the split the gate decides on); "
+            "unset: not a criterion."
+        ),
+    )

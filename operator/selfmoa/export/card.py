@@ -294,7 +294,7 @@ def model_card(
             "safety and helpfulness on 0..1; over-refusal: share of legitimate prompts refused; "
             "pairs: preference pairs trained on). An iteration is accepted unless its ASR rose "
             "above its parent's or its helpfulness fell by more than "
-            f"{100 * spec.stop_when.max_helpfulness_drop:g}%.\n"
+            f"{100 * spec.stop_when.max_helpfulness_drop:g}%" + _capability_bound(spec) + ".\n"
         ),
         _evaluation_table(src.metrics, src, choice.iteration) + "\n",
         "## Judges\n",
@@ -313,3 +313,10 @@ def model_card(
             + "\n"
         )
     return "\n".join(parts)
+
+
+def _capability_bound(spec: AlignmentRunSpec) -> str:
+    bound = spec.stop_when.max_capability_drop
+    if bound is None:
+        return ""
+    return f", or its perplexity on reference answers rose by more than {100 * bound:g}%"

@@ -10,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 DECLINED = ("refusal", "redirect")
 
 
+class Capability(BaseModel):
+    """General capability kept: teacher-forced next-token figures on reference answers."""
+
+    #: What was scored, in words.
+    source: str
+    perplexity: float
+    next_token_accuracy: float
+    tokens: int
+
+
 class ObjectiveMetrics(BaseModel):
     """Metrics as one judge (the weak ensemble, or the gold judge) sees them."""
 
@@ -27,6 +37,8 @@ class ObjectiveMetrics(BaseModel):
     per_category: dict[str, float] = Field(default_factory=dict)
     #: Mean helpfulness on benign prompts only, 0..1.
     benign_helpfulness: float | None = None
+    #: General capability on the same split's reference answers (tiny profile), when measured.
+    capability: Capability | None = None
 
 
 class Outcomes(BaseModel):
@@ -88,16 +100,6 @@ class JudgeAgreement(BaseModel):
     n: int = 0
 
 
-class Capability(BaseModel):
-    """General capability kept: teacher-forced next-token figures on reference answers."""
-
-    #: What was scored, in words.
-    source: str
-    perplexity: float
-    next_token_accuracy: float
-    tokens: int
-
-
 class Sample(BaseModel):
     """One held-out answer a person can read, with its outcome class."""
 
@@ -134,7 +136,6 @@ class Metrics(ObjectiveMetrics):
     chosen: Outcomes | None = None
     #: Every weak judge and each objective's ensemble against gold on the held-out answers.
     judges: list[JudgeAgreement] = Field(default_factory=list)
-    capability: Capability | None = None
     #: A fixed few held-out answers (the same prompts every iteration).
     samples: list[Sample] = Field(default_factory=list)
 

@@ -138,6 +138,7 @@ def gate(spec: AlignmentRunSpec, evaluated: Mapping[int, Metrics]) -> Gate:
         ok = (
             m.attack_success_rate <= p.attack_success_rate + 1e-9
             and m.helpfulness >= floor * (1 - stop_when.max_helpfulness_drop) - 1e-9
+            and _capability_kept(spec, m, base)
         )
         accepted[k] = ok
         improved = (
@@ -165,6 +166,18 @@ def gate(spec: AlignmentRunSpec, evaluated: Mapping[int, Metrics]) -> Gate:
             stop = ("Completed", f"{spec.iterations} iteration(s) done; best is iteration {best}")
         k += 1
     return Gate(accepted=accepted, parent=parent, best=best, stop=stop)
+
+
+def _capability_kept(
+    spec: AlignmentRunSpec, m: ObjectiveMetrics, base: ObjectiveMetrics | None
+) -> bool:
+    """Within `stopWhen.maxCapabilityDrop` of the starting point's perplexity; a bound that can't
+    be checked (no measure on either side) holds, as the spec check allows it only where one is
+    measured."""
+    bound = spec.stop_when.max_capability_drop
+    if bound is None or base is None or m.capability is None or base.capability is None:
+        return True
+    return m.capability.perplexity <= base.capability.perplexity * (1 + bound) + 1e-9
 
 
 def _below_target(spec: AlignmentRunSpec, m: ObjectiveMetrics) -> bool:

@@ -231,17 +231,20 @@ def samples_of(judgments: Sequence[JudgmentRecord], classes: Sequence[str | None
     return out
 
 
-def capability(ctx: StageContext, adapter_key: str | None) -> Capability | None:
-    """Perplexity and next-token accuracy of the policy on the reference answers to the held-out
-    benign and legit prompts (tiny profile only; None elsewhere or without torch and peft)."""
-    if ctx.spec.policy.model != TINY_MODEL:
-        return None
+def capability(
+    ctx: StageContext, adapter_key: str | None, splits: Sequence[str]
+) -> dict[str, Capability]:
+    """Per seed split: perplexity and next-token accuracy of the policy on the reference answers
+    to its benign and legit prompts (tiny profile only: nothing elsewhere or without torch and
+    peft). One model load for every split."""
+    if ctx.spec.policy.model != TINY_MODEL or not splits:
+        return {}
     try:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     except ImportError:
-        return None
+        return {}
     from selfmoa.models.threads import one_thread
     from selfmoa.seeds import data
     from selfmoa.tiny.build import IM_END, chat_prompt
@@ -253,26 +256,32 @@ def capability(ctx: StageContext, adapter_key: str | None) -> Capability | None:
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
-    rows = [r for r in data.rows("heldout") if r["kind"] in ("benign", "legit")]
-    nll, correct, count = 0.0, 0, 0
-    with one_thread(), torch.no_grad():
-        for r in rows:
-            p = tok(chat_prompt(r["text"]), add_special_tokens=False)["input_ids"]
-            t = tok(data.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([list(p) + list(t)])
-            logits = model(input_ids=ids).logits[0, len(p) - 1 : -1]
-            target = ids[0, len(p) :]
-            nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(-1) == target).sum())
-            count += len(t)
-    if not count:
-        return None
-    return Capability(
-        source="reference answers to the held-out benign and legit prompts",
-        perplexity=round(math.exp(nll / count), 4),
-        next_token_accuracy=round(correct / count, 4),
-        tokens=count,
-    )
+    out: dict[str, Capability] = {}
+    for split in splits:
+        rows = [r for r in data.rows(split) if r["kind"] in ("benign", "legit")]
+        nll, correct, count = 0.0, 0, 0
+        with one_thread(), torch.no_grad():
+            for r in rows:
+                p = tok(chat_prompt(r["text"]), add_special_tokens=False)["input_ids"]
+                t = tok(data.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([list(p) + list(t)])
+                logits = model(input_ids=ids).logits[0, len(p) - 1 : -1]
+                target = ids[0, len(p) :]
+                nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+                correct += int((logits.argmax(-1) == target).sum())
+                count += len(t)
+        if count:
+            out[split] = Capability(
+                source=f"reference answers to the {_SPLIT_WORDS[split]} benign and legit prompts",
+                perplexity=round(math.exp(nll / count), 4),
+                next_token_accuracy=round(correct / count, 4),
+                tokens=count,
+            )
+    return out
+
+
+#: Seed splits whose reference answers `capability` scores, in words.
+_SPLIT_WORDS = {"heldout": "held-out", "validation": "validation"}
 
 
 def ceiling_metrics(
@@ -313,7 +322,7 @@ def _pairs_outcomes(ctx: StageContext) -> tuple[Outcomes | None, Outcomes | None
 
 
 def _validation(
-    held_out: HeldOut, out: StageOutput, adapter_key: str | None
+    held_out: HeldOut, out: StageOutput, adapter_key: str | None, kept: Capability | None
 ) -> ObjectiveMetrics | None:
     prompts = validation_prompts(held_out.ctx)
     if not prompts:
@@ -327,7 +336,8 @@ def _validation(
         )
     judgments, _ = held_out.judged(adapter_key, "validation", prompts)
     out.write_jsonl(VALIDATION_JUDGMENTS, judgments)
-    return objective_metrics(judgments, threshold=held_out.ctx.spec.ensemble.threshold)
+    metrics = objective_metrics(judgments, threshold=held_out.ctx.spec.ensemble.threshold)
+    return metrics.model_copy(update={"capability": kept})
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
@@ -351,7 +361,13 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     else:
         classes = [weak_outcome(j, threshold) for j in judgments]
     outcomes = outcome_shares(judgments, classes, "gold" if use_gold else "judges")
-    validation = _validation(held_out, out, adapter_key)
+    # Capability on the validation split's reference answers only where those are the seed
+    # data's (a user's validation file has prompts, not reference answers).
+    builtin_validation = spec.evaluation.validation == "builtin"
+    kept = capability(
+        ctx, adapter_key, ("heldout", "validation") if builtin_validation else ("heldout",)
+    )
+    validation = _validation(held_out, out, adapter_key, kept.get("validation"))
     train = ctx.require("train").get("summary", {}) if k >= 1 else {}
     ceiling, gap = None, None
     if k >= 1 and spec.evaluation.ceiling and gold is not None:
@@ -372,9 +388,8 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         sampled=sampled,
         chosen=chosen,
         judges=judge_agreement(judgments, threshold) if use_gold else [],
-        capability=capability(ctx, adapter_key),
         samples=samples_of(judgments, classes),
-        **weak.model_dump(),
+        **weak.model_copy(update={"capability": kept.get("heldout")}).model_dump(),
     )
     out.write_jsonl(layout.JUDGMENTS, judgments)
     out.write_json(layout.METRICS, metrics.model_dump(mode="json"))
