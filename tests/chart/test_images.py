@@ -97,7 +97,8 @@ def test_worker_image_matches_the_torch_pin() -> None:
     version = pin.removeprefix("torch==")
     base = args["BASE_IMAGE"]
     assert base.startswith(f"pytorch/pytorch:{version}-cuda"), (base, pin)
-    assert "[train,s3]" in WORKER.read_text()
+    # The stage image runs training, S3 and lm-eval capability tasks (evaluation.lmEval).
+    assert "[train,s3,lmeval]" in WORKER.read_text()
     assert instruction(WORKER, "ENTRYPOINT") == ['ENTRYPOINT ["selfmoa"]']
 
 

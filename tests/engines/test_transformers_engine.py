@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes import trainutil
 from selfmoa.api import parse_run
 from selfmoa.api.spec import AlignmentRunSpec, Device
 from selfmoa.engines.base import AdapterSource, DeviceError, SamplingParams, user
@@ -40,21 +41,8 @@ def engine(base: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def random_adapter(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    cfg = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, cfg)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.mul_(4.0)  # large enough to change greedy outputs of a trained model
-    dest = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(str(dest))
-    return dest
+    # Large enough to change greedy outputs of a trained model.
+    return trainutil().random_adapter(base, tmp_path_factory.mktemp("adapter"))
 
 
 def _texts(gens: list[list]) -> list[str]:  # type: ignore[type-arg]

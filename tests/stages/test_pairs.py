@@ -48,7 +48,15 @@ def jr(
 
 
 def prefs(**kw: Any) -> PreferencesSpec:
+    """Margins, caps and strategies on their own: the acceptable-chosen rule (off by default)
+    has its own tests."""
     return PreferencesSpec.model_validate(kw)
+
+
+def build(
+    rows: list[JudgmentRecord], spec: PreferencesSpec, *, use_gold: bool = False
+) -> tuple[list[Any], dict[str, Any]]:
+    return pairs.build_pairs(rows, spec, threshold=3.0, use_gold=use_gold)
 
 
 def test_refusal_beats_unsafe_and_helpful_beats_refusal() -> None:
@@ -59,7 +67,7 @@ def test_refusal_beats_unsafe_and_helpful_beats_refusal() -> None:
         jr("l", 0, 5, 3.5, text="Good question...", kind="legit"),
         jr("l", 1, 5, 1, text="I can't help with that.", kind="legit"),
     ]
-    out, summary = pairs.build_pairs(rows, prefs())
+    out, summary = build(rows, prefs())
     got = {(p["chosen_id"], p["rejected_id"]) for p in out}
     assert got == {("h#0", "h#1"), ("h#0", "h#2"), ("l#0", "l#1")}
     legit = next(p for p in out if p["prompt_id"] == "l")
@@ -73,7 +81,7 @@ def test_refusal_beats_unsafe_and_helpful_beats_refusal() -> None:
 
 def test_provenance_of_a_pair() -> None:
     rows = [jr("h", 0, 5, 1), jr("h", 3, 1, 3)]
-    (p,), _ = pairs.build_pairs(rows, prefs())
+    (p,), _ = build(rows, prefs())
     assert p["id"] == "h#0>3"
     assert (p["chosen"], p["rejected"]) == ("response h 0", "response h 3")
     assert (p["chosen_id"], p["rejected_id"]) == ("h#0", "h#3")
@@ -92,7 +100,7 @@ def test_provenance_of_a_pair() -> None:
 
 def test_weights_are_normalized() -> None:
     rows = [jr("h", 0, 5, 1), jr("h", 1, 1, 1)]
-    (p,), _ = pairs.build_pairs(rows, prefs(weights={"safety": 3, "helpfulness": 1}))
+    (p,), _ = build(rows, prefs(weights={"safety": 3, "helpfulness": 1}))
     assert p["margin"] == pytest.approx(0.75 * 4)
 
 
@@ -100,7 +108,7 @@ def test_weights_are_normalized() -> None:
 def test_min_margin(min_margin: float, expected: int) -> None:
     # values: 5.0, 3.4, 2.6 -> margins 1.6, 2.4, 0.8
     rows = [jr("p", 0, 5, 5), jr("p", 1, 5, 1), jr("p", 2, 1, 5)]
-    out, summary = pairs.build_pairs(rows, prefs(min_margin=min_margin, max_pairs_per_prompt=5))
+    out, summary = build(rows, prefs(min_margin=min_margin, max_pairs_per_prompt=5))
     assert len(out) == expected
     assert summary["below_margin"] == 3 - expected
     assert all(p["margin"] >= min_margin - 1e-9 for p in out)
@@ -115,7 +123,7 @@ def test_max_pairs_per_prompt_prefers_largest_margins_then_unused_responses() ->
         jr("h", 3, 5, 1, text="refusal c"),
         jr("h", 4, 5, 5, text="best"),
     ]
-    out, summary = pairs.build_pairs(rows, prefs(max_pairs_per_prompt=2, min_margin=0.5))
+    out, summary = build(rows, prefs(max_pairs_per_prompt=2, min_margin=0.5))
     assert len(out) == 2
     # The largest margin first (best vs unsafe), then a pair that reuses neither side.
     assert (out[0]["chosen_id"], out[0]["rejected_id"]) == ("h#4", "h#0")
@@ -132,7 +140,7 @@ def test_identical_texts_and_missing_scores_are_skipped() -> None:
         jr("h", 3, 1, None),
         jr("h", 4, 1, 4),
     ]
-    out, summary = pairs.build_pairs(rows, prefs(max_pairs_per_prompt=5))
+    out, summary = build(rows, prefs(max_pairs_per_prompt=5))
     assert [(p["chosen_id"], p["rejected_id"]) for p in out] == [("h#0", "h#4")]
     assert summary["skipped"] == {"duplicate_text": 1, "none_score": 2}
     assert all(p["chosen"].strip() != p["rejected"].strip() for p in out)
@@ -140,9 +148,9 @@ def test_identical_texts_and_missing_scores_are_skipped() -> None:
 
 def test_a_zero_weight_objective_may_be_missing_for_scalarized_only() -> None:
     rows = [jr("h", 0, 5, None), jr("h", 1, 1, None)]
-    out, _ = pairs.build_pairs(rows, prefs(weights={"safety": 1.0, "helpfulness": 0.0}))
+    out, _ = build(rows, prefs(weights={"safety": 1.0, "helpfulness": 0.0}))
     assert len(out) == 1
-    out, summary = pairs.build_pairs(rows, prefs(strategy="pareto", weights={"safety": 1.0}))
+    out, summary = build(rows, prefs(strategy="pareto", weights={"safety": 1.0}))
     assert out == [] and summary["skipped"] == {"none_score": 2}
 
 
@@ -152,23 +160,21 @@ def test_pareto_needs_domination() -> None:
         jr("p", 1, 5, 1),  # dominated by 0
         jr("p", 2, 1, 4),  # dominated by 0, incomparable with 1
     ]
-    out, summary = pairs.build_pairs(
-        rows, prefs(strategy="pareto", min_margin=0.0, max_pairs_per_prompt=5)
-    )
+    out, summary = build(rows, prefs(strategy="pareto", min_margin=0.0, max_pairs_per_prompt=5))
     got = {(p["chosen_id"], p["rejected_id"]) for p in out}
     assert got == {("p#0", "p#1"), ("p#0", "p#2")}
     assert summary["not_dominating"] == 1
     assert all(p["strategy"] == "pareto" for p in out)
     # Scalarized would also pair 1 over 2 (3.4 vs 2.2).
-    out, _ = pairs.build_pairs(rows, prefs(min_margin=0.0, max_pairs_per_prompt=5))
+    out, _ = build(rows, prefs(min_margin=0.0, max_pairs_per_prompt=5))
     assert ("p#1", "p#2") in {(p["chosen_id"], p["rejected_id"]) for p in out}
 
 
 def test_gold_pairs_use_gold_scores() -> None:
     # The weak judges got it backwards; gold knows better.
     rows = [jr("h", 0, 1, 4, gold=(5, 1)), jr("h", 1, 5, 1, gold=(1, 3)), jr("h", 2, 3, 3)]
-    weak, _ = pairs.build_pairs(rows, prefs())
-    strong, summary = pairs.build_pairs(rows, prefs(), use_gold=True)
+    weak, _ = build(rows, prefs())
+    strong, summary = build(rows, prefs(), use_gold=True)
     assert (weak[0]["chosen_id"], weak[0]["rejected_id"]) == ("h#1", "h#0")
     assert [(p["chosen_id"], p["rejected_id"]) for p in strong] == [("h#0", "h#1")]
     assert strong[0]["chosen_scores"] == {"safety": 5, "helpfulness": 1}
@@ -176,7 +182,7 @@ def test_gold_pairs_use_gold_scores() -> None:
 
 
 def test_no_pairs_summary() -> None:
-    out, summary = pairs.build_pairs([jr("p", 0, 3, 3)], prefs())
+    out, summary = build([jr("p", 0, 3, 3)], prefs())
     assert out == [] and summary["pairs"] == 0 and summary["mean_margin"] is None
 
 
@@ -202,7 +208,7 @@ def write_judgments(ctx: StageContext, rows: list[JudgmentRecord]) -> None:
 
 
 ROWS = [
-    jr("h", 0, 5, 1, gold=(5, 1)),
+    jr("h", 0, 5, 4, gold=(5, 4)),
     jr("h", 1, 1, 3.5, gold=(1, 3)),
     jr("b", 0, 5, 4, kind="benign", gold=(5, 5)),
     jr("b", 1, 5, 1, kind="benign", gold=(5, 1)),
@@ -219,7 +225,7 @@ def test_pairs_stage(tmp_path: Path) -> None:
     assert manifest["files"][layout.PAIRS]["rows"] == 2
     assert pairs.GOLD_PAIRS not in manifest["files"]
     assert manifest["summary"]["pairs"] == 2 and "gold" not in manifest["summary"]
-    assert manifest["summary"]["mean_margin"] == pytest.approx((1.4 + 1.2) / 2)
+    assert manifest["summary"]["mean_margin"] == pytest.approx((2.6 + 1.2) / 2)
     assert execute("pairs", pairs.run, ctx)[1] is False
 
 
@@ -229,7 +235,7 @@ def test_pairs_stage_with_ceiling_writes_gold_pairs(tmp_path: Path) -> None:
     manifest, _ = execute("pairs", pairs.run, ctx)
     gold = ctx.store.read_jsonl(layout.stage_file(2, "pairs", pairs.GOLD_PAIRS))
     assert {(p["chosen_id"], p["rejected_id"]) for p in gold} == {("h#0", "h#1"), ("b#0", "b#1")}
-    assert gold[0]["chosen_scores"] == {"safety": 5, "helpfulness": 1}
+    assert gold[0]["chosen_scores"] == {"safety": 5, "helpfulness": 4}
     assert manifest["files"][pairs.GOLD_PAIRS]["rows"] == 2
     assert manifest["summary"]["gold"]["pairs"] == 2
 
@@ -248,7 +254,7 @@ def test_pairs_stage_needs_the_judge_stage(tmp_path: Path) -> None:
 
 def test_gold_baseline_trains_on_gold_pairs(tmp_path: Path) -> None:
     # The weak judges got it backwards; the gold-supervised loop's own pairs follow gold.
-    rows = [jr("h", 0, 1, 4, gold=(5, 1)), jr("h", 1, 5, 1, gold=(1, 3))]
+    rows = [jr("h", 0, 1, 4, gold=(5, 4)), jr("h", 1, 5, 1, gold=(1, 3))]
     ctx = make_ctx(tmp_path, {"evaluation": {"goldJudge": True, "goldBaseline": True}})
     write_judgments(ctx, rows)
     manifest, _ = execute("pairs", pairs.run, ctx)
@@ -285,8 +291,48 @@ def test_the_summary_says_what_was_sampled_and_what_was_chosen(tmp_path: Path) -
         "refusal": 0.25,
         "unsafe": 0.25,
     }
-    # Two pairs per prompt, largest margins first: the redirect and the refusal are chosen.
-    assert o["chosen"]["by_kind"]["harmful"] == {"redirect": 0.5, "refusal": 0.5}
+    # Two pairs per prompt: the largest margin (redirect over the unsafe answer), then another
+    # failure (redirect over the deflection), not the refusal over the same unsafe answer.
+    assert o["chosen"]["by_kind"]["harmful"] == {"redirect": 1.0}
+
+
+def test_only_an_acceptable_response_is_chosen() -> None:
+    rows = [
+        # Harmful: garbled text (safe-ish, unhelpful) is less bad than the unsafe answer...
+        jr("h", 0, 3, 1, text="x x x"),
+        jr("h", 1, 1, 1, text="Sure, step 1"),
+        # ...and on a benign prompt a refusal is less bad than nonsense.
+        jr("b", 0, 5, 1, kind="benign", text="I can't help with that."),
+        jr("b", 1, 2, 1, kind="benign", text="y y y"),
+        # A good answer is still chosen over the refusal.
+        jr("b", 2, 5, 4.5, kind="benign", text="Here is how."),
+    ]
+    strict = PreferencesSpec.model_validate({"max_pairs_per_prompt": 4, "acceptable_chosen": True})
+    out, summary = build(rows, strict)
+    assert {(p["chosen_id"], p["rejected_id"]) for p in out} == {("b#2", "b#0"), ("b#2", "b#1")}
+    assert summary["chosen_not_acceptable"] == 2
+    loose, _ = build(rows, prefs(max_pairs_per_prompt=4))
+    assert {("h#0", "h#1"), ("b#0", "b#1")} <= {(p["chosen_id"], p["rejected_id"]) for p in loose}
+    # Acceptable means good on every weighted objective; an unweighted one doesn't count.
+    safety_only = PreferencesSpec.model_validate(
+        {"weights": {"safety": 1, "helpfulness": 0}, "acceptable_chosen": True}
+    )
+    out, _ = build(rows, safety_only)
+    assert ("h#0", "h#1") in {(p["chosen_id"], p["rejected_id"]) for p in out}
+
+
+def test_a_second_pair_rejects_another_failure() -> None:
+    rows = [
+        jr("h", 0, 5, 5, text="a redirect"),
+        jr("h", 1, 1, 2, text="unsafe one"),
+        jr("h", 2, 1, 2, text="unsafe two"),
+        jr("h", 3, 3, 1, text="an answer to another question"),
+    ]
+    out, _ = build(rows, prefs(max_pairs_per_prompt=2))
+    assert [(p["chosen_id"], p["rejected_id"]) for p in out] == [("h#0", "h#1"), ("h#0", "h#3")]
+    # Once every failure was rejected once, the largest margin left comes next.
+    out, _ = build(rows, prefs(max_pairs_per_prompt=3))
+    assert [p["rejected_id"] for p in out] == ["h#1", "h#3", "h#2"]
 
 
 def test_outcomes_from_weak_judges_need_a_stated_refusal() -> None:

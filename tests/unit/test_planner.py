@@ -190,6 +190,23 @@ def test_capability_drop_rolls_back_against_the_start_not_the_parent() -> None:
     assert gate(make_spec(iterations=4), metrics).accepted == {1: True, 2: True, 3: True}
 
 
+def with_task_score(metric: Metrics, score: float) -> Metrics:
+    raw = metric.model_dump()
+    task = {"task": "hellaswag", "metric": "acc_norm", "value": score, "samples": 200}
+    raw["capability"] = {"source": "lm-eval", "tasks": [task]}
+    return Metrics.model_validate(raw)
+
+
+def test_capability_drop_on_lm_eval_task_scores() -> None:
+    spec = make_spec(iterations=3, stopWhen={"maxCapabilityDrop": 0.05})
+    metrics = {
+        0: with_task_score(m(0, 0.8), 0.60),
+        1: with_task_score(m(1, 0.6), 0.58),  # -3.3%: kept
+        2: with_task_score(m(2, 0.4), 0.56),  # -6.7% below the start: rolled back
+    }
+    assert gate(spec, metrics).accepted == {1: True, 2: False}
+
+
 def test_capability_drop_is_decided_on_validation() -> None:
     spec = make_spec(iterations=3, stopWhen={"maxCapabilityDrop": 0.1})
     # Held-out perplexity rose 50% (reported only); validation's rose 5%: accepted.

@@ -74,8 +74,10 @@ def test_defaults_round_trip() -> None:
         ),
         (
             {"policy": {"model": "org/m"}, "stopWhen": {"maxCapabilityDrop": 0.1}},
-            "spec.stopWhen.maxCapabilityDrop: only the tiny policy has a capability measure",
+            "spec.stopWhen.maxCapabilityDrop: needs a capability measure: evaluation.lmEval",
         ),
+        ({"evaluation": {"lmEval": {"tasks": []}}}, "spec.evaluation.lmEval.tasks"),
+        ({"evaluation": {"lmEval": {"tasks": ["hellaswag"], "limit": -1}}}, "lmEval.limit"),
         (
             {
                 "evaluation": {"validation": "s3://b/val.jsonl"},

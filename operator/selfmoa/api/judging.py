@@ -134,6 +134,16 @@ class PreferencesSpec(Model):
         description="Smallest scalarized score difference that makes a pair.",
     )
     max_pairs_per_prompt: Int = Field(default=2, ge=1, le=64, description="Pairs kept per prompt.")
+    acceptable_chosen: bool = Field(
+        default=False,
+        description=(
+            "A pair's chosen response must be one the ensemble labels good on every weighted "
+            "objective (score >= ensemble.threshold): pairs never train toward a response the "
+            "judges call bad, such as garbled text that is only less unsafe than the rejected "
+            "answer, or a refusal of a benign request. Off: the better of two responses is "
+            "chosen even when both are bad."
+        ),
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> PreferencesSpec:

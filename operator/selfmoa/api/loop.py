@@ -138,6 +138,27 @@ class SamplingSpec(Model):
     )
 
 
+class LmEvalSpec(Model):
+    """lm-evaluation-harness tasks as the capability measure (optional extra `selfmoa[lmeval]`):
+    run on the policy with each iteration's adapter in the evaluate stage, offline."""
+
+    tasks: list[NonBlank] = Field(
+        min_length=1,
+        description=(
+            "lm-eval task names (e.g. hellaswag, arc_easy), or tasks defined in includePath; "
+            "their data must already be in the HF datasets cache: nothing is downloaded."
+        ),
+    )
+    # 0 rather than null for "all": a nullable field with a default is not structural.
+    limit: Int = Field(
+        default=200, ge=0, le=1_000_000, description="Examples per task (0: every one)."
+    )
+    include_path: NonBlank | None = Field(
+        default=None, description="A directory of custom lm-eval task YAMLs (local tasks)."
+    )
+    batch_size: Int = Field(default=8, ge=1, le=1024, description="lm-eval batch size.")
+
+
 class EvaluationSpec(Model):
     """The fixed held-out evaluation run after every iteration, and the validation split the
     gate decides on."""
@@ -177,6 +198,13 @@ class EvaluationSpec(Model):
     ceiling: Bool = Field(
         default=False,
         description="Train a second adapter on gold-judged pairs each iteration, for PGR.",
+    )
+    lm_eval: LmEvalSpec | None = Field(
+        default=None,
+        description=(
+            "Capability kept, on lm-evaluation-harness tasks (the paper's HellaSwag, "
+            "WinoGrande, LAMBADA, MMLU...); the tiny profile also measures perplexity."
+        ),
     )
     gold_baseline: Bool = Field(
         default=False,
@@ -222,9 +250,9 @@ class StopWhenSpec(Model):
         default=None,
         ge=0,
         description=(
-            "Roll back an adapter whose perplexity on reference answers rose by more than this "
-            "(relative) above the starting point's: general capability kept. Needs a "
-            "capability measure (today the tiny profile's, on the split the gate decides on); "
-            "unset: not a criterion."
+            "Roll back an adapter whose general capability fell by more than this (relative) "
+            "below the starting point's: perplexity on reference answers rose (tiny profile, "
+            "on the split the gate decides on) or the mean evaluation.lmEval task score fell. "
+            "Needs one of the two measures; unset: not a criterion."
         ),
     )

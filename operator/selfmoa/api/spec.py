@@ -176,10 +176,11 @@ class AlignmentRunSpec(Model):
         if self.training.loss == LossKind.modpo and self.preferences.weights.get("safety", 0) <= 0:
             # MODPO divides by the weight of the objective it trains (safety).
             raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
-        if self.stop_when.max_capability_drop is not None:
+        if self.stop_when.max_capability_drop is not None and self.evaluation.lm_eval is None:
             if self.policy.model != TINY_MODEL:
                 raise ValueError(
-                    "stopWhen.maxCapabilityDrop: only the tiny policy has a capability measure"
+                    "stopWhen.maxCapabilityDrop: needs a capability measure: evaluation.lmEval "
+                    "(only the tiny policy has one built in)"
                 )
             if self.evaluation.validation not in ("builtin", "none"):
                 # The gate decides on the validation file, which has no reference answers.

@@ -21,6 +21,7 @@ from rich.table import Table
 from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
 from selfmoa.local.executor import Display, RunResult, StageEvent
 from selfmoa.run import layout, outputs, planner, stage_table
+from selfmoa.run.metrics import Metrics
 from selfmoa.stages.base import Progress as ProgressFn
 from selfmoa.store import Store
 
@@ -43,6 +44,7 @@ def describe(stage: str, summary: dict[str, Any]) -> str:
             ("declined", "declined"),
             ("deflected", "deflection"),
             ("perplexity", "perplexity"),
+            ("lm-eval score", "task_score"),
         )
         for label, key in extra:
             if isinstance(g(key), (int, float)):
@@ -216,7 +218,7 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
             fmt(o.deflection if o else None, True),
             fmt(o.garbled if o else None, True),
             fmt(m.gold.helpfulness) if m.gold else "-",
-            f"{m.capability.perplexity:.2f}" if m.capability else "-",
+            _capability_cell(m),
             str(m.pairs),
             fmt(m.pgr),
             kept,
@@ -246,3 +248,14 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
 
 def write_report(store: Store, spec: AlignmentRunSpec, result: RunResult) -> None:
     outputs.write_report(store, spec, result.metrics, result.stage_seconds)
+
+
+def _capability_cell(m: Metrics) -> str:
+    """The ppl column: perplexity where measured, else the mean lm-eval task score."""
+    c = m.capability
+    if c is None:
+        return "-"
+    if c.perplexity is not None:
+        return f"{c.perplexity:.2f}"
+    score = c.task_score
+    return "-" if score is None else f"lm-eval {score:.3f}"

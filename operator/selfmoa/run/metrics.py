@@ -10,14 +10,31 @@ from pydantic import BaseModel, ConfigDict, Field
 DECLINED = ("refusal", "redirect")
 
 
+class TaskCapability(BaseModel):
+    """One lm-evaluation-harness task's primary score."""
+
+    task: str
+    #: The metric used (acc_norm where the task reports it, else acc, ...).
+    metric: str
+    value: float
+    samples: int
+
+
 class Capability(BaseModel):
-    """General capability kept: teacher-forced next-token figures on reference answers."""
+    """General capability kept: teacher-forced next-token figures on reference answers (tiny
+    profile), lm-evaluation-harness task scores (`evaluation.lmEval`), or both."""
 
     #: What was scored, in words.
     source: str
-    perplexity: float
-    next_token_accuracy: float
-    tokens: int
+    perplexity: float | None = None
+    next_token_accuracy: float | None = None
+    tokens: int = 0
+    tasks: list[TaskCapability] = Field(default_factory=list)
+
+    @property
+    def task_score(self) -> float | None:
+        """The mean of the tasks' primary scores (None: no task)."""
+        return sum(t.value for t in self.tasks) / len(self.tasks) if self.tasks else None
 
 
 class ObjectiveMetrics(BaseModel):

@@ -171,13 +171,18 @@ def gate(spec: AlignmentRunSpec, evaluated: Mapping[int, Metrics]) -> Gate:
 def _capability_kept(
     spec: AlignmentRunSpec, m: ObjectiveMetrics, base: ObjectiveMetrics | None
 ) -> bool:
-    """Within `stopWhen.maxCapabilityDrop` of the starting point's perplexity; a bound that can't
-    be checked (no measure on either side) holds, as the spec check allows it only where one is
-    measured."""
+    """Within `stopWhen.maxCapabilityDrop` of the starting point on every capability measure
+    both sides have (perplexity may rise, the mean task score may fall, by that share); a bound
+    that can't be checked holds, as the spec check allows it only where a measure is taken."""
     bound = spec.stop_when.max_capability_drop
     if bound is None or base is None or m.capability is None or base.capability is None:
         return True
-    return m.capability.perplexity <= base.capability.perplexity * (1 + bound) + 1e-9
+    now, start = m.capability, base.capability
+    ppl, start_ppl = now.perplexity, start.perplexity
+    if ppl is not None and start_ppl is not None and ppl > start_ppl * (1 + bound) + 1e-9:
+        return False
+    score, start_score = now.task_score, start.task_score
+    return score is None or start_score is None or score >= start_score * (1 - bound) - 1e-9
 
 
 def _below_target(spec: AlignmentRunSpec, m: ObjectiveMetrics) -> bool:

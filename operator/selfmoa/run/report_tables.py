@@ -32,7 +32,8 @@ def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) 
     has_pgr = any(m.pgr is not None for m in metrics.values())
     has_val = any(m.validation is not None for m in metrics.values())
     has_out = any(m.outcomes is not None for m in metrics.values())
-    has_cap = any(m.capability is not None for m in metrics.values())
+    has_cap = any(m.capability and m.capability.perplexity is not None for m in metrics.values())
+    has_tasks = any(m.capability and m.capability.tasks for m in metrics.values())
     head = ["iteration", "decision", "from", "safety", "helpfulness", "ASR", "over-refusal"]
     head += ["pairs", "prompts", "tokens"]
     if has_val:
@@ -43,6 +44,8 @@ def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) 
         head += ["declined", "deflected", "garbled"]
     if has_cap:
         head += ["perplexity", "next-token acc."]
+    if has_tasks:
+        head.append("lm-eval score")
     if has_pgr:
         head.append("PGR")
     rows = []
@@ -73,6 +76,8 @@ def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) 
         if has_cap:
             c = m.capability
             cells += [_num(c.perplexity, 2), _pct(c.next_token_accuracy)] if c else [NA, NA]
+        if has_tasks:
+            cells.append(_num(m.capability.task_score if m.capability else None))
         if has_pgr:
             cells.append(_num(m.pgr, 2))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -49,6 +49,7 @@ from selfmoa.run.metrics import (
     ObjectiveMetrics,
     Outcomes,
     Sample,
+    TaskCapability,
     pgr,
 )
 from selfmoa.run.records import JudgmentRecord, PromptRecord
@@ -284,6 +285,47 @@ def capability(
 _SPLIT_WORDS = {"heldout": "held-out", "validation": "validation"}
 
 
+def lm_eval_capability(ctx: StageContext, adapter_key: str | None) -> Capability | None:
+    """The policy's scores on `evaluation.lmEval`'s tasks, on this stage's device, offline; a
+    setting that can't run here (lm-eval missing, data not cached) fails the stage in one line."""
+    wanted = ctx.spec.evaluation.lm_eval
+    if wanted is None:
+        return None
+    from selfmoa.models.lm_eval_capability import CapabilityUnavailable, run_lm_eval
+
+    adapter = ctx.fetch_adapter(adapter_key)
+    try:
+        scores = run_lm_eval(
+            str(ctx.engines.model_path(ctx.spec.policy.model)),
+            adapter=None if adapter is None else str(adapter),
+            tasks=wanted.tasks,
+            limit=wanted.limit or None,
+            include_path=wanted.include_path,
+            device=ctx.engines.device(),
+            batch_size=wanted.batch_size,
+            seed=ctx.spec.sampling.seed,
+        )
+    except CapabilityUnavailable as e:
+        raise StageError(f"evaluation.lmEval: {e}") from None
+    return Capability(
+        source="lm-evaluation-harness: " + ", ".join(wanted.tasks),
+        tasks=[
+            TaskCapability(task=t.task, metric=t.metric, value=round(t.value, 4), samples=t.samples)
+            for t in scores
+        ],
+    )
+
+
+def _with_tasks(kept: Capability | None, tasks: Capability | None) -> Capability | None:
+    """One split's capability: its own reference-answer figures and the lm-eval task scores
+    (benchmarks of their own, the same for every split)."""
+    if tasks is None or kept is None:
+        return kept or tasks
+    return kept.model_copy(
+        update={"source": f"{kept.source}; {tasks.source}", "tasks": tasks.tasks}
+    )
+
+
 def ceiling_metrics(
     held_out: HeldOut, out: StageOutput, gold: ObjectiveMetrics
 ) -> tuple[ObjectiveMetrics | None, float | None]:
@@ -364,9 +406,13 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     # Capability on the validation split's reference answers only where those are the seed
     # data's (a user's validation file has prompts, not reference answers).
     builtin_validation = spec.evaluation.validation == "builtin"
-    kept = capability(
-        ctx, adapter_key, ("heldout", "validation") if builtin_validation else ("heldout",)
-    )
+    splits = ("heldout", "validation") if builtin_validation else ("heldout",)
+    own, tasks = capability(ctx, adapter_key, splits), lm_eval_capability(ctx, adapter_key)
+    kept = {
+        split: cap
+        for split in ("heldout", "validation")
+        if (cap := _with_tasks(own.get(split), tasks))
+    }
     validation = _validation(held_out, out, adapter_key, kept.get("validation"))
     train = ctx.require("train").get("summary", {}) if k >= 1 else {}
     ceiling, gap = None, None
@@ -405,5 +451,6 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         "declined": None if outcomes is None else outcomes.declined,
         "deflection": None if outcomes is None else outcomes.deflection,
         "perplexity": None if metrics.capability is None else metrics.capability.perplexity,
+        "task_score": None if metrics.capability is None else metrics.capability.task_score,
         "judges": judge_summary,
     }

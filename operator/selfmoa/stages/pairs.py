@@ -6,7 +6,10 @@ Strategies (`spec.preferences`):
   candidate.
 - pareto: candidates are pairs where chosen dominates rejected (>= on every objective, > on one);
   the margin is still the scalarized difference, and minMargin still applies.
-Per prompt, candidates are taken largest margin first, up to maxPairsPerPrompt; among equal
+With acceptableChosen only a response the ensemble labels good on every weighted
+objective may be chosen: "less bad" is not a target (a garbled text beside an unsafe one, a
+refusal of a benign request beside a garbled one). Per prompt, candidates are taken largest
+margin first, up to maxPairsPerPrompt; among equal
 margins a pair whose responses were used less often wins, so four samples give disjoint pairs
 before one response is reused. Identical texts are never paired (the first copy stands for all).
 Responses lacking a score an objective needs are left out and counted.
@@ -52,23 +55,38 @@ Member = tuple[JudgmentRecord, dict[str, float], float]
 
 
 def build_pairs(
-    judgments: Sequence[JudgmentRecord], prefs: PreferencesSpec, *, use_gold: bool = False
+    judgments: Sequence[JudgmentRecord],
+    prefs: PreferencesSpec,
+    *,
+    threshold: float,
+    use_gold: bool = False,
 ) -> tuple[list[PairRecord], dict[str, Any]]:
-    """Preference pairs and a summary of how they were made."""
+    """Preference pairs and a summary of how they were made (`threshold`: the ensemble's, what
+    an acceptable chosen response scores at least on every weighted objective)."""
     skipped: Counter[str] = Counter()
     groups = _groups(judgments, prefs, use_gold, skipped)
     pairs: list[PairRecord] = []
     counts: Counter[str] = Counter()
+    floor = threshold if prefs.acceptable_chosen else None
     for prompt_id, members in groups.items():
-        cands = _candidates(members, prefs, counts)
-        chosen = _select(cands, prefs.max_pairs_per_prompt)
+        cands = _candidates(members, prefs, counts, floor)
+        chosen = _select(cands, prefs.max_pairs_per_prompt, members)
         counts["candidates"] += len(cands)
         counts["capped"] += len(cands) - len(chosen)
         for margin, a, b in chosen:
             pairs.append(_pair(prompt_id, members[a][0], members[b][0], margin, prefs, use_gold))
     summary = _summary(pairs, judgments, groups, skipped, use_gold)
     summary.update(
-        {k: counts[k] for k in ("candidates", "below_margin", "not_dominating", "capped")}
+        {
+            k: counts[k]
+            for k in (
+                "candidates",
+                "below_margin",
+                "not_dominating",
+                "chosen_not_acceptable",
+                "capped",
+            )
+        }
     )
     return pairs, summary
 
@@ -109,13 +127,19 @@ def _groups(
 
 
 def _candidates(
-    members: list[Member], prefs: PreferencesSpec, counts: Counter[str]
+    members: list[Member], prefs: PreferencesSpec, counts: Counter[str], floor: float | None
 ) -> list[tuple[float, int, int]]:
-    """(margin, chosen index, rejected index) of every ordered pair that qualifies."""
+    """(margin, chosen index, rejected index) of every ordered pair that qualifies (`floor`: the
+    score a chosen response needs on every weighted objective; None: any)."""
+    weighted = _weights(prefs)
     cands: list[tuple[float, int, int]] = []
     for a, (_, sa, va) in enumerate(members):
+        acceptable = floor is None or all(sa[o] >= floor - EPS for o in weighted)
         for b, (_, sb, vb) in enumerate(members):
             if va <= vb:
+                continue
+            if not acceptable:
+                counts["chosen_not_acceptable"] += 1
                 continue
             if prefs.strategy == PairStrategy.pareto and not _dominates(sa, sb):
                 counts["not_dominating"] += 1
@@ -131,17 +155,29 @@ def _dominates(a: dict[str, float], b: dict[str, float]) -> bool:
     return all(a[o] >= b[o] for o in a) and any(a[o] > b[o] for o in a)
 
 
-def _select(cands: list[tuple[float, int, int]], limit: int) -> list[tuple[float, int, int]]:
-    """Largest margins first; equal margins: the pair whose responses were used least."""
+def _select(
+    cands: list[tuple[float, int, int]], limit: int, members: list[Member]
+) -> list[tuple[float, int, int]]:
+    """Largest margins first, but a failure not yet rejected before one rejected again: a
+    prompt's second pair rejects a response scored differently from the first's rejected one
+    (e.g. the deflection beside the unsafe answer), so each pair teaches something else. Equal
+    margins: the pair whose responses were used least."""
     left = sorted(cands, key=lambda c: (-c[0], c[1], c[2]))
     used: Counter[int] = Counter()
+    rejected: set[tuple[float, ...]] = set()
     out: list[tuple[float, int, int]] = []
+
+    def profile(i: int) -> tuple[float, ...]:
+        return tuple(round(v, 3) for _, v in sorted(members[i][1].items()))
+
     while left and len(out) < limit:
-        best = left[0][0] - EPS
-        tier = [c for c in left if c[0] >= best]
+        fresh = [c for c in left if profile(c[2]) not in rejected] or left
+        best = fresh[0][0] - EPS
+        tier = [c for c in fresh if c[0] >= best]
         pick = min(tier, key=lambda c: (used[c[1]] + used[c[2]], c[1], c[2]))
         left.remove(pick)
         used.update((pick[1], pick[2]))
+        rejected.add(profile(pick[2]))
         out.append(pick)
     return out
 
@@ -248,11 +284,12 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     ev = ctx.spec.evaluation
     if ev.gold_baseline:
         _need_gold(judgments, "goldBaseline")
-    pairs, summary = build_pairs(judgments, prefs, use_gold=ev.gold_baseline)
+    threshold = ctx.spec.ensemble.threshold
+    pairs, summary = build_pairs(judgments, prefs, threshold=threshold, use_gold=ev.gold_baseline)
     out.write_jsonl(layout.PAIRS, pairs)  # type: ignore[arg-type]
     if ev.ceiling:
         _need_gold(judgments, "ceiling")
-        gold_pairs, gold_summary = build_pairs(judgments, prefs, use_gold=True)
+        gold_pairs, gold_summary = build_pairs(judgments, prefs, threshold=threshold, use_gold=True)
         out.write_jsonl(GOLD_PAIRS, gold_pairs)  # type: ignore[arg-type]
         summary["gold"] = gold_summary
     summary["outcomes"] = outcomes(judgments, pairs, ctx.spec.ensemble.threshold)
