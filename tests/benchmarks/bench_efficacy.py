@@ -6,6 +6,9 @@ Runs `manifests/examples/tiny.yaml` once per seed, the tiny base's build seed va
 - noise: every weak judge at noise 0.5 (coin flips): nothing should improve;
 - gold:  `evaluation.goldBaseline` (the loop trains on gold-judged pairs): the strong ceiling.
 
+Not run by default: `contrast` (or `contrast-S`), the default plus `preferences.declineContrast`
+S (1.0 when not given): the trade-off between over-refusal and declining (see the README).
+
 Per configuration it prints mean and 95% interval (Student t) over seeds of: gold attack success
 rate before (iteration 0) and after (the run's result), the share of answers to held-out harmful
 prompts that decline (refusal or same-category safe redirect), deflect (answer another
@@ -54,11 +57,16 @@ def t975(df: int) -> float:
 # ----------------------------------------------------------------------------- configurations
 
 
+def run_name(name: str, seed: int) -> str:
+    """A valid run name (a DNS-1035 label: no dots from contrast-0.5)."""
+    return f"{name.replace('.', '')}-s{seed}"
+
+
 def config(name: str, seed: int) -> dict[str, Any]:
     """The run file of configuration `name` for `seed`."""
     run: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
     spec = run["spec"]
-    run["metadata"] = {"name": f"{name}-s{seed}"}
+    run["metadata"] = {"name": run_name(name, seed)}
     spec.pop("storage", None)
     spec.setdefault("sampling", {})["seed"] = seed
     spec.setdefault("training", {})["seed"] = seed
@@ -70,8 +78,14 @@ def config(name: str, seed: int) -> dict[str, Any]:
             j["noise"] = 0.5
     elif name == "gold":
         spec.setdefault("evaluation", {}).update(goldJudge=True, goldBaseline=True)
+    elif name == "contrast" or name.startswith("contrast-"):
+        share = name.partition("-")[2] or "1.0"
+        try:
+            spec.setdefault("preferences", {})["declineContrast"] = float(share)
+        except ValueError:
+            raise SystemExit(f"configuration {name!r}: contrast-S needs a number S") from None
     elif name != "default":
-        raise SystemExit(f"unknown configuration {name!r} (default, noise, gold)")
+        raise SystemExit(f"unknown configuration {name!r} (default, noise, gold, contrast[-S])")
     return run
 
 
@@ -98,14 +112,14 @@ def build_base(workdir: Path, seed: int) -> None:
 def run_one(workdir: Path, name: str, seed: int, timeout: float) -> Path:
     """The run's root in its store (the run is skipped when it already finished)."""
     store = workdir / "runs"
-    root = store / "default" / f"{name}-s{seed}"
+    root = store / "default" / run_name(name, seed)
     status = root / "status.json"
     if status.exists() and json.loads(status.read_text()).get("phase") == "Succeeded":
         return root
-    f = workdir / "specs" / f"{name}-s{seed}.yaml"
+    f = workdir / "specs" / f"{run_name(name, seed)}.yaml"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(yaml.safe_dump(config(name, seed)))
-    log = workdir / "logs" / f"{name}-s{seed}.log"
+    log = workdir / "logs" / f"{run_name(name, seed)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "selfmoa.cli", "run", str(f), "--store", str(store), "--quiet"]
     with log.open("w") as out:

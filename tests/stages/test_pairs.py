@@ -291,9 +291,8 @@ def test_the_summary_says_what_was_sampled_and_what_was_chosen(tmp_path: Path) -
         "refusal": 0.25,
         "unsafe": 0.25,
     }
-    # Two pairs per prompt: the largest margin (redirect over the unsafe answer), then another
-    # failure (redirect over the deflection), not the refusal over the same unsafe answer.
-    assert o["chosen"]["by_kind"]["harmful"] == {"redirect": 1.0}
+    # Two pairs per prompt, largest margins first: the redirect and the refusal are chosen.
+    assert o["chosen"]["by_kind"]["harmful"] == {"redirect": 0.5, "refusal": 0.5}
 
 
 def test_only_an_acceptable_response_is_chosen() -> None:
@@ -321,18 +320,57 @@ def test_only_an_acceptable_response_is_chosen() -> None:
     assert ("h#0", "h#1") in {(p["chosen_id"], p["rejected_id"]) for p in out}
 
 
-def test_a_second_pair_rejects_another_failure() -> None:
-    rows = [
-        jr("h", 0, 5, 5, text="a redirect"),
-        jr("h", 1, 1, 2, text="unsafe one"),
-        jr("h", 2, 1, 2, text="unsafe two"),
-        jr("h", 3, 3, 1, text="an answer to another question"),
-    ]
-    out, _ = build(rows, prefs(max_pairs_per_prompt=2))
-    assert [(p["chosen_id"], p["rejected_id"]) for p in out] == [("h#0", "h#1"), ("h#0", "h#3")]
-    # Once every failure was rejected once, the largest margin left comes next.
-    out, _ = build(rows, prefs(max_pairs_per_prompt=3))
-    assert [p["rejected_id"] for p in out] == ["h#1", "h#3", "h#2"]
+def with_category(row: JudgmentRecord, category: str | None) -> JudgmentRecord:
+    row["category"] = category
+    return row
+
+
+CONTRAST_ROWS = [
+    # Two attacks; the stronger pair (margin 3.2) is the first to get a contrast.
+    jr("h1", 0, 5, 4, text="I won't help with fraud, but report it to your bank."),
+    jr("h1", 1, 1, 2, text="Sure, step 1: open a fake account."),
+    jr("h2", 0, 5, 4, text="I can't help with that."),
+    jr("h2", 1, 2, 2, text="Maybe try this."),
+    # Helpfulness prompts: a benign one and a legit one of the attacks' category (fraud)...
+    jr("b", 0, 5, 4, kind="benign", text="Boil the potatoes first."),
+    jr("l", 0, 5, 4.5, kind="legit", text="Check the sender and call the bank."),
+    jr("l", 1, 5, 1, kind="legit", text="I can't help with that."),
+    # ...and one whose best answer the judges call unhelpful: never a contrast's chosen side.
+    jr("x", 0, 5, 2, kind="benign", text="Something about another topic."),
+]
+
+
+def test_decline_contrast_rejects_the_decline_on_a_fair_request() -> None:
+    off, summary = build(CONTRAST_ROWS, prefs(max_pairs_per_prompt=1))
+    assert summary["contrast"] == 0 and {p["strategy"] for p in off} == {"scalarized"}
+    out, summary = build(CONTRAST_ROWS, prefs(max_pairs_per_prompt=1, decline_contrast=1))
+    contrast = [p for p in out if p["strategy"] == "contrast"]
+    assert summary["contrast"] == 2 == len(contrast)
+    assert summary["per_strategy"] == {"contrast": 2, "scalarized": 3}
+    first, second = contrast
+    # The strongest attack pair's decline, on the legit prompt of its category first.
+    assert (first["prompt_id"], first["chosen_id"], first["rejected_id"]) == ("l", "l#0", "h1#0")
+    assert first["rejected"] == "I won't help with fraud, but report it to your bank."
+    assert first["id"] == "l#0>h1#0" and first["kind"] == "legit"
+    # Rejected: the decline's own safety, the rubric's helpfulness of a refusal.
+    assert first["rejected_scores"] == {"safety": 5, "helpfulness": 1.0}
+    assert first["margin"] == pytest.approx(0.4 * (4.5 - 1.0))
+    assert first["votes"]["rejected"] == {}
+    # Each prompt once: the next attack gets the benign prompt, never the unhelpful one.
+    assert (second["prompt_id"], second["rejected_id"]) == ("b", "h2#0")
+    assert all(p["prompt_id"] != "x" for p in out)
+
+
+def test_decline_contrast_is_a_share_of_the_attack_pairs() -> None:
+    out, summary = build(CONTRAST_ROWS, prefs(max_pairs_per_prompt=1, decline_contrast=0.5))
+    assert summary["contrast"] == 1
+    assert [p["rejected_id"] for p in out if p["strategy"] == "contrast"] == ["h1#0"]
+    # No attack pairs, no contrast; a category no legit prompt shares takes any fair prompt.
+    fair = [r for r in CONTRAST_ROWS if r["kind"] != "harmful"]
+    assert build(fair, prefs(decline_contrast=1))[1]["contrast"] == 0
+    other = [with_category(r, "weapons") if r["kind"] == "harmful" else r for r in CONTRAST_ROWS]
+    out, _ = build(other, prefs(max_pairs_per_prompt=1, decline_contrast=1))
+    assert [p["prompt_id"] for p in out if p["strategy"] == "contrast"] == ["b", "l"]
 
 
 def test_outcomes_from_weak_judges_need_a_stated_refusal() -> None:

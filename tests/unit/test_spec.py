@@ -78,6 +78,7 @@ def test_defaults_round_trip() -> None:
         ),
         ({"evaluation": {"lmEval": {"tasks": []}}}, "spec.evaluation.lmEval.tasks"),
         ({"evaluation": {"lmEval": {"tasks": ["hellaswag"], "limit": -1}}}, "lmEval.limit"),
+        ({"preferences": {"declineContrast": 1.5}}, "spec.preferences.declineContrast"),
         (
             {
                 "evaluation": {"validation": "s3://b/val.jsonl"},

@@ -145,6 +145,19 @@ class PreferencesSpec(Model):
         ),
     )
 
+    decline_contrast: Float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of the attack-prompt pairs that get a contrast pair on a helpfulness prompt: "
+            "chosen = that prompt's best answer (good on every weighted objective), rejected = "
+            "the decline the attack pair teaches (its chosen text). Teaches declining this "
+            "request, not every request: the contrast against over-refusal. Legit prompts of "
+            "the attack's category first, then others; each prompt used once. 0: none."
+        ),
+    )
+
     @model_validator(mode="after")
     def _weights(self) -> PreferencesSpec:
         unknown = set(self.weights) - {o.value for o in Objective}

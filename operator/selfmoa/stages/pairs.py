@@ -14,6 +14,15 @@ margins a pair whose responses were used less often wins, so four samples give d
 before one response is reused. Identical texts are never paired (the first copy stands for all).
 Responses lacking a score an objective needs are left out and counted.
 
+With declineContrast, pairs on attack prompts teach a decline and contrast pairs teach where it
+does not belong: on a helpfulness prompt (legit ones of the attack's category first), the
+prompt's best acceptable answer is chosen over the attack pair's chosen decline, a response to
+another prompt that on this one is a refusal. Its rejected scores are the rubric's for a
+refusal of a fair request (the decline's own safety, helpfulness 1). Attack-only pairs teach
+"decline" (the tiny policy then refuses "what can I cook with chicken?"); contrast pairs make
+the decision depend on the request. The prompt kinds come from how the prompts were made (the
+red team's attacks vs the helpfulness set), not from any judge.
+
 With `evaluation.ceiling`, gold-pairs.jsonl is built the same way from the gold judge's scores:
 the strong-supervision ceiling whose adapter PGR is measured against. With
 `evaluation.goldBaseline`, pairs.jsonl itself comes from the gold scores: the fully
@@ -70,11 +79,15 @@ def build_pairs(
     floor = threshold if prefs.acceptable_chosen else None
     for prompt_id, members in groups.items():
         cands = _candidates(members, prefs, counts, floor)
-        chosen = _select(cands, prefs.max_pairs_per_prompt, members)
+        chosen = _select(cands, prefs.max_pairs_per_prompt)
         counts["candidates"] += len(cands)
         counts["capped"] += len(cands) - len(chosen)
         for margin, a, b in chosen:
             pairs.append(_pair(prompt_id, members[a][0], members[b][0], margin, prefs, use_gold))
+    if prefs.decline_contrast > 0:
+        contrast = _contrast_pairs(pairs, groups, prefs, threshold)
+        counts["contrast"] = len(contrast)
+        pairs.extend(contrast)
     summary = _summary(pairs, judgments, groups, skipped, use_gold)
     summary.update(
         {
@@ -85,6 +98,7 @@ def build_pairs(
                 "not_dominating",
                 "chosen_not_acceptable",
                 "capped",
+                "contrast",
             )
         }
     )
@@ -155,31 +169,93 @@ def _dominates(a: dict[str, float], b: dict[str, float]) -> bool:
     return all(a[o] >= b[o] for o in a) and any(a[o] > b[o] for o in a)
 
 
-def _select(
-    cands: list[tuple[float, int, int]], limit: int, members: list[Member]
-) -> list[tuple[float, int, int]]:
-    """Largest margins first, but a failure not yet rejected before one rejected again: a
-    prompt's second pair rejects a response scored differently from the first's rejected one
-    (e.g. the deflection beside the unsafe answer), so each pair teaches something else. Equal
-    margins: the pair whose responses were used least."""
+def _select(cands: list[tuple[float, int, int]], limit: int) -> list[tuple[float, int, int]]:
+    """Largest margins first; equal margins: the pair whose responses were used least."""
     left = sorted(cands, key=lambda c: (-c[0], c[1], c[2]))
     used: Counter[int] = Counter()
-    rejected: set[tuple[float, ...]] = set()
     out: list[tuple[float, int, int]] = []
-
-    def profile(i: int) -> tuple[float, ...]:
-        return tuple(round(v, 3) for _, v in sorted(members[i][1].items()))
-
     while left and len(out) < limit:
-        fresh = [c for c in left if profile(c[2]) not in rejected] or left
-        best = fresh[0][0] - EPS
-        tier = [c for c in fresh if c[0] >= best]
+        best = left[0][0] - EPS
+        tier = [c for c in left if c[0] >= best]
         pick = min(tier, key=lambda c: (used[c[1]] + used[c[2]], c[1], c[2]))
         left.remove(pick)
         used.update((pick[1], pick[2]))
-        rejected.add(profile(pick[2]))
         out.append(pick)
     return out
+
+
+#: The rubric's helpfulness of a refusal ("1 = refuses / no attempt"): a decline of an attack
+#: given to a fair request.
+REFUSAL_HELPFULNESS = 1.0
+
+
+def _contrast_pairs(
+    pairs: list[PairRecord],
+    groups: dict[str, list[Member]],
+    prefs: PreferencesSpec,
+    threshold: float,
+) -> list[PairRecord]:
+    """Contrast pairs (see the module doc) for the strongest `declineContrast` share of the
+    attack pairs, each on its own helpfulness prompt."""
+    attacks = sorted(
+        (p for p in pairs if p["kind"] == "harmful"), key=lambda p: (-p["margin"], p["id"])
+    )
+    wanted = round(prefs.decline_contrast * len(attacks))
+    weights = _weights(prefs)
+    # Each helpfulness prompt's best response, if acceptable on every weighted objective.
+    answers: dict[str, Member] = {}
+    for prompt_id, members in groups.items():
+        if not members or members[0][0]["kind"] == "harmful":
+            continue
+        best = max(members, key=lambda m: (m[2], -m[0]["sample"]))
+        if all(best[1][o] >= threshold - EPS for o in weights):
+            answers[prompt_id] = best
+    out: list[PairRecord] = []
+    for attack in attacks:
+        if len(out) >= wanted or not answers:
+            break
+        same = [i for i, m in answers.items() if m[0]["category"] == attack["category"]]
+        prompt_id = min(same) if same else min(answers)
+        judgment, scores, value = answers.pop(prompt_id)
+        if judgment["text"].strip() == attack["chosen"].strip():
+            continue
+        decline: dict[str, float | None] = {
+            "safety": attack["chosen_scores"]["safety"],
+            "helpfulness": REFUSAL_HELPFULNESS,
+        }
+        rejected_value = sum(w * (decline.get(o) or 0.0) for o, w in weights.items())
+        out.append(_contrast(judgment, scores, value - rejected_value, attack, decline))
+    return out
+
+
+def _contrast(
+    c: JudgmentRecord,
+    scores: dict[str, float],
+    margin: float,
+    attack: PairRecord,
+    rejected_scores: dict[str, float | None],
+) -> PairRecord:
+    cs = Scores(safety=scores.get("safety"), helpfulness=scores.get("helpfulness"))
+    return PairRecord(
+        id=f"{c['id']}>{attack['chosen_id']}",
+        prompt_id=c["prompt_id"],
+        prompt=c["prompt"],
+        chosen=c["text"],
+        rejected=attack["chosen"],
+        chosen_id=c["id"],
+        rejected_id=attack["chosen_id"],
+        chosen_scores=cs,
+        rejected_scores=Scores(
+            safety=rejected_scores.get("safety"), helpfulness=rejected_scores.get("helpfulness")
+        ),
+        margin=round(margin, 6),
+        strategy="contrast",
+        kind=c["kind"],
+        category=c["category"],
+        source=c["source"],
+        # The decline was judged on its attack prompt, never on this one: no votes to show.
+        votes={"chosen": c["votes"], "rejected": {}},
+    )
 
 
 def _pair(
