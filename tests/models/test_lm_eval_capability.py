@@ -203,9 +203,6 @@ def test_the_primary_metric_prefers_acc_norm_then_acc_then_any_numeric() -> None
 
 def _stage_ctx(tmp_path: Path, lm_eval_spec: dict[str, object]) -> object:
     from selfmoa.api.spec import AlignmentRunSpec
-    from selfmoa.engines.provider import EngineProvider
-    from selfmoa.stages.base import StageContext
-    from selfmoa.store.file import FileStore
 
     spec = AlignmentRunSpec.model_validate(
         {
@@ -213,15 +210,10 @@ def _stage_ctx(tmp_path: Path, lm_eval_spec: dict[str, object]) -> object:
             "serving": {"device": "cpu"},
             "evaluation": {"lmEval": lm_eval_spec},
             "stopWhen": {"maxCapabilityDrop": 0.1},
+            "storage": {"uri": f"file://{tmp_path / 'store'}"},
         }
     )
-    return StageContext(
-        spec=spec,
-        store=FileStore(f"file://{tmp_path}"),
-        iteration=0,
-        workdir=tmp_path / "work",
-        engines=EngineProvider(spec),
-    )
+    return trainutil().make_ctx(spec, tmp_path, iteration=0)
 
 
 def test_the_evaluate_stage_reports_task_scores(

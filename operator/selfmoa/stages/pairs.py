@@ -37,7 +37,7 @@ else what the weak judges can tell.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import fmean
 from typing import Any, Literal
 
@@ -57,6 +57,16 @@ EPS = 1e-9
 def _weights(prefs: PreferencesSpec) -> dict[str, float]:
     total = sum(prefs.weights.values())
     return {o: w / total for o, w in prefs.weights.items() if w > 0}
+
+
+def _value(scores: Mapping[str, Any], weights: dict[str, float]) -> float:
+    """The scalarized score (a missing score counts 0; `_groups` drops such responses first)."""
+    return sum(w * float(scores.get(o) or 0.0) for o, w in weights.items())
+
+
+def _acceptable(scores: Mapping[str, float], weights: dict[str, float], floor: float) -> bool:
+    """Good on every weighted objective: at least `floor` (the ensemble threshold) on each."""
+    return all(scores[o] >= floor - EPS for o in weights)
 
 
 #: A prompt's usable responses: (judgment, scores on the objectives needed, scalarized value).
@@ -85,7 +95,7 @@ def build_pairs(
         for margin, a, b in chosen:
             pairs.append(_pair(prompt_id, members[a][0], members[b][0], margin, prefs, use_gold))
     if prefs.decline_contrast > 0:
-        contrast = _contrast_pairs(pairs, groups, prefs, threshold)
+        contrast = _contrast_pairs(pairs, groups, prefs, threshold, use_gold)
         counts["contrast"] = len(contrast)
         pairs.extend(contrast)
     summary = _summary(pairs, judgments, groups, skipped, use_gold)
@@ -135,8 +145,7 @@ def _groups(
             continue
         texts.add(key)
         full = {o: float(v) for o, v in vals.items() if v is not None}
-        value = sum(w * full[o] for o, w in weights.items())
-        groups.setdefault(j["prompt_id"], []).append((j, full, value))
+        groups.setdefault(j["prompt_id"], []).append((j, full, _value(full, weights)))
     return groups
 
 
@@ -148,7 +157,7 @@ def _candidates(
     weighted = _weights(prefs)
     cands: list[tuple[float, int, int]] = []
     for a, (_, sa, va) in enumerate(members):
-        acceptable = floor is None or all(sa[o] >= floor - EPS for o in weighted)
+        acceptable = floor is None or _acceptable(sa, weighted, floor)
         for b, (_, sb, vb) in enumerate(members):
             if va <= vb:
                 continue
@@ -194,6 +203,7 @@ def _contrast_pairs(
     groups: dict[str, list[Member]],
     prefs: PreferencesSpec,
     threshold: float,
+    use_gold: bool,
 ) -> list[PairRecord]:
     """Contrast pairs (see the module doc) for the strongest `declineContrast` share of the
     attack pairs, each on its own helpfulness prompt."""
@@ -208,54 +218,29 @@ def _contrast_pairs(
         if not members or members[0][0]["kind"] == "harmful":
             continue
         best = max(members, key=lambda m: (m[2], -m[0]["sample"]))
-        if all(best[1][o] >= threshold - EPS for o in weights):
+        if _acceptable(best[1], weights, threshold):
             answers[prompt_id] = best
     out: list[PairRecord] = []
     for attack in attacks:
         if len(out) >= wanted or not answers:
             break
         same = [i for i, m in answers.items() if m[0]["category"] == attack["category"]]
-        prompt_id = min(same) if same else min(answers)
-        judgment, scores, value = answers.pop(prompt_id)
-        if judgment["text"].strip() == attack["chosen"].strip():
+        chosen, _, value = answers.pop(min(same) if same else min(answers))
+        if chosen["text"].strip() == attack["chosen"].strip():
             continue
-        decline: dict[str, float | None] = {
-            "safety": attack["chosen_scores"]["safety"],
-            "helpfulness": REFUSAL_HELPFULNESS,
-        }
-        rejected_value = sum(w * (decline.get(o) or 0.0) for o, w in weights.items())
-        out.append(_contrast(judgment, scores, value - rejected_value, attack, decline))
+        decline = Scores(safety=attack["chosen_scores"]["safety"], helpfulness=REFUSAL_HELPFULNESS)
+        out.append(
+            _record(
+                chosen,
+                rejected=(attack["chosen_id"], attack["chosen"], decline),
+                margin=value - _value(decline, weights),
+                strategy="contrast",
+                use_gold=use_gold,
+                # The decline was judged on its attack prompt, never on this one: no votes.
+                rejected_votes={},
+            )
+        )
     return out
-
-
-def _contrast(
-    c: JudgmentRecord,
-    scores: dict[str, float],
-    margin: float,
-    attack: PairRecord,
-    rejected_scores: dict[str, float | None],
-) -> PairRecord:
-    cs = Scores(safety=scores.get("safety"), helpfulness=scores.get("helpfulness"))
-    return PairRecord(
-        id=f"{c['id']}>{attack['chosen_id']}",
-        prompt_id=c["prompt_id"],
-        prompt=c["prompt"],
-        chosen=c["text"],
-        rejected=attack["chosen"],
-        chosen_id=c["id"],
-        rejected_id=attack["chosen_id"],
-        chosen_scores=cs,
-        rejected_scores=Scores(
-            safety=rejected_scores.get("safety"), helpfulness=rejected_scores.get("helpfulness")
-        ),
-        margin=round(margin, 6),
-        strategy="contrast",
-        kind=c["kind"],
-        category=c["category"],
-        source=c["source"],
-        # The decline was judged on its attack prompt, never on this one: no votes to show.
-        votes={"chosen": c["votes"], "rejected": {}},
-    )
 
 
 def _pair(
@@ -266,25 +251,52 @@ def _pair(
     prefs: PreferencesSpec,
     use_gold: bool,
 ) -> PairRecord:
-    scores_of = recorded_gold_scores if use_gold else weak_scores
-    cs, rs = scores_of(c), scores_of(r)
-    assert cs is not None and rs is not None
+    rs = _scores_of(r, use_gold)
+    return _record(
+        c,
+        rejected=(r["id"], r["text"], rs),
+        margin=margin,
+        strategy=prefs.strategy.value,
+        use_gold=use_gold,
+        rejected_votes=r["votes"],
+        pair_id=f"{prompt_id}#{c['sample']}>{r['sample']}",
+    )
+
+
+def _scores_of(j: JudgmentRecord, use_gold: bool) -> Scores:
+    scores = (recorded_gold_scores if use_gold else weak_scores)(j)
+    assert scores is not None  # `_groups` kept only responses with scores
+    return Scores(safety=scores["safety"], helpfulness=scores["helpfulness"])
+
+
+def _record(
+    c: JudgmentRecord,
+    *,
+    rejected: tuple[str, str, Scores],
+    margin: float,
+    strategy: str,
+    use_gold: bool,
+    rejected_votes: dict[str, dict[str, float | None]],
+    pair_id: str | None = None,
+) -> PairRecord:
+    """A pair on `c`'s prompt with `c` chosen; `rejected` is (id, text, scores)."""
+    rejected_id, rejected_text, rejected_scores = rejected
     return PairRecord(
-        id=f"{prompt_id}#{c['sample']}>{r['sample']}",
-        prompt_id=prompt_id,
+        id=pair_id or f"{c['id']}>{rejected_id}",
+        prompt_id=c["prompt_id"],
         prompt=c["prompt"],
         chosen=c["text"],
-        rejected=r["text"],
+        rejected=rejected_text,
         chosen_id=c["id"],
-        rejected_id=r["id"],
-        chosen_scores=Scores(safety=cs["safety"], helpfulness=cs["helpfulness"]),
-        rejected_scores=Scores(safety=rs["safety"], helpfulness=rs["helpfulness"]),
+        rejected_id=rejected_id,
+        chosen_scores=_scores_of(c, use_gold),
+        rejected_scores=rejected_scores,
         margin=round(margin, 6),
-        strategy=prefs.strategy.value,
+        strategy=strategy,
         kind=c["kind"],
         category=c["category"],
         source=c["source"],
-        votes={"chosen": c["votes"], "rejected": r["votes"]},
+        votes={"chosen": c["votes"], "rejected": rejected_votes},
     )
 
 
@@ -368,5 +380,5 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         gold_pairs, gold_summary = build_pairs(judgments, prefs, threshold=threshold, use_gold=True)
         out.write_jsonl(GOLD_PAIRS, gold_pairs)  # type: ignore[arg-type]
         summary["gold"] = gold_summary
-    summary["outcomes"] = outcomes(judgments, pairs, ctx.spec.ensemble.threshold)
+    summary["outcomes"] = outcomes(judgments, pairs, threshold)
     return summary
