@@ -8,6 +8,10 @@ Runs `manifests/examples/tiny.yaml` once per seed, the tiny base's build seed va
 
 Not run by default: `contrast` (or `contrast-S`), the default plus `preferences.declineContrast`
 S (1.0 when not given): the trade-off between over-refusal and declining (see the README).
+`--set PATH=VALUE` (repeatable) changes every configuration's spec, e.g.
+`--set preferences.maxPairsPerPrompt=2 --set sampling.responsesPerPrompt=8` (VALUE is YAML);
+the runs' names then carry a hash of the changes, so finished runs of other changes are never
+reused for these.
 
 Per configuration it prints mean and 95% interval (Student t) over seeds of: gold attack success
 rate before (iteration 0) and after (the run's result), the share of answers to held-out harmful
@@ -26,6 +30,7 @@ the bases and finished runs. Not a pytest module: it prints, it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -57,16 +62,55 @@ def t975(df: int) -> float:
 # ----------------------------------------------------------------------------- configurations
 
 
-def run_name(name: str, seed: int) -> str:
+#: `--set` changes: (dotted spec path, value), in the order given.
+Overrides = Sequence[tuple[str, Any]]
+
+
+def parse_set(arg: str) -> tuple[str, Any]:
+    """`PATH=VALUE` of `--set`: a dotted path into the spec and a YAML value."""
+    path, sep, raw = arg.partition("=")
+    parts = path.strip().split(".")
+    if not sep or not all(parts):
+        raise SystemExit(
+            f"--set {arg!r}: expected PATH=VALUE, e.g. preferences.maxPairsPerPrompt=2"
+        )
+    try:
+        return ".".join(parts), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise SystemExit(f"--set {arg!r}: the value is not valid YAML") from None
+
+
+def overrides_tag(overrides: Overrides) -> str:
+    """A short hash of the changes ("" for none): part of every run's name."""
+    if not overrides:
+        return ""
+    text = json.dumps([[k, v] for k, v in overrides], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def run_name(name: str, seed: int, overrides: Overrides = ()) -> str:
     """A valid run name (a DNS-1035 label: no dots from contrast-0.5)."""
-    return f"{name.replace('.', '')}-s{seed}"
+    tag = overrides_tag(overrides)
+    return f"{name.replace('.', '')}{'-' + tag if tag else ''}-s{seed}"
 
 
-def config(name: str, seed: int) -> dict[str, Any]:
-    """The run file of configuration `name` for `seed`."""
+def apply_overrides(spec: dict[str, Any], overrides: Overrides) -> None:
+    for path, value in overrides:
+        *parents, leaf = path.split(".")
+        node = spec
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise SystemExit(f"--set {path}: {key} is not a mapping in the spec")
+            node = child
+        node[leaf] = value
+
+
+def config(name: str, seed: int, overrides: Overrides = ()) -> dict[str, Any]:
+    """The run file of configuration `name` for `seed`, with the `--set` changes last."""
     run: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
     spec = run["spec"]
-    run["metadata"] = {"name": run_name(name, seed)}
+    run["metadata"] = {"name": run_name(name, seed, overrides)}
     spec.pop("storage", None)
     spec.setdefault("sampling", {})["seed"] = seed
     spec.setdefault("training", {})["seed"] = seed
@@ -86,7 +130,18 @@ def config(name: str, seed: int) -> dict[str, Any]:
             raise SystemExit(f"configuration {name!r}: contrast-S needs a number S") from None
     elif name != "default":
         raise SystemExit(f"unknown configuration {name!r} (default, noise, gold, contrast[-S])")
+    apply_overrides(spec, overrides)
     return run
+
+
+def check(run: dict[str, Any]) -> None:
+    """The run file is valid (a mistyped `--set` fails here, in one line, before any run)."""
+    from selfmoa.api.errors import SpecError, parse_run
+
+    try:
+        parse_run(run)
+    except SpecError as e:
+        raise SystemExit(f"{run['metadata']['name']}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- running
@@ -109,17 +164,18 @@ def build_base(workdir: Path, seed: int) -> None:
     subprocess.run([sys.executable, "-c", code], env=_env(workdir, seed), check=True)
 
 
-def run_one(workdir: Path, name: str, seed: int, timeout: float) -> Path:
+def run_one(workdir: Path, name: str, seed: int, timeout: float, overrides: Overrides) -> Path:
     """The run's root in its store (the run is skipped when it already finished)."""
     store = workdir / "runs"
-    root = store / "default" / run_name(name, seed)
+    run_id = run_name(name, seed, overrides)
+    root = store / "default" / run_id
     status = root / "status.json"
     if status.exists() and json.loads(status.read_text()).get("phase") == "Succeeded":
         return root
-    f = workdir / "specs" / f"{run_name(name, seed)}.yaml"
+    f = workdir / "specs" / f"{run_id}.yaml"
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(yaml.safe_dump(config(name, seed)))
-    log = workdir / "logs" / f"{run_name(name, seed)}.log"
+    f.write_text(yaml.safe_dump(config(name, seed, overrides)))
+    log = workdir / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "selfmoa.cli", "run", str(f), "--store", str(store), "--quiet"]
     with log.open("w") as out:
@@ -321,13 +377,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--build-only", action="store_true", help="only build the seeds' bases")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="change every configuration's spec (repeatable), e.g. sampling.responsesPerPrompt=8",
+    )
     a = p.parse_args(argv)
     if a.seeds < 1 or a.jobs < 1:
         print("--seeds and --jobs must be at least 1", file=sys.stderr)
         return 2
+    overrides = [parse_set(x) for x in a.set]
     names = [n.strip() for n in a.configs.split(",") if n.strip()]
     for n in names:
-        config(n, 0)  # unknown names fail here, in one line
+        check(config(n, 0, overrides))  # unknown names and bad changes fail here, in one line
+    if overrides:
+        changes = ", ".join(f"{k}={v!r}" for k, v in overrides)
+        print(f"changes {overrides_tag(overrides)}: {changes}", flush=True)
     control = a.control_seeds if a.control_seeds is not None else a.seeds
     plan = [(n, s) for n in names for s in range(a.seeds if n == "default" else control)]
     seeds = sorted({s for _, s in plan})
@@ -337,13 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bases of seeds {seeds} ready ({time.time() - started:.0f} s)", flush=True)
         if a.build_only:
             return 0
-        roots = list(pool.map(lambda ns: run_one(a.workdir, ns[0], ns[1], a.timeout), plan))
+        roots = list(
+            pool.map(lambda ns: run_one(a.workdir, ns[0], ns[1], a.timeout, overrides), plan)
+        )
     results: dict[str, list[Outcome]] = {n: [] for n in names}
     failed = []
     for (n, s), root in zip(plan, roots, strict=True):
         o = read_run(root, n, s, a.target_asr)
         if o is None:
-            failed.append(f"{n}-s{s}")
+            failed.append(run_name(n, s, overrides))
         else:
             results[n].append(o)
     print(f"{len(plan)} runs in {time.time() - started:.0f} s under {a.workdir}")
