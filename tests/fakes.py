@@ -42,15 +42,20 @@ class ScriptedEngine(Engine):
         return out
 
 
+def load_file(name: str, path: Path) -> ModuleType:
+    """The module at `path` (a test helper or benchmark outside any package), loaded once as
+    `name`."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def trainutil() -> ModuleType:
     """tests/training/trainutil.py (a random tiny Qwen2 and a LoRA on it, in about a second),
     for suites outside tests/training."""
-    if "trainutil" in sys.modules:
-        return sys.modules["trainutil"]
-    path = Path(__file__).parent / "training" / "trainutil.py"
-    spec = importlib.util.spec_from_file_location("trainutil", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["trainutil"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file("trainutil", Path(__file__).parent / "training" / "trainutil.py")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from fakes import load_file
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_efficacy.py"
 #: A DNS-1035 label, what a run's metadata.name must be.
@@ -17,12 +17,7 @@ LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_efficacy", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_efficacy"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file("bench_efficacy", BENCH)
 
 
 def test_set_values_are_yaml(bench: ModuleType) -> None:
