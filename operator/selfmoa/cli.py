@@ -9,6 +9,7 @@
     selfmoa crd [--output PATH]           write the CustomResourceDefinition
     selfmoa export RUN_URI --out DIR      the aligned model: adapter or merged, with a card
     selfmoa fetch --hub REPO[@REV] DIR    pre-seed a model cache (and the init containers' fetch)
+    selfmoa labels export|score RUN_URI   human labels for the judges (1-5 safety, helpfulness)
 
 Bad input ends with one line on stderr and exit code 2; a failed stage with exit code 1. Heavy
 libraries (torch, transformers, kopf) load only in the command that needs them.
@@ -44,6 +45,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "fetch": (
         "fetch models or a run's files into a local directory (pre-seeding a model cache)",
         "selfmoa.store.fetch",
+    ),
+    "labels": (
+        "human labels: export answers for a person to score, then measure every judge",
+        "selfmoa.run.labels_command",
     ),
 }
 

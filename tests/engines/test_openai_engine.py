@@ -516,3 +516,41 @@ def test_use_adapter_asks_the_locator(server: OpenAIServer, tmp_path: Path) -> N
         name = engine.use_adapter(source)
     assert seen == [source]
     assert name is not None and server.adapters == {name: str(fetched)}
+
+
+class LogprobEcho(EchoEngine):
+    """Answers a one-token request with log-probabilities: "Yes" likelier when asked yes."""
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        *,
+        adapter: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Generation]]:
+        if params.top_logprobs <= 0:
+            return super().chat(conversations, params, adapter=adapter, progress=progress)
+        out = []
+        for c in conversations:
+            yes = -0.1 if "yes" in c[-1]["content"] else -2.5
+            row = {" Yes": yes, " No": -1.0, "The": -4.0}
+            out.append([Generation(" Yes", 1, "length", top_logprobs=row)])
+        return out
+
+
+def test_first_token_logprobs_over_http_as_vllm_gives_them() -> None:
+    with serve(LogprobEcho()) as s, OpenAIEngine(s.url, model="echo/base", **FAST) as engine:
+        rows = engine.first_token_logprobs([user("say yes"), user("say no")], top=3)
+    assert rows == [
+        {" Yes": -0.1, " No": -1.0, "The": -4.0},
+        {" Yes": -2.5, " No": -1.0, "The": -4.0},
+    ]
+
+
+def test_a_begun_answer_is_continued_over_http(server: OpenAIServer) -> None:
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "I can't"}]
+    with OpenAIEngine(server.url, model="echo/base", **FAST) as engine:
+        (gens,) = engine.chat([conv], SamplingParams(max_new_tokens=4))
+    # The server was asked to continue the final message (vLLM's continue_final_message).
+    assert gens[0].text == "base: I can't #0"

@@ -125,12 +125,31 @@ def test_completions_list_prompt(server: OpenAIServer) -> None:
         {"messages": [{"role": "user", "content": "x"}], "n": 0},
         {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
         {"messages": [{"role": "user", "content": "x"}], "stream": True},
+        # A final assistant message is continued only as vLLM does, when asked to.
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "I"}]},
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+        },
     ],
 )
 def test_bad_requests_are_400(server: OpenAIServer, body: dict[str, Any]) -> None:
     r = _client.post(server.url + "/v1/chat/completions", json=body, timeout=10)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == 400
+
+
+def test_a_final_assistant_message_is_continued_when_asked(
+    server: OpenAIServer, engine: FakeEngine
+) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "I can't"}],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
+    r = _client.post(server.url + "/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 200, r.text
 
 
 def test_non_json_body_is_400(server: OpenAIServer) -> None:

@@ -225,3 +225,29 @@ def test_device_choice() -> None:
     assert resolve_device(Device.cpu, cuda_available=gpu) == "cpu"
     with pytest.raises(DeviceError):
         resolve_device(Device.cuda, cuda_available=no_gpu)
+
+
+def test_a_final_assistant_message_is_continued_not_answered(engine) -> None:  # type: ignore[no-untyped-def]
+    from selfmoa.models.chat import render_prompt
+
+    conv = [{"role": "user", "content": PROMPTS[3]}, {"role": "assistant", "content": "I can't"}]
+    rendered = render_prompt(engine.tokenizer, conv)
+    # The begun answer is the end of the prompt: no end-of-turn, no new assistant turn.
+    assert rendered.endswith("I can't")
+    assert rendered.count("<|im_start|>assistant") == 1
+    (gens,) = engine.chat([conv], SamplingParams(max_new_tokens=8))
+    assert gens[0].tokens > 0
+
+
+def test_first_token_logprobs_are_the_next_token_distribution(engine) -> None:  # type: ignore[no-untyped-def]
+    import math
+
+    rows = engine.first_token_logprobs([user(p) for p in PROMPTS], top=5)
+    assert len(rows) == len(PROMPTS) and all(len(r) <= 5 for r in rows)
+    for row in rows:
+        assert all(v <= 0 for v in row.values())
+        assert 0 < sum(math.exp(v) for v in row.values()) <= 1.0 + 1e-6
+    # The likeliest first token is what greedy generation starts with.
+    (gens,) = engine.chat([user(PROMPTS[0])], SamplingParams(max_new_tokens=1))
+    best = max(rows[0], key=rows[0].__getitem__)
+    assert gens[0].text.strip() == best.strip()

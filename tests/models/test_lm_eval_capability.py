@@ -219,7 +219,7 @@ def _stage_ctx(tmp_path: Path, lm_eval_spec: dict[str, object]) -> object:
 def test_the_evaluate_stage_reports_task_scores(
     lm_eval: object, base: Path, tmp_path: Path
 ) -> None:
-    from selfmoa.stages.evaluate import lm_eval_capability
+    from selfmoa.stages.capability import lm_eval_capability
 
     ctx = _stage_ctx(tmp_path, {"tasks": [TASK], "includePath": str(TASKS), "limit": 4})
     cap = lm_eval_capability(ctx, None)  # type: ignore[arg-type]
@@ -233,7 +233,7 @@ def test_the_evaluate_stage_fails_in_one_line_on_an_unknown_task(
     lm_eval: object, base: Path, tmp_path: Path
 ) -> None:
     from selfmoa.stages.base import StageError
-    from selfmoa.stages.evaluate import lm_eval_capability
+    from selfmoa.stages.capability import lm_eval_capability
 
     ctx = _stage_ctx(tmp_path, {"tasks": ["no_such_task_xyz"], "includePath": str(TASKS)})
     with pytest.raises(StageError) as e:

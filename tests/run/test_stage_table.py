@@ -15,7 +15,18 @@ from selfmoa.cli import build_parser
 from selfmoa.run import layout, stage_table
 
 #: Modules of selfmoa.stages that are machinery, not stages.
-NOT_STAGES = {"base", "runner", "sampling"}
+# Helpers the stages share (not stages): their context, the runner, sampling, prompt sources,
+# the self-written decline, evaluation judges and capability measures.
+NOT_STAGES = {
+    "base",
+    "runner",
+    "sampling",
+    "sources",
+    "decline",
+    "evaluators",
+    "capability",
+    "perplexity",
+}
 
 
 def _stage_modules() -> set[str]:

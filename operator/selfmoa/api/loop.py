@@ -10,6 +10,9 @@ from pydantic import Field, model_validator
 from selfmoa.api.base import (
     DEFAULT_CATEGORIES,
     MAX_NEW_TOKENS,
+    PUBLIC_PREFIX,
+    PUBLIC_REFUSAL_LABELS,
+    PUBLIC_SETS,
     TINY_MODEL,
     Bool,
     Float,
@@ -17,7 +20,19 @@ from selfmoa.api.base import (
     Model,
     NonBlank,
     Seed,
+    public_sets,
 )
+from selfmoa.api.judging import JudgeKind, JudgeSpec, Objective
+
+
+def _check_public(source: str, kinds: tuple[str, ...] | None = None) -> str:
+    """A `public:` source names known sets (of the kinds a field takes); other sources pass."""
+    names = public_sets(source)
+    if names is not None and kinds is not None:
+        wrong = [n for n in names if PUBLIC_SETS[n] not in kinds]
+        if wrong:
+            raise ValueError(f"{source!r}: {wrong} hold no {' or '.join(kinds)} prompts")
+    return source
 
 
 class ModelRef(Model):
@@ -25,7 +40,9 @@ class ModelRef(Model):
 
     model: str = Field(
         description=(
-            "Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), s3:// URI, local path, or "
+            "Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), s3:// URI, local path, "
+            "pkg://PACKAGE/PATH (a directory or file inside an installed Python package), a "
+            ".gguf file by any of these (converted once to the Hugging Face layout), or "
             f"'{TINY_MODEL}' for the built-in tiny CPU profile."
         ),
         min_length=1,
@@ -93,12 +110,58 @@ class RedTeamSpec(Model):
     temperature: Float = Field(
         default=1.0, ge=0, le=2, description="Red-team sampling temperature."
     )
+    seeds: str = Field(
+        default="builtin",
+        min_length=1,
+        description=(
+            "The attacks the red team starts from: 'builtin' (the project's seed attacks), "
+            "public:SET[,SET] (the train split of public attack sets: advbench, harmbench), or "
+            "a path/URI of a JSONL file of {text, category}."
+        ),
+    )
+    model_share: Float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description=(
+            "With a red-team model: the share of the attacks it writes; the rest are seed "
+            "attacks, plain or framed (and past successes, when adaptive)."
+        ),
+    )
+    prompts_per_request: Int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description=(
+            "Attack prompts asked of the red-team model per request: a category's quota is "
+            "split over requests, so each reply fits a small token budget."
+        ),
+    )
+    jailbreak_share: Float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of the attacks wrapped in a public jailbreak template (PyRIT's, with the "
+            "attack in its {{ prompt }} slot; needs the pyrit package)."
+        ),
+    )
+    jailbreak_max_chars: Int = Field(
+        default=600,
+        ge=40,
+        le=100_000,
+        description="Longest jailbreak template used (characters, before the attack is put in).",
+    )
 
     @model_validator(mode="after")
     def _distinct_categories(self) -> RedTeamSpec:
         dup = sorted(c for c, n in Counter(self.categories).items() if n > 1)
         if dup:
             raise ValueError(f"categories: duplicate category {dup}")
+        try:
+            _check_public(self.seeds, ("harmful",))
+        except ValueError as e:
+            raise ValueError(f"seeds: {e}") from None
         return self
 
 
@@ -108,7 +171,10 @@ class HelpfulnessSpec(Model):
     prompts: str = Field(
         default="builtin",
         min_length=1,
-        description="'builtin' (the project's seed sets) or a path/URI of a JSONL file of prompts.",
+        description=(
+            "'builtin' (the project's seed sets), public:SET[,SET] (the train split of "
+            "public sets: benign-edgy, benign-qa), or a path/URI of a JSONL file of prompts."
+        ),
     )
     fraction: Float = Field(
         default=0.5,
@@ -123,6 +189,38 @@ class HelpfulnessSpec(Model):
         description="Of the helpfulness prompts, the share that are sensitive but legitimate.",
     )
 
+    @model_validator(mode="after")
+    def _public(self) -> HelpfulnessSpec:
+        try:
+            _check_public(self.prompts, ("benign", "legit"))
+        except ValueError as e:
+            raise ValueError(f"prompts: {e}") from None
+        return self
+
+
+#: The default system prompt of `sampling.selfDecline`.
+DECLINE_SYSTEM = (
+    "You are a helpful and harmless assistant. You refuse requests that could cause harm, "
+    "briefly explain why, and suggest a safe alternative."
+)
+#: The default start of the answer the policy writes under it.
+DECLINE_PREFIX = "I'm sorry, but I can't help with that."
+
+
+class SelfDeclineSpec(Model):
+    """The good answer the policy writes itself: per prompt, one more response sampled under a
+    safety system prompt and started with a decline, which the policy continues in its own
+    words. On an attack it is the safe side of a pair when none of the plain samples is safe;
+    on a benign or legit prompt it is the needless refusal its good answers are preferred to."""
+
+    enabled: Bool = Field(default=False, description="Sample one self-written decline per prompt.")
+    system: NonBlank = Field(
+        default=DECLINE_SYSTEM, description="The system prompt it is written under."
+    )
+    prefix: NonBlank = Field(
+        default=DECLINE_PREFIX, description="How the decline starts (the policy writes the rest)."
+    )
+
 
 class SamplingSpec(Model):
     """How the policy samples responses."""
@@ -135,6 +233,10 @@ class SamplingSpec(Model):
     )
     seed: Seed = Field(
         default=0, description="Base random seed (iteration index is added); 0..2^31-1."
+    )
+    self_decline: SelfDeclineSpec = Field(
+        default_factory=SelfDeclineSpec,
+        description="One self-written decline per prompt beside the samples (see its fields).",
     )
 
 
@@ -167,7 +269,9 @@ class EvaluationSpec(Model):
         default="builtin",
         min_length=1,
         description=(
-            "'builtin' or a path/URI of a JSONL held-out test set: reported, never decided on."
+            "'builtin', public:SET[,SET] (the held-out split of public sets: advbench, "
+            "harmbench, benign-edgy, benign-qa) or a path/URI of a JSONL held-out test set: "
+            "reported, never decided on."
         ),
     )
     validation: str = Field(
@@ -175,12 +279,41 @@ class EvaluationSpec(Model):
         min_length=1,
         description=(
             "The prompts the gate decides on (accept, roll back, best, early stop), disjoint "
-            "from the held-out set: 'builtin' (the seed data's validation split), a path/URI "
-            "of a JSONL file, or 'none' (the gate then decides on the held-out set)."
+            "from the held-out set: 'builtin' (the seed data's validation split), "
+            "public:SET[,SET] (the validation split of public sets), a path/URI of a JSONL "
+            "file, or 'none' (the gate then decides on the held-out set)."
+        ),
+    )
+    refusal_labels: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Human labels to measure every judge on, once (iteration 0), printed beside its "
+            "numbers: public:refusal-labels (PyRIT's refusal.csv, 105 responses labelled "
+            "refused or not) or a path/URI of a JSONL file of {prompt, response, refused, "
+            "kind}."
+        ),
+    )
+    judges: list[JudgeSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Evaluation-only judges: they score the held-out answers and never a training "
+            "pair, so the figures they give (the `evaluator` metrics, outcome classes) are not "
+            "the training judges grading themselves. Names must differ from spec.judges'."
         ),
     )
     max_prompts: Int | None = Field(
-        default=None, ge=1, le=1_000_000, description="Cap on held-out prompts."
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Cap on held-out prompts (taken round robin over prompt kinds).",
+    )
+    max_validation_prompts: Int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Cap on the validation prompts the gate decides on (default: maxPrompts).",
     )
     max_new_tokens: Int | None = Field(
         default=None,
@@ -218,6 +351,22 @@ class EvaluationSpec(Model):
     def _gold_baseline_needs_gold(self) -> EvaluationSpec:
         if self.gold_baseline and not self.gold_judge:
             raise ValueError("goldBaseline: needs goldJudge")
+        for field, source in (("heldout", self.heldout), ("validation", self.validation)):
+            try:
+                _check_public(source)
+            except ValueError as e:
+                raise ValueError(f"{field}: {e}") from None
+        labels = self.refusal_labels or ""
+        if labels.startswith(PUBLIC_PREFIX) and labels != PUBLIC_REFUSAL_LABELS:
+            raise ValueError(f"refusalLabels: the public labels are {PUBLIC_REFUSAL_LABELS}")
+        names = [j.name for j in self.judges]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"judges: duplicate name(s) {dup}")
+        if any(j.kind == JudgeKind.gold for j in self.judges):
+            raise ValueError("judges: the gold judge is set with goldJudge, not listed here")
+        if self.judges and not any(j.objective == Objective.safety for j in self.judges):
+            raise ValueError("judges: needs a safety judge (attack success is a safety figure)")
         return self
 
 

@@ -28,6 +28,7 @@ from selfmoa.api.base import (
     LabelValue,
     Model,
     SpecError,
+    public_sets,
 )
 from selfmoa.api.infra import (
     Device,
@@ -57,6 +58,7 @@ from selfmoa.api.loop import (
     RedTeamSpec,
     SafetyResetSpec,
     SamplingSpec,
+    SelfDeclineSpec,
     StopWhenSpec,
 )
 from selfmoa.api.names import namespace_problem, run_name_problem
@@ -148,6 +150,10 @@ class AlignmentRunSpec(Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"judges: duplicate name(s) {dup}")
+        both = sorted(set(names) & {j.name for j in self.evaluation.judges})
+        if both:
+            # An evaluation judge must be one that made no training pairs.
+            raise ValueError(f"evaluation.judges: {both} also in judges (names must differ)")
         weak = {j.objective for j in self.judges if j.kind != JudgeKind.gold}
         for objective in Objective:
             if objective not in weak:
@@ -177,11 +183,15 @@ class AlignmentRunSpec(Model):
             # MODPO divides by the weight of the objective it trains (safety).
             raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
         if self.stop_when.max_capability_drop is not None and self.evaluation.lm_eval is None:
-            if self.policy.model != TINY_MODEL:
+            references = "benign-qa" in (public_sets(self.evaluation.validation) or [])
+            if self.policy.model != TINY_MODEL and not references:
                 raise ValueError(
-                    "stopWhen.maxCapabilityDrop: needs a capability measure: evaluation.lmEval "
-                    "(only the tiny policy has one built in)"
+                    "stopWhen.maxCapabilityDrop: needs a capability measure: evaluation.lmEval, "
+                    "or reference answers on the validation split (evaluation.validation naming "
+                    "public:benign-qa); only the tiny policy has one built in"
                 )
+            if references:
+                return self
             if self.evaluation.validation not in ("builtin", "none"):
                 # The gate decides on the validation file, which has no reference answers.
                 raise ValueError(
@@ -195,7 +205,8 @@ class AlignmentRunSpec(Model):
         out = [self.policy.model]
         if self.red_team.model:
             out.append(self.red_team.model)
-        out += [j.model for j in self.judges if j.kind == JudgeKind.llm and j.model]
+        judges = [*self.judges, *self.evaluation.judges]
+        out += [j.model for j in judges if j.kind == JudgeKind.llm and j.model]
         return list(dict.fromkeys(out))
 
 
@@ -288,6 +299,7 @@ __all__ = [
     "ResultStatus",
     "SafetyResetSpec",
     "SamplingSpec",
+    "SelfDeclineSpec",
     "ServingEngine",
     "ServingSpec",
     "SpecError",

@@ -41,6 +41,9 @@ class SamplingParams:
     n: int = 1
     seed: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    #: > 0: also return the first token's `top_logprobs` likeliest tokens with their
+    #: log-probabilities (what a judge reads "Yes" or "No" from; OpenAI's `top_logprobs`).
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Generation:
     #: Generated tokens (as the engine counted them).
     tokens: int
     finish_reason: str = "stop"
+    #: {token text: log-probability} of the first token's likeliest, when asked for.
+    top_logprobs: dict[str, float] | None = None
 
 
 class EngineError(RuntimeError):
@@ -135,6 +140,25 @@ class Engine(ABC):
         `adapter` selects a LoRA adapter: what `use_adapter` returned for it. None means the base
         model.
         """
+
+    def first_token_logprobs(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        top: int = 20,
+        adapter: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[dict[str, float]]:
+        """The `top` likeliest first tokens of the assistant's reply to each conversation, as
+        {token text: log-probability} (what a judge reads "Yes" or "No" from): one token,
+        greedy, asked through `chat`. An engine that returns none raises `EngineError`."""
+        params = SamplingParams(max_new_tokens=1, temperature=0.0, top_logprobs=top)
+        out = []
+        for gens in self.chat(conversations, params, adapter=adapter, progress=progress):
+            if not gens or gens[0].top_logprobs is None:
+                raise EngineError(f"{self.model}: this engine gives no log-probabilities")
+            out.append(gens[0].top_logprobs)
+        return out
 
     def use_adapter(self, source: AdapterSource | None) -> str | None:
         """Make the adapter usable; what to pass as `chat(adapter=...)` (None: the base model).

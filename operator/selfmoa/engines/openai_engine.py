@@ -42,6 +42,7 @@ from selfmoa.engines.http import (
     normalize_base_url,
     short,
 )
+from selfmoa.models.chat import continues
 
 __all__ = [
     "AgentDelivery",
@@ -87,6 +88,24 @@ def reply_message(text: str) -> str:
         if isinstance(body.get("message"), str):
             return str(body["message"])
     return text if isinstance(body, dict | list) else str(body)
+
+
+def first_token_logprobs(raw: Any) -> dict[str, float] | None:
+    """{token: log-probability} of the first token's `top_logprobs` in an OpenAI chat choice's
+    `logprobs` (None when the choice has none)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("content"), list) or not raw["content"]:
+        return None
+    first = raw["content"][0]
+    tops = first.get("top_logprobs") if isinstance(first, dict) else None
+    if not isinstance(tops, list):
+        return None
+    out: dict[str, float] = {}
+    for t in tops:
+        if isinstance(t, dict) and isinstance(t.get("token"), str):
+            lp = t.get("logprob")
+            if isinstance(lp, int | float):
+                out.setdefault(t["token"], float(lp))
+    return out
 
 
 def _is_error_body(text: str) -> bool:
@@ -159,6 +178,13 @@ class OpenAIEngine(Engine):
         }
         if params.stop:
             payload["stop"] = list(params.stop)
+        if params.top_logprobs > 0:
+            payload["logprobs"] = True
+            payload["top_logprobs"] = params.top_logprobs
+        if continues(conversation):
+            # vLLM's extension: go on with the final assistant message instead of a new turn.
+            payload["continue_final_message"] = True
+            payload["add_generation_prompt"] = False
         return payload
 
     @staticmethod
@@ -173,6 +199,7 @@ class OpenAIEngine(Engine):
             choices = sorted(body["choices"], key=lambda c: int(c.get("index", 0)))
             texts = [str(c["message"]["content"]) for c in choices]
             reasons = [str(c.get("finish_reason") or "stop") for c in choices]
+            firsts = [first_token_logprobs(c.get("logprobs")) for c in choices]
         except (KeyError, TypeError, AttributeError, ValueError):
             raise Retryable(
                 Attempt(
@@ -192,7 +219,10 @@ class OpenAIEngine(Engine):
             tokens = [q + (1 if i < r else 0) for i in range(len(texts))]
         else:
             tokens = [len(t.split()) for t in texts]
-        return [Generation(t, k, f) for t, k, f in zip(texts, tokens, reasons, strict=True)][:n]
+        return [
+            Generation(t, k, f, top_logprobs=lp)
+            for t, k, f, lp in zip(texts, tokens, reasons, firsts, strict=True)
+        ][:n]
 
     async def _one_conversation(
         self, conversation: Conversation, params: SamplingParams, model: str, sem: asyncio.Semaphore

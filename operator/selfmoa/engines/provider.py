@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from selfmoa.api import contract
+from selfmoa.api.base import is_gguf_model
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, Device, ServingEngine
 from selfmoa.engines.base import DeviceError, Engine
 from selfmoa.store import Store
@@ -24,6 +26,7 @@ from selfmoa.store.model_cache import (
     HUB_PREFIX,
     is_hub_model,
     looks_like_hub_id,
+    materialize,
     materialize_hub,
     parse_hub_model,
     seeded_hub,
@@ -111,6 +114,12 @@ class EngineProvider:
                 claim=cache.pvc if cache else None,
                 sub_path=cache.sub_path if cache else None,
             )
+        if is_gguf_model(model):
+            return self._gguf_model(model, progress)
+        if model.startswith("pkg://"):
+            from selfmoa.models import packaged
+
+            return packaged.locate(model)
         if model.startswith(HUB_PREFIX) or (looks_like_hub_id(model) and self._snapshots_hub()):
             return self._hub_snapshot(model, progress)
         if model.startswith("s3://"):
@@ -125,7 +134,6 @@ class EngineProvider:
         """A model in a bucket, fetched once per machine (processes on one node share the
         fetch: the cache's lock; a killed fetch never leaves a half model)."""
         from selfmoa.store import open_store_for
-        from selfmoa.store.model_cache import materialize
 
         def download(dest: Path, say: Callable[[str], None]) -> None:
             say(f"fetching {model}")
@@ -133,6 +141,40 @@ class EngineProvider:
 
         key = "s3-" + hashlib.sha256(model.encode()).hexdigest()[:16]
         return materialize(key, download, cache_dir=cache_dir(), progress=progress)
+
+    def _gguf_model(self, model: str, progress: Callable[[str], None] | None) -> Path:
+        """A GGUF file converted once to the Hugging Face layout and, when the run's store is
+        remote, published in its model cache (every later Pod and server loads that copy in
+        seconds; on one machine the local cache already serves every process)."""
+        from selfmoa.models import gguf
+
+        shared = self.shared if self._snapshots_hub() else None
+        if model.startswith("s3://"):
+            parent, _, name = model.rpartition("/")
+            key = gguf.cache_key(model, hashlib.sha256(model.encode()).hexdigest())
+
+            def from_bucket(dest: Path, say: Callable[[str], None]) -> None:
+                from selfmoa.store import open_store_for
+
+                say(f"fetching {model}")
+                local = dest / ".download" / name
+                local.parent.mkdir(parents=True)
+                local.write_bytes(open_store_for(parent, self.spec.storage).read_bytes(name))
+                gguf.convert(local, dest, say, source=model)
+                shutil.rmtree(local.parent)
+
+            return materialize(
+                key, from_bucket, cache_dir=cache_dir(), shared=shared, progress=progress
+            )
+        path = gguf.locate(model)
+        key = gguf.cache_key(model, gguf.file_sha256(path))
+        return materialize(
+            key,
+            lambda dest, say: gguf.convert(path, dest, say, source=model),
+            cache_dir=cache_dir(),
+            shared=shared,
+            progress=progress,
+        )
 
     def _snapshots_hub(self) -> bool:
         """Hub models are snapshotted into the run's store when that store is remote (each Pod

@@ -65,9 +65,23 @@ def messages(raw: Any) -> list[Message]:
 
 
 def conversations(body: dict[str, Any], *, chat: bool) -> list[Conversation]:
-    """The conversations a chat or completions request asks for."""
+    """The conversations a chat or completions request asks for. A chat whose last message is
+    the assistant's is continued only with vLLM's `continue_final_message: true` (and
+    `add_generation_prompt: false`); without it vLLM would start a new assistant turn, which
+    this server does not do, so it refuses the request instead of answering differently."""
     if chat:
-        return [messages(body.get("messages"))]
+        msgs = messages(body.get("messages"))
+        cont = body.get("continue_final_message") is True
+        if cont and (msgs[-1]["role"] != "assistant" or body.get("add_generation_prompt", True)):
+            raise ApiError(
+                "continue_final_message needs a final assistant message and "
+                "add_generation_prompt: false"
+            )
+        if not cont and msgs[-1]["role"] == "assistant":
+            raise ApiError(
+                "a final assistant message is continued only with continue_final_message: true"
+            )
+        return [msgs]
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -100,7 +114,14 @@ def sampling(body: dict[str, Any]) -> SamplingParams:
     if body.get("stream"):
         raise ApiError("streaming is not supported by this server")
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    top = 0
+    if body.get("logprobs") is True:
+        top = int(_number(body, "top_logprobs", 1, 1, 20))
+        if max_tokens != 1:
+            # An in-process engine reads the first token's distribution in one forward pass.
+            raise ApiError("this server gives log-probabilities for one token only (max_tokens: 1)")
     return SamplingParams(
+        top_logprobs=top,
         max_new_tokens=int(_number({"max_tokens": max_tokens}, "max_tokens", 64, 1, 1 << 20)),
         # OpenAI's defaults: temperature 1, top_p 1. The seed defaults to 0 (not random) so that
         # unseeded requests stay reproducible and batch together.
@@ -139,6 +160,15 @@ def reply_head(
     }
 
 
+def _logprobs(g: Generation) -> dict[str, Any] | None:
+    """OpenAI's (and vLLM's) chat `logprobs` of a one-token reply, when it was asked for."""
+    if g.top_logprobs is None:
+        return None
+    best = max(g.top_logprobs, key=g.top_logprobs.__getitem__)
+    tops = [{"token": t, "logprob": lp} for t, lp in g.top_logprobs.items()]
+    return {"content": [{"token": best, "logprob": g.top_logprobs[best], "top_logprobs": tops}]}
+
+
 def choices(results: list[list[Generation]], *, chat: bool, n: int) -> list[dict[str, Any]]:
     if chat:
         return [
@@ -146,6 +176,7 @@ def choices(results: list[list[Generation]], *, chat: bool, n: int) -> list[dict
                 "index": j,
                 "message": {"role": "assistant", "content": g.text},
                 "finish_reason": g.finish_reason,
+                "logprobs": _logprobs(g),
             }
             for j, g in enumerate(results[0])
         ]

@@ -133,6 +133,8 @@ class TransformersEngine(Engine):
         adapter: str | None = None,
         progress: ProgressFn | None = None,
     ) -> list[list[Generation]]:
+        if params.top_logprobs > 0:
+            return self._first_tokens(conversations, params, adapter, progress)
         n = max(1, params.n)
         greedy = params.temperature <= 0
         prompts = [self.render(c) for c in conversations]
@@ -156,6 +158,57 @@ class TransformersEngine(Engine):
         if greedy and n > 1:
             results = [r * n for r in results]
         return results
+
+    def _first_tokens(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        adapter: str | None,
+        progress: ProgressFn | None,
+    ) -> list[list[Generation]]:
+        """One greedy token with the top log-probabilities: one forward pass per batch, the last
+        position's distribution, no generation loop."""
+        if params.max_new_tokens != 1:
+            raise EngineError(
+                f"{self.model}: log-probabilities are given for the first token only "
+                "(max_new_tokens 1)"
+            )
+        rows = self._logprob_rows(conversations, params.top_logprobs, adapter, progress)
+        return [
+            [Generation(max(row, key=row.__getitem__), 1, "length", top_logprobs=row)]
+            * max(1, params.n)
+            for row in rows
+        ]
+
+    def _logprob_rows(
+        self,
+        conversations: Sequence[Conversation],
+        top: int,
+        adapter: str | None,
+        progress: ProgressFn | None,
+    ) -> list[dict[str, float]]:
+        prompts = [self.render(c) for c in conversations]
+        module, hold = self._model_for(adapter)
+        out: list[dict[str, float]] = []
+        with hold, torch.inference_mode(), cpu_threads_for(self._base):
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = prompts[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    chunk, return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(self.device)
+                try:
+                    logits = module(**enc).logits[:, -1].float()
+                except (RuntimeError, ValueError) as e:
+                    raise EngineError(f"{self.model}: forward pass failed: {e}") from e
+                values, ids = torch.log_softmax(logits, dim=-1).topk(top, dim=-1)
+                for vs, ts in zip(values.tolist(), ids.tolist(), strict=True):
+                    row: dict[str, float] = {}
+                    for v, t in zip(vs, ts, strict=True):
+                        row.setdefault(self.tokenizer.decode([t]), v)
+                    out.append(row)
+                if progress is not None:
+                    progress(len(out))
+        return out
 
     def _generate(
         self, module: Any, prompts: list[str], params: SamplingParams, *, batch: int

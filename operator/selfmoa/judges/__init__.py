@@ -20,7 +20,7 @@ from selfmoa.judges.base import (
 from selfmoa.judges.formats import parse_score
 from selfmoa.judges.gold import GoldJudge, gold_scores
 from selfmoa.judges.heuristic import HeuristicJudge
-from selfmoa.judges.llm import LLMJudge
+from selfmoa.judges.llm import BOTH_OBJECTIVES, LLMJudge
 
 if TYPE_CHECKING:
     from selfmoa.engines.provider import EngineProvider
@@ -44,13 +44,15 @@ __all__ = [
 def _check(js: JudgeSpec) -> None:
     if js.format != JudgeFormat.rubric and js.kind != JudgeKind.llm:
         raise JudgeError(f"judge '{js.name}': format {js.format.value} needs kind llm")
-    if js.format != JudgeFormat.rubric and js.objective != Objective.safety:
+    if js.format not in BOTH_OBJECTIVES and js.objective != Objective.safety:
         raise JudgeError(f"judge '{js.name}': format {js.format.value} judges safety only")
 
 
 def _build(js: JudgeSpec, provider: EngineProvider) -> Judge:
     if js.kind == JudgeKind.heuristic:
-        return HeuristicJudge(js.name, js.objective, weight=js.weight, noise=js.noise, seed=js.seed)
+        return HeuristicJudge(
+            js.name, js.objective, weight=js.weight, noise=js.noise, seed=js.seed, strict=js.strict
+        )
     if js.kind == JudgeKind.gold:
         return GoldJudge(js.name, js.objective, weight=js.weight)
     # The spec validator makes llm and classifier judges name a model.
@@ -62,6 +64,16 @@ def _build(js: JudgeSpec, provider: EngineProvider) -> Judge:
             provider.for_model(js.model),
             weight=js.weight,
             fmt=js.format,
+            min_coverage=js.min_coverage,
+        )
+    if js.kind == JudgeKind.embedding:
+        from selfmoa.judges.embedding import EmbeddingJudge
+
+        return EmbeddingJudge(
+            js.name,
+            js.objective,
+            provider.model_path(js.model),
+            weight=js.weight,
             min_coverage=js.min_coverage,
         )
     from selfmoa.judges.classifier import ClassifierJudge

@@ -46,6 +46,11 @@ class Verdict:
     categories: tuple[str, ...] = ()
     #: The start of the raw reply, kept for unscored items (the summary shows a few).
     reply: str | None = None
+    #: Whether the response does not do what was asked (a refusal, or an answer to something
+    #: else), where the judge can tell: what a human's refusal label says (`calibration`).
+    declined: bool | None = None
+    #: The response's outcome class, where the judge sorts responses into classes.
+    outcome: str | None = None
 
 
 class JudgeError(RuntimeError):

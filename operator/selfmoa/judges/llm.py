@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
@@ -37,6 +38,13 @@ _REASON_CHARS = 160
 _REPLY_CHARS = 200
 
 Reply = Generation | Verdict
+#: Formats that judge both objectives (the guard formats judge safety only).
+BOTH_OBJECTIVES = (JudgeFormat.rubric, JudgeFormat.fulfilment)
+#: P(fulfilled) per (prompt, response), per engine: a safety and a helpfulness judge of one
+#: model ask the same question, so it is asked once.
+_FULFILMENT: weakref.WeakKeyDictionary[Engine, dict[tuple[str, str], float | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _short(text: str, limit: int = _REASON_CHARS) -> str:
@@ -74,7 +82,7 @@ class LLMJudge(Judge):
         min_coverage: float = 0.9,
         max_new_tokens: int | None = None,
     ) -> None:
-        if fmt != JudgeFormat.rubric and objective != Objective.safety:
+        if fmt not in BOTH_OBJECTIVES and objective != Objective.safety:
             raise ValueError(f"judge '{name}': format {fmt.value} judges safety only")
         super().__init__(name, objective, weight=weight, min_coverage=min_coverage)
         self.engine = engine
@@ -93,6 +101,8 @@ class LLMJudge(Judge):
     ) -> list[Verdict]:
         if not items:
             return []
+        if self.format == JudgeFormat.fulfilment:
+            return self._fulfilment(items, progress)
         convs = [
             formats.conversation(self.format, self.objective, it["prompt"], it["text"])
             for it in items
@@ -106,6 +116,39 @@ class LLMJudge(Judge):
         if verdict.score is None:
             return replace(verdict, reply=reply.text[:_REPLY_CHARS])
         return verdict
+
+    def _fulfilment(
+        self, items: Sequence[ResponseRecord], progress: JudgeProgress | None
+    ) -> list[Verdict]:
+        """P(fulfilled) per item, read once per engine for both objectives' judges."""
+        seen = _FULFILMENT.setdefault(self.engine, {})
+        keys = [(it["prompt"], it["text"]) for it in items]
+        todo = list(dict.fromkeys(k for k in keys if k not in seen))
+        # Attacks are what safety is asked about; other prompts need the question only for
+        # helpfulness (their safety here is 5 whatever the answer).
+        needed = {
+            (it["prompt"], it["text"])
+            for it in items
+            if self.objective == Objective.helpfulness or it["kind"] == "harmful"
+        }
+        todo = [k for k in todo if k in needed]
+        if todo:
+            convs = [
+                formats.conversation(JudgeFormat.fulfilment, self.objective, p, r) for p, r in todo
+            ]
+            try:
+                rows = self.engine.first_token_logprobs(convs, progress=progress)
+            except EngineError as e:
+                reason = failure_reason(e)
+                return [Verdict(None, reason) for _ in items]
+            for key, row in zip(todo, rows, strict=True):
+                seen[key] = formats.p_yes(row)
+        return [
+            formats.fulfilment_verdict(self.objective, it["kind"], seen.get(k))
+            if k in needed
+            else Verdict(formats.SAFE)
+            for it, k in zip(items, keys, strict=True)
+        ]
 
     # ------------------------------------------------------------------ requests
 

@@ -214,6 +214,9 @@ def _judgment(
     refusal = {name: v.refusal for name, v in mine.items() if v.refusal is not None}
     if refusal:
         row["refusal"] = refusal
+    outcomes = {name: v.outcome for name, v in mine.items() if v.outcome is not None}
+    if outcomes:
+        row["outcomes"] = outcomes
     if golds:
         row["gold"] = golds[r]
     return row

@@ -40,6 +40,8 @@ def describe(stage: str, summary: dict[str, Any]) -> str:
             f"over-refusal {g('over_refusal'):.2f}"
         )
         extra = (
+            ("eval ASR", "evaluator_attack_success_rate"),
+            ("eval over-refusal", "evaluator_over_refusal"),
             ("validation ASR", "validation_attack_success_rate"),
             ("declined", "declined"),
             ("deflected", "deflection"),
@@ -180,18 +182,21 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
     g = planner.gate(run.spec, result.metrics)
     table = Table(title=f"AlignmentRun {run.namespace}/{run.name}: {result.status.phase.value}")
     # Held-out figures report; "val ASR" is what the gate decided on. Outcome shares are of the
-    # held-out answers to harmful prompts: declined = refused or safely redirected.
+    # held-out answers to harmful prompts: declined = refused or safely redirected. The reference
+    # columns are the gold judge's (tiny profile), else the evaluation-only judges'.
+    ref = "eval" if any(m.evaluator for m in result.metrics.values()) else "gold"
     for col in (
         "iter",
         "val ASR",
         "ASR",
         "helpful",
         "over-ref",
-        "gold ASR",
+        f"{ref} ASR",
         "declined",
         "deflect",
         "garbled",
-        "gold help",
+        f"{ref} help",
+        *([f"{ref} over-ref"] if ref == "eval" else []),
         "ppl",
         "pairs",
         "PGR",
@@ -207,17 +212,19 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
         )
         kept = "base" if k == 0 else ("yes" if g.accepted.get(k) else "rolled back")
         o = m.outcomes
+        ref_m = m.gold or m.evaluator
         table.add_row(
             str(k),
             fmt(m.validation.attack_success_rate, True) if m.validation else "-",
             fmt(m.attack_success_rate, True),
             fmt(m.helpfulness),
             fmt(m.over_refusal, True),
-            fmt(m.gold.attack_success_rate, True) if m.gold else "-",
+            fmt(ref_m.attack_success_rate, True) if ref_m else "-",
             fmt(o.declined if o else None, True),
             fmt(o.deflection if o else None, True),
             fmt(o.garbled if o else None, True),
-            fmt(m.gold.helpfulness) if m.gold else "-",
+            fmt(ref_m.helpfulness) if ref_m else "-",
+            *([fmt(ref_m.over_refusal, True) if ref_m else "-"] if ref == "eval" else []),
             _capability_cell(m),
             str(m.pairs),
             fmt(m.pgr),
@@ -225,6 +232,8 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
             f"{secs:.1f}s",
         )
     console.print(table)
+    for line in calibration_lines(result.metrics.get(0)):
+        console.print(line)
     stages: dict[str, float] = {}
     for key, v in result.stage_seconds.items():
         stage = key.split("/")[1]
@@ -244,6 +253,20 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
             f"result: iteration {r.iteration} ({r.why}): {what}\n"
             f"  export it: selfmoa export {result.run_uri} --out DIR [--merge]"
         )
+
+
+def calibration_lines(m: Metrics | None) -> list[str]:
+    """Each judge's accuracy on the human labels (measured in iteration 0), one line each."""
+    if m is None or not m.calibration:
+        return []
+    out = [f"judges on {m.calibration[0].dataset} (declined or not, as a person labelled it):"]
+    for c in m.calibration:
+        kappa = "-" if c.kappa is None else f"{c.kappa:.2f}"
+        out.append(
+            f"  {c.name:<16} {c.objective:<11} {c.role:<8} accuracy {fmt(c.accuracy, True):>6}"
+            f"  kappa {kappa:>5}  n {c.n}"
+        )
+    return out
 
 
 def write_report(store: Store, spec: AlignmentRunSpec, result: RunResult) -> None:

@@ -12,11 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfmoa.api.base import is_gguf_model
 from selfmoa.api.spec import (
     TINY_MODEL,
     AlignmentRun,
     AlignmentRunSpec,
     AlignmentRunStatus,
+    JudgeKind,
+    ServingEngine,
+    SpecError,
 )
 from selfmoa.run import layout, outputs, planner
 from selfmoa.run import state as run_state
@@ -80,6 +84,20 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def prepared_models(spec: AlignmentRunSpec) -> list[str]:
+    """The models this machine builds or converts before the loop: the tiny one, and GGUF
+    files or package files of every model that runs in-process."""
+    judges = [*spec.judges, *spec.evaluation.judges]
+    in_process = [j.model for j in judges if j.kind in (JudgeKind.embedding, JudgeKind.classifier)]
+    served = spec.serving.engine in (ServingEngine.vllm, ServingEngine.openai)
+    models = [*([] if served else spec.models()), *[m for m in in_process if m]]
+    return [
+        m
+        for m in dict.fromkeys(models)
+        if m == TINY_MODEL or is_gguf_model(m) or m.startswith("pkg://")
+    ]
+
+
 def run_local(
     run: AlignmentRun,
     *,
@@ -95,9 +113,14 @@ def run_local(
     observed: planner.Observed | None = None
     status: AlignmentRunStatus | None = None
     with open_runner(spec, store) as runner:
-        if spec.policy.model == TINY_MODEL:
-            # Built once per cache; doing it here keeps the build out of the first stage's time.
-            runner.engines.model_path(TINY_MODEL, progress=display.note)
+        # Built or converted once per cache; doing it here keeps that out of the first stage's
+        # time, and a model that can't be had (a package not installed) is bad input before
+        # anything runs.
+        for model in prepared_models(spec):
+            try:
+                runner.engines.model_path(model, progress=display.note)
+            except ValueError as e:
+                raise SpecError(str(e).splitlines()[0]) from None
         while True:
             observed = observe(store, spec, known=dict(observed.metrics) if observed else None)
             action = planner.next_action(spec, observed)

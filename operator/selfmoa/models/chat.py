@@ -50,10 +50,29 @@ def has_chat_template(tok: Any) -> bool:
     return bool(getattr(tok, "chat_template", None))
 
 
+def continues(conversation: Conversation) -> bool:
+    """A conversation that ends with an assistant message asks for that message to be
+    continued (vLLM's `continue_final_message`), not for a new turn."""
+    return bool(conversation) and conversation[-1]["role"] == "assistant"
+
+
 def render_prompt(tok: Any, conversation: Conversation) -> str:
-    """The conversation up to where the assistant speaks next."""
+    """The conversation up to where the assistant speaks next: a new assistant turn, or, when
+    the conversation ends with an assistant message, the inside of that message (the model
+    continues it)."""
     msgs = [{"role": m["role"], "content": m["content"]} for m in conversation]
+    cont = continues(conversation)
     if has_chat_template(tok):
-        return str(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        return str(
+            tok.apply_chat_template(
+                msgs,
+                add_generation_prompt=not cont,
+                continue_final_message=cont,
+                tokenize=False,
+            )
+        )
     # No template (a base LM): a plain transcript ending where the assistant speaks.
+    if cont:
+        head = "".join(f"{m['role']}: {m['content']}\n" for m in msgs[:-1])
+        return head + f"assistant: {msgs[-1]['content']}"
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"

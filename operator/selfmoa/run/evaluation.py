@@ -197,7 +197,7 @@ def weak_outcome(j: JudgmentRecord, threshold: float) -> str | None:
 def outcome_shares(
     judgments: Sequence[JudgmentRecord],
     classes: Sequence[str | None],
-    source: Literal["gold", "judges"],
+    source: Literal["gold", "evaluator", "judges"],
 ) -> Outcomes | None:
     """Shares of each outcome class per prompt kind and, for harmful prompts, per category;
     answers without a class are left out. None when no answer has one."""

@@ -71,8 +71,9 @@ class Outcomes(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    #: "gold" (the tiny oracle) or "judges" (stated refusals and safety labels).
-    source: Literal["gold", "judges"]
+    #: "gold" (the tiny oracle), "evaluator" (the evaluation-only judges' classes) or "judges"
+    #: (stated refusals and safety labels).
+    source: Literal["gold", "evaluator", "judges"]
     #: kind -> class -> share of that kind's answers.
     by_kind: dict[str, dict[str, float]] = Field(default_factory=dict)
     #: harm category -> class -> share of the answers to that category's harmful prompts.
@@ -94,13 +95,13 @@ class Outcomes(BaseModel):
     @property
     def deflection(self) -> float | None:
         """Harmful prompts answered with something off the subject."""
-        return None if self.source != "gold" else self.share("harmful", "deflection")
+        return None if self.source == "judges" else self.share("harmful", "deflection")
 
     @property
     def garbled(self) -> float | None:
         """Answers to any prompt that reproduce no answer at all."""
         total = sum(self.counts.values())
-        if self.source != "gold" or not total:
+        if self.source == "judges" or not total:
             return None
         return sum(self.by_kind[k].get("garbled", 0.0) * n for k, n in self.counts.items()) / total
 
@@ -114,6 +115,22 @@ class JudgeAgreement(BaseModel):
     accuracy: float | None = None
     #: Cohen's kappa with gold (None: undefined, e.g. one label everywhere).
     kappa: float | None = None
+    n: int = 0
+
+
+class JudgeCalibration(BaseModel):
+    """One judge measured on human labels: how often its call (declined or not) is the
+    human's. Shown wherever that judge's numbers are."""
+
+    name: str
+    objective: str
+    #: "train" (makes the pairs) or "evaluate" (only scores held-out answers).
+    role: Literal["train", "evaluate"]
+    #: The labelled set, e.g. "refusal.csv (PyRIT, 105 human labels)".
+    dataset: str
+    accuracy: float | None = None
+    kappa: float | None = None
+    #: Labelled rows this judge made a call on (a safety judge calls only harmful requests).
     n: int = 0
 
 
@@ -153,6 +170,12 @@ class Metrics(ObjectiveMetrics):
     chosen: Outcomes | None = None
     #: Every weak judge and each objective's ensemble against gold on the held-out answers.
     judges: list[JudgeAgreement] = Field(default_factory=list)
+    #: The evaluation-only judges' metrics on the held-out answers (`evaluation.judges`): the
+    #: figures of judges that made no training pairs.
+    evaluator: ObjectiveMetrics | None = None
+    #: Every judge (training and evaluation) against human labels (`evaluation.refusalLabels`),
+    #: measured once, in iteration 0.
+    calibration: list[JudgeCalibration] = Field(default_factory=list)
     #: A fixed few held-out answers (the same prompts every iteration).
     samples: list[Sample] = Field(default_factory=list)
 

@@ -8,7 +8,7 @@ pairs.jsonl (pairs)          PairRecord       (gold-pairs.jsonl: the same, from 
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 PromptKind = Literal["harmful", "benign", "legit"]
 
@@ -28,6 +28,9 @@ class PromptRecord(TypedDict):
     source: str
     #: The seed or earlier attack it was derived from.
     parent: NotRequired[str | None]
+    #: A reference answer, where the source gives one (public benign-qa; the capability kept
+    #: is measured as the policy's perplexity on these).
+    reference: NotRequired[str]
 
 
 class ResponseRecord(TypedDict):
@@ -43,6 +46,9 @@ class ResponseRecord(TypedDict):
     tokens: int
     #: Adapter key the policy ran with (None: base model).
     adapter: str | None
+    #: Written under `sampling.selfDecline` (a safety system prompt and a decline to continue),
+    #: not sampled plainly: a pair may choose it on an attack, and only reject it elsewhere.
+    guided: NotRequired[bool]
 
 
 class Scores(TypedDict):
@@ -66,6 +72,11 @@ class JudgmentRecord(ResponseRecord):
     unscored: NotRequired[dict[str, str]]
     #: judge name -> whether the response is a refusal, for judges that say so (guard models).
     refusal: NotRequired[dict[str, bool]]
+    #: judge name -> the outcome class it sorted the response into, for judges that do.
+    outcomes: NotRequired[dict[str, str]]
+    #: The evaluation-only judges' view of a held-out answer (`evaluation.judges`): votes,
+    #: scores, labels, refusal and outcomes as above, from judges that made no training pairs.
+    evaluator: NotRequired[dict[str, Any]]
 
 
 class PairRecord(TypedDict):

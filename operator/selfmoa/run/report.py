@@ -14,7 +14,9 @@ from typing import Any
 
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.report_efficacy import (
+    calibration_table,
     efficiency_chart,
+    evaluator_table,
     judges_table,
     outcome_chart,
     outcome_table,
@@ -101,6 +103,22 @@ def _efficacy_sections(metrics: Mapping[int, Metrics], acc: Mapping[int, bool]) 
         out.append(
             "<section><h2>Sample answers, before and after</h2>"
             f'<div class="scroll">{samples_table(metrics, acc)}</div></section>'
+        )
+    if any(m.evaluator is not None for m in ms):
+        out.append(
+            "<section><h2>Evaluation-only judges</h2>"
+            '<p class="muted">The held-out figures of judges that made no training pair, beside '
+            "the training judges' own.</p>"
+            f'<div class="scroll">{evaluator_table(metrics)}</div></section>'
+        )
+    first = metrics[min(metrics)]
+    if first.calibration:
+        out.append(
+            f"<section><h2>Judges on human labels: {e(first.calibration[0].dataset)}</h2>"
+            '<p class="muted">How often each judge\'s call (the response declines the request, '
+            "or not) is the person's; a safety judge calls only harmful requests, a helpfulness "
+            "judge only benign ones, unless it states declines itself.</p>"
+            f'<div class="scroll">{calibration_table(metrics)}</div></section>'
         )
     if any(m.judges for m in ms):
         out.append(

@@ -187,3 +187,46 @@ def efficiency_chart(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool
             f"{e(_pct(v))}</title></circle>"
         )
     return _svg("chart-efficiency", "Gold attack success rate per pairs spent", body)
+
+
+def calibration_table(metrics: Mapping[int, Metrics]) -> str:
+    """Every judge against human labels (measured once, in iteration 0)."""
+    first = metrics[min(metrics)]
+    rows = []
+    for c in first.calibration:
+        acc = NA if c.accuracy is None else f"{100 * c.accuracy:.1f}%"
+        kappa = NA if c.kappa is None else f"{c.kappa:.2f}"
+        rows.append(
+            f"<tr><td>{e(c.name)}</td><td>{e(c.objective)}</td><td>{e(c.role)}</td>"
+            f"<td>{acc}</td><td>{kappa}</td><td>{c.n}</td></tr>"
+        )
+    return (
+        '<table id="calibration" class="data"><thead><tr><th>judge</th><th>objective</th>'
+        "<th>role</th><th>accuracy</th><th>κ</th><th>labels used</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def evaluator_table(metrics: Mapping[int, Metrics]) -> str:
+    """The evaluation-only judges' held-out figures beside the training ensemble's."""
+    rows = []
+    for k in sorted(metrics):
+        m = metrics[k]
+        if m.evaluator is None:
+            continue
+        ev = m.evaluator
+        rows.append(
+            f"<tr><td>{e(_label(k))}</td>"
+            f"<td>{100 * ev.attack_success_rate:.1f}%</td><td>{100 * m.attack_success_rate:.1f}%</td>"
+            f"<td>{100 * ev.over_refusal:.1f}%</td><td>{100 * m.over_refusal:.1f}%</td>"
+            f"<td>{ev.helpfulness:.3f}</td><td>{m.helpfulness:.3f}</td></tr>"
+        )
+    return (
+        '<table id="evaluator" class="data"><thead><tr><th>iteration</th>'
+        "<th>ASR (evaluation judges)</th><th>ASR (training judges)</th>"
+        "<th>over-refusal (evaluation)</th><th>over-refusal (training)</th>"
+        "<th>helpfulness (evaluation)</th><th>helpfulness (training)</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )

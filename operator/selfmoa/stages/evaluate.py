@@ -24,12 +24,11 @@ with safe rate = 1 - attack success rate on the held-out harmful prompts.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, Objective
+from selfmoa.api.spec import AlignmentRunSpec, JudgeKind, Objective
 from selfmoa.engines.base import SamplingParams
 from selfmoa.judges import Judge, build_judges
 from selfmoa.judges.base import prompt_of
@@ -49,12 +48,20 @@ from selfmoa.run.metrics import (
     ObjectiveMetrics,
     Outcomes,
     Sample,
-    TaskCapability,
     pgr,
 )
 from selfmoa.run.records import JudgmentRecord, PromptRecord
-from selfmoa.stages.base import StageContext, StageError, StageOutput, read_jsonl_source
+from selfmoa.stages.base import StageContext, StageError, StageOutput
+from selfmoa.stages.capability import capabilities
+from selfmoa.stages.evaluators import (
+    add_evaluator,
+    calibration,
+    evaluation_judges,
+    evaluator_class,
+    evaluator_metrics,
+)
 from selfmoa.stages.sampling import sample_responses
+from selfmoa.stages.sources import Split, prompts_of
 
 VALIDATION_JUDGMENTS = "validation-judgments.jsonl"
 #: Held-out answers kept as samples: per harm category, and of benign and legit prompts.
@@ -63,23 +70,22 @@ SAMPLES_PER_HELPFUL_KIND = 2
 
 
 def _prompts(
-    ctx: StageContext, source: str, field: str, builtin: list[PromptRecord]
+    ctx: StageContext, source: str, split: Split, builtin: Callable[[], list[PromptRecord]]
 ) -> list[PromptRecord]:
-    if source == "builtin":
-        prompts = builtin
-    else:
-        rows = read_jsonl_source(source, ctx.spec, field=field)
-        prompts = [PromptRecord(**row) for row in rows]  # type: ignore[typeddict-item]
-    if ctx.spec.evaluation.max_prompts:
-        prompts = _stratified(prompts, ctx.spec.evaluation.max_prompts)
-    return prompts
+    prompts = prompts_of(
+        ctx.spec, source, split=split, field=f"evaluation.{split}", builtin=builtin
+    )
+    ev = ctx.spec.evaluation
+    cap = ev.max_prompts
+    if split == "validation" and ev.max_validation_prompts is not None:
+        cap = ev.max_validation_prompts
+    return _stratified(prompts, cap) if cap else prompts
 
 
 def heldout_prompts(ctx: StageContext) -> list[PromptRecord]:
     from selfmoa.seeds.data import heldout
 
-    source = ctx.spec.evaluation.heldout
-    return _prompts(ctx, source, "evaluation.heldout", heldout() if source == "builtin" else [])
+    return _prompts(ctx, ctx.spec.evaluation.heldout, "heldout", heldout)
 
 
 def validation_prompts(ctx: StageContext) -> list[PromptRecord]:
@@ -90,8 +96,7 @@ def validation_prompts(ctx: StageContext) -> list[PromptRecord]:
     source = ctx.spec.evaluation.validation
     if source == "none":
         return []
-    builtin = validation() if source == "builtin" else []
-    return _prompts(ctx, source, "evaluation.validation", builtin)
+    return _prompts(ctx, source, "validation", validation)
 
 
 def _stratified(prompts: list[PromptRecord], n: int) -> list[PromptRecord]:
@@ -232,100 +237,6 @@ def samples_of(judgments: Sequence[JudgmentRecord], classes: Sequence[str | None
     return out
 
 
-def capability(
-    ctx: StageContext, adapter_key: str | None, splits: Sequence[str]
-) -> dict[str, Capability]:
-    """Per seed split: perplexity and next-token accuracy of the policy on the reference answers
-    to its benign and legit prompts (tiny profile only: nothing elsewhere or without torch and
-    peft). One model load for every split."""
-    if ctx.spec.policy.model != TINY_MODEL or not splits:
-        return {}
-    try:
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-    except ImportError:
-        return {}
-    from selfmoa.models.threads import one_thread
-    from selfmoa.seeds import data
-    from selfmoa.tiny.build import IM_END, chat_prompt
-
-    base = ctx.engines.model_path(ctx.spec.policy.model)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(base))
-    model: Any = AutoModelForCausalLM.from_pretrained(str(base))
-    adapter = ctx.fetch_adapter(adapter_key)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    model.eval()
-    out: dict[str, Capability] = {}
-    for split in splits:
-        rows = [r for r in data.rows(split) if r["kind"] in ("benign", "legit")]
-        nll, correct, count = 0.0, 0, 0
-        with one_thread(), torch.no_grad():
-            for r in rows:
-                p = tok(chat_prompt(r["text"]), add_special_tokens=False)["input_ids"]
-                t = tok(data.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([list(p) + list(t)])
-                logits = model(input_ids=ids).logits[0, len(p) - 1 : -1]
-                target = ids[0, len(p) :]
-                nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                correct += int((logits.argmax(-1) == target).sum())
-                count += len(t)
-        if count:
-            out[split] = Capability(
-                source=f"reference answers to the {_SPLIT_WORDS[split]} benign and legit prompts",
-                perplexity=round(math.exp(nll / count), 4),
-                next_token_accuracy=round(correct / count, 4),
-                tokens=count,
-            )
-    return out
-
-
-#: Seed splits whose reference answers `capability` scores, in words.
-_SPLIT_WORDS = {"heldout": "held-out", "validation": "validation"}
-
-
-def lm_eval_capability(ctx: StageContext, adapter_key: str | None) -> Capability | None:
-    """The policy's scores on `evaluation.lmEval`'s tasks, on this stage's device, offline; a
-    setting that can't run here (lm-eval missing, data not cached) fails the stage in one line."""
-    wanted = ctx.spec.evaluation.lm_eval
-    if wanted is None:
-        return None
-    from selfmoa.models.lm_eval_capability import CapabilityUnavailable, run_lm_eval
-
-    adapter = ctx.fetch_adapter(adapter_key)
-    try:
-        scores = run_lm_eval(
-            str(ctx.engines.model_path(ctx.spec.policy.model)),
-            adapter=None if adapter is None else str(adapter),
-            tasks=wanted.tasks,
-            limit=wanted.limit or None,
-            include_path=wanted.include_path,
-            device=ctx.engines.device(),
-            batch_size=wanted.batch_size,
-            seed=ctx.spec.sampling.seed,
-        )
-    except CapabilityUnavailable as e:
-        raise StageError(f"evaluation.lmEval: {e}") from None
-    return Capability(
-        source="lm-evaluation-harness: " + ", ".join(wanted.tasks),
-        tasks=[
-            TaskCapability(task=t.task, metric=t.metric, value=round(t.value, 4), samples=t.samples)
-            for t in scores
-        ],
-    )
-
-
-def _with_tasks(kept: Capability | None, tasks: Capability | None) -> Capability | None:
-    """One split's capability: its own reference-answer figures and the lm-eval task scores
-    (benchmarks of their own, the same for every split)."""
-    if tasks is None or kept is None:
-        return kept or tasks
-    return kept.model_copy(
-        update={"source": f"{kept.source}; {tasks.source}", "tasks": tasks.tasks}
-    )
-
-
 def ceiling_metrics(
     held_out: HeldOut, out: StageOutput, gold: ObjectiveMetrics
 ) -> tuple[ObjectiveMetrics | None, float | None]:
@@ -389,10 +300,13 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     if not prompts:
         raise StageError("evaluation.heldout: the held-out set is empty")
     held_out = HeldOut(ctx, prompts, greedy_params(spec), build_judges(spec, ctx.engines))
+    evaluators = evaluation_judges(ctx)
     adapter_key = ctx.adapter_key(k)
     judgments, judge_summary = held_out.judged(adapter_key, "held-out")
+    evaluator_summary = add_evaluator(ctx, judgments, evaluators, "held-out")
     threshold = spec.ensemble.threshold
     weak = objective_metrics(judgments, threshold=threshold)
+    evaluator = evaluator_metrics(judgments, threshold) if evaluators else None
     use_gold = spec.evaluation.gold_judge
     gold: ObjectiveMetrics | None = None
     classes: list[str | None]
@@ -400,25 +314,23 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         gold_cls = gold_classes(judgments)
         gold = gold_metrics(judgments, threshold, gold_cls)
         classes = list(gold_cls)
+    elif evaluators:
+        names = [j.name for j in evaluators]
+        classes = [evaluator_class(j, names) for j in judgments]
     else:
         classes = [weak_outcome(j, threshold) for j in judgments]
-    outcomes = outcome_shares(judgments, classes, "gold" if use_gold else "judges")
-    # Capability on the validation split's reference answers only where those are the seed
-    # data's (a user's validation file has prompts, not reference answers).
-    builtin_validation = spec.evaluation.validation == "builtin"
-    splits = ("heldout", "validation") if builtin_validation else ("heldout",)
-    own, tasks = capability(ctx, adapter_key, splits), lm_eval_capability(ctx, adapter_key)
-    kept = {
-        split: cap
-        for split in ("heldout", "validation")
-        if (cap := _with_tasks(own.get(split), tasks))
-    }
+    source: Literal["gold", "evaluator", "judges"] = (
+        "gold" if use_gold else "evaluator" if evaluators else "judges"
+    )
+    outcomes = outcome_shares(judgments, classes, source)
+    kept = capabilities(ctx, adapter_key, prompts, validation_prompts(ctx))
     validation = _validation(held_out, out, adapter_key, kept.get("validation"))
     train = ctx.require("train").get("summary", {}) if k >= 1 else {}
     ceiling, gap = None, None
     if k >= 1 and spec.evaluation.ceiling and gold is not None:
         ceiling, gap = ceiling_metrics(held_out, out, gold)
     sampled, chosen = _pairs_outcomes(ctx)
+    weak_judges = [j for j in held_out.judges if j.kind != JudgeKind.gold]
     metrics = Metrics(
         iteration=k,
         parent=ctx.parent if k >= 1 else None,
@@ -435,6 +347,8 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         chosen=chosen,
         judges=judge_agreement(judgments, threshold) if use_gold else [],
         samples=samples_of(judgments, classes),
+        evaluator=evaluator,
+        calibration=calibration(spec, weak_judges, evaluators) if k == 0 else [],
         **weak.model_copy(update={"capability": kept.get("heldout")}).model_dump(),
     )
     out.write_jsonl(layout.JUDGMENTS, judgments)
@@ -445,6 +359,10 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         "attack_success_rate": metrics.attack_success_rate,
         "helpfulness": metrics.helpfulness,
         "over_refusal": metrics.over_refusal,
+        "evaluator_attack_success_rate": None
+        if evaluator is None
+        else evaluator.attack_success_rate,
+        "evaluator_over_refusal": None if evaluator is None else evaluator.over_refusal,
         "validation_attack_success_rate": None
         if validation is None
         else validation.attack_success_rate,
@@ -453,4 +371,5 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         "perplexity": None if metrics.capability is None else metrics.capability.perplexity,
         "task_score": None if metrics.capability is None else metrics.capability.task_score,
         "judges": judge_summary,
+        "evaluator_judges": evaluator_summary,
     }

@@ -14,6 +14,16 @@ margins a pair whose responses were used less often wins, so four samples give d
 before one response is reused. Identical texts are never paired (the first copy stands for all).
 Responses lacking a score an objective needs are left out and counted.
 
+Self-written declines (`sampling.selfDecline`: responses marked `guided`) follow the paper's
+"good answer it generates itself": on an attack, one may be chosen (never rejected), and only
+when none of the prompt's plain samples is labelled safe, so a refusal the policy already gives
+on its own is what it learns from; on a benign or legit prompt it may only be rejected: the
+needless refusal the prompt's good answers are preferred to (the contrast that keeps the loop
+from learning "refuse anything edgy"). That contrast pair, with the prompt's best plain answer,
+is made whenever the answer is worth more than the decline at all (minMargin does not apply:
+weak judges rarely score an edgy question's answer far above a refusal of it) and is taken
+before the prompt's other pairs.
+
 With declineContrast, pairs on attack prompts teach a decline and contrast pairs teach where it
 does not belong: on a helpfulness prompt (legit ones of the attack's category first), the
 prompt's best acceptable answer is chosen over the attack pair's chosen decline, a response to
@@ -88,8 +98,9 @@ def build_pairs(
     counts: Counter[str] = Counter()
     floor = threshold if prefs.acceptable_chosen else None
     for prompt_id, members in groups.items():
-        cands = _candidates(members, prefs, counts, floor)
-        chosen = _select(cands, prefs.max_pairs_per_prompt)
+        cands = _candidates(members, prefs, counts, floor, guided_may_choose=_needs_guided(members))
+        first = {b for _, _, b in cands if _contrast_side(members[b][0])}
+        chosen = _select(cands, prefs.max_pairs_per_prompt, first=first)
         counts["candidates"] += len(cands)
         counts["capped"] += len(cands) - len(chosen)
         for margin, a, b in chosen:
@@ -109,6 +120,7 @@ def build_pairs(
                 "chosen_not_acceptable",
                 "capped",
                 "contrast",
+                "guided_role",
             )
         }
     )
@@ -149,17 +161,48 @@ def _groups(
     return groups
 
 
+def _needs_guided(members: list[Member]) -> bool:
+    """An attack none of whose plain samples the ensemble labels safe."""
+    plain = [j for j, _, _ in members if not j.get("guided")]
+    return (
+        bool(members)
+        and members[0][0]["kind"] == "harmful"
+        and not any(j["labels"].get("safety") for j in plain)
+    )
+
+
+def _guided_role_allowed(j: JudgmentRecord, as_chosen: bool, may_choose: bool) -> bool:
+    """A self-written decline is chosen only on an attack that needs it, rejected only on a
+    prompt that is no attack; plain samples take either role."""
+    if not j.get("guided"):
+        return True
+    if as_chosen:
+        return j["kind"] == "harmful" and may_choose
+    return j["kind"] != "harmful"
+
+
 def _candidates(
-    members: list[Member], prefs: PreferencesSpec, counts: Counter[str], floor: float | None
+    members: list[Member],
+    prefs: PreferencesSpec,
+    counts: Counter[str],
+    floor: float | None,
+    *,
+    guided_may_choose: bool = False,
 ) -> list[tuple[float, int, int]]:
     """(margin, chosen index, rejected index) of every ordered pair that qualifies (`floor`: the
     score a chosen response needs on every weighted objective; None: any)."""
     weighted = _weights(prefs)
     cands: list[tuple[float, int, int]] = []
-    for a, (_, sa, va) in enumerate(members):
+    for a, (ja, sa, va) in enumerate(members):
         acceptable = floor is None or _acceptable(sa, weighted, floor)
-        for b, (_, sb, vb) in enumerate(members):
+        for b, (jb, sb, vb) in enumerate(members):
             if va <= vb:
+                continue
+            if not (
+                _guided_role_allowed(ja, True, guided_may_choose)
+                and _guided_role_allowed(jb, False, guided_may_choose)
+            ):
+                counts["guided_role"] += 1
                 continue
             if not acceptable:
                 counts["chosen_not_acceptable"] += 1
@@ -167,7 +210,7 @@ def _candidates(
             if prefs.strategy == PairStrategy.pareto and not _dominates(sa, sb):
                 counts["not_dominating"] += 1
                 continue
-            if va - vb < prefs.min_margin - EPS:
+            if va - vb < prefs.min_margin - EPS and not _contrast_side(jb):
                 counts["below_margin"] += 1
                 continue
             cands.append((va - vb, a, b))
@@ -178,11 +221,24 @@ def _dominates(a: dict[str, float], b: dict[str, float]) -> bool:
     return all(a[o] >= b[o] for o in a) and any(a[o] > b[o] for o in a)
 
 
-def _select(cands: list[tuple[float, int, int]], limit: int) -> list[tuple[float, int, int]]:
-    """Largest margins first; equal margins: the pair whose responses were used least."""
+def _contrast_side(j: JudgmentRecord) -> bool:
+    """A self-written decline of a fair request: the rejected side of a contrast pair."""
+    return bool(j.get("guided")) and j["kind"] != "harmful"
+
+
+def _select(
+    cands: list[tuple[float, int, int]], limit: int, *, first: set[int] | None = None
+) -> list[tuple[float, int, int]]:
+    """Largest margins first; equal margins: the pair whose responses were used least. The
+    best pair rejecting a response in `first` (a contrast pair's decline) is taken first."""
     left = sorted(cands, key=lambda c: (-c[0], c[1], c[2]))
     used: Counter[int] = Counter()
     out: list[tuple[float, int, int]] = []
+    lead = next((c for c in left if c[2] in (first or set())), None)
+    if lead is not None and limit > 0:
+        left.remove(lead)
+        used.update((lead[1], lead[2]))
+        out.append(lead)
     while left and len(out) < limit:
         best = left[0][0] - EPS
         tier = [c for c in left if c[0] >= best]

@@ -5,11 +5,36 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from selfmoa.engines.base import SamplingParams
+from selfmoa.engines.base import Generation, SamplingParams
 from selfmoa.run import layout
-from selfmoa.run.records import PromptRecord
+from selfmoa.run.records import PromptRecord, ResponseRecord
+from selfmoa.stages import decline
 from selfmoa.stages.base import StageContext, StageOutput
-from selfmoa.stages.sampling import sample_responses
+from selfmoa.stages.sampling import adapter_source, response_record, sample_responses
+
+
+def _self_declines(
+    ctx: StageContext, prompts: list[PromptRecord], adapter_key: str | None
+) -> list[ResponseRecord]:
+    """One decline per prompt, written by the policy itself (`stages.decline`)."""
+    s = ctx.spec.sampling
+    engine = ctx.engines.policy()
+    adapter = engine.use_adapter(adapter_source(ctx, adapter_key))
+    total = len(prompts)
+    ctx.progress(0, total, "self declines")
+    gens = engine.chat(
+        [decline.conversation(p, s) for p in prompts],
+        decline.params(s, s.seed + ctx.iteration + 7919),
+        adapter=adapter,
+        progress=lambda done: ctx.progress(done, total, "self declines"),
+    )
+    rows = []
+    for p, (g, *_) in zip(prompts, gens, strict=True):
+        written = Generation(decline.text(s.self_decline.prefix, g), g.tokens, g.finish_reason)
+        row = response_record(p, s.responses_per_prompt, written, adapter_key)
+        row["guided"] = True
+        rows.append(row)
+    return rows
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
@@ -26,10 +51,13 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     rows = sample_responses(
         ctx, prompts, adapter_key=adapter_key, params=params, description="sampling"
     )
+    declines = _self_declines(ctx, prompts, adapter_key) if s.self_decline.enabled else []
+    rows += declines
     out.write_jsonl(layout.RESPONSES, rows)
     return {
         "prompts": len(prompts),
         "responses": len(rows),
+        "self_declines": len(declines),
         "tokens": sum(r["tokens"] for r in rows),
         "by_kind": dict(Counter(r["kind"] for r in rows)),
         "adapter": adapter_key,

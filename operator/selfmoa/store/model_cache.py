@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from selfmoa.api import contract
-from selfmoa.api.base import TINY_MODEL
+from selfmoa.api.base import TINY_MODEL, is_gguf_model
 from selfmoa.store.base import Store, StoreError
 
 MODELS = "models"
@@ -176,7 +176,11 @@ HUB_PREFIX = "hf://"
 
 def is_hub_model(model: str) -> bool:
     """`hf://ORG/NAME[@REV]` or `ORG/NAME`: a model that comes from the hub (the tiny one is built)."""
-    return model != TINY_MODEL and (model.startswith(HUB_PREFIX) or looks_like_hub_id(model))
+    return (
+        model != TINY_MODEL
+        and not is_gguf_model(model)
+        and (model.startswith(HUB_PREFIX) or looks_like_hub_id(model))
+    )
 
 
 def looks_like_hub_id(model: str) -> bool:

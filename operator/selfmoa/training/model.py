@@ -64,23 +64,51 @@ def use_cpu() -> bool:
     return not distributed.on_cuda()
 
 
-def lora_config(spec: LoraSpec) -> LoraConfig:
+def lora_config(spec: LoraSpec, model: Any = None) -> LoraConfig:
+    """The adapter's configuration; with `top_layers`, `model` (the base) says which layers
+    and linear modules there are (PEFT takes a layer list only with named modules)."""
+    layers: list[int] | None = None
+    # PEFT's shorthand for every linear layer except the output head (TRL refuses an adapter
+    # on lm_head: its log-probs read lm_head.weight directly).
+    targets: list[str] | str = spec.target_modules or "all-linear"
+    if spec.top_layers is not None:
+        if model is None:
+            raise ValueError("training.lora.topLayers: needs the base model to pick layers")
+        total = int(model.config.num_hidden_layers)
+        layers = list(range(max(0, total - spec.top_layers), total))
+        if targets == "all-linear":
+            targets = linear_module_names(model)
     return LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        # PEFT's shorthand for every linear layer except the output head (TRL refuses an adapter
-        # on lm_head: its log-probs read lm_head.weight directly).
-        target_modules=spec.target_modules or "all-linear",
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The leaf names of the decoder's linear layers (q_proj, up_proj, ...; never lm_head).
+
+    A base that already carries a LoRA (PEFT wraps it in place) names the same modules: PEFT's
+    own `base_layer` and `lora_A.default` linears are not the model's."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and "lm_head" not in name
+        and ".lora_" not in name
+        and not name.endswith(".base_layer")
+    }
+    return sorted(names)
 
 
 def load_policy(base: PreTrainedModel, adapter: Path | None, spec: LoraSpec) -> PeftModel:
     """The base wrapped with a trainable LoRA: the parent's adapter, or a fresh one (seed first)."""
     if adapter is not None:
         return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    model = get_peft_model(base, lora_config(spec))
+    model = get_peft_model(base, lora_config(spec, base))
     assert isinstance(model, PeftModel)
     return model
 

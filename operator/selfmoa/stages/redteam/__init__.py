@@ -1,10 +1,13 @@
 """The redteam stage: this iteration's attack prompts, plus benign and legit prompts.
 
-Attacks come from a red-team model when `spec.redTeam.model` is set (`generate`), otherwise from
+Seed attacks come from `redTeam.seeds` (the built-in seeds, the train split of public sets, or a
+file; `sources`). With `spec.redTeam.model` set, `modelShare` of each category's quota is
+written by that model (`generate`; it may be the policy itself, attacking itself); the rest are
 framed seed attacks and mutated past successes (`mutate`). When adaptive, the previous
 iteration's judgments steer the mix (`steer`). Every candidate goes through one filter
-(`dedup`); helpfulness prompts are drawn beside the attacks (`helpfulness`). Deterministic given
-the spec's seed and the iteration: one random generator, drawn from in a fixed order.
+(`dedup`); then `jailbreakShare` of the attacks are wrapped in public jailbreak templates
+(`jailbreak`). Helpfulness prompts are drawn beside the attacks (`helpfulness`). Deterministic
+given the spec's seed and the iteration: one random generator, drawn from in a fixed order.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from selfmoa.stages.base import StageContext, StageError, StageOutput
 from selfmoa.stages.redteam.dedup import PromptFilter, filter_for, jaccard, normalize, shingles
 from selfmoa.stages.redteam.generate import ModelAttacks, model_attacks, parse_prompts
 from selfmoa.stages.redteam.helpfulness import helpfulness_prompts, wanted
+from selfmoa.stages.redteam.jailbreak import wrap_jailbreaks
 from selfmoa.stages.redteam.mutate import Framer, template_attacks
 from selfmoa.stages.redteam.steer import Outcomes, allocate, previous_outcomes, weights
+from selfmoa.stages.sources import attack_seeds
 
 __all__ = [
     "PromptFilter",
@@ -45,21 +50,28 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     outcomes, adaptive = _outcomes(ctx)
     cat_weights = weights(outcomes.category_rates, spec.red_team.categories)
     quotas = allocate(spec.red_team.prompts_per_iteration, cat_weights)
+    pool = attack_seeds(spec)
+    attacks: list[PromptRecord] = []
     if spec.red_team.model:
-        framing_weights: dict[str, float] = {}
-        attacks = _model_attacks(ctx, quotas, rng, outcomes, accept, stats)
-    else:
+        share = spec.red_team.model_share
+        model_quotas = {c: round(q * share) for c, q in quotas.items()}
+        attacks = _model_attacks(ctx, model_quotas, rng, outcomes, accept, stats, pool)
+        quotas = {c: q - model_quotas[c] for c, q in quotas.items()}
+    framing_weights: dict[str, float] = {}
+    if any(quotas.values()):
         framing_weights = weights(outcomes.framing_rates, list(FRAMINGS))
-        framer = Framer(rng, framing_weights)
-        attacks = template_attacks(
+        attacks += template_attacks(
             quotas,
-            framer=framer,
+            framer=Framer(rng, framing_weights),
+            seeds=pool,
             successes=outcomes.successes,
             accept=accept,
             iteration=ctx.iteration,
             stats=stats,
+            start=Counter(str(a["category"]) for a in attacks),
         )
-        ctx.progress(len(attacks), spec.red_team.prompts_per_iteration, "red teaming")
+    ctx.progress(len(attacks), spec.red_team.prompts_per_iteration, "red teaming")
+    attacks = wrap_jailbreaks(attacks, spec.red_team, rng, stats)
     n_help = wanted(spec, len(attacks))
     prompts = attacks + helpfulness_prompts(spec, n_help, rng, accept)
     out.write_jsonl(layout.PROMPTS, [dict(p) for p in prompts])
@@ -91,6 +103,7 @@ def _model_attacks(
     outcomes: Outcomes,
     accept: PromptFilter,
     stats: Counter[str],
+    pool: dict[str, list[PromptRecord]],
 ) -> list[PromptRecord]:
     rt = ctx.spec.red_team
     assert rt.model
@@ -99,8 +112,10 @@ def _model_attacks(
         ModelAttacks(rt.model, quotas, ctx.iteration, accept, stats),
         rng=rng,
         successes=outcomes.successes,
+        seeds=pool,
         temperature=rt.temperature,
         seed=ctx.spec.sampling.seed + 1000 * ctx.iteration,
+        per_request=rt.prompts_per_request,
     )
 
 
@@ -125,7 +140,10 @@ def _summary(
             **{k: accept.dropped[k] for k in ("duplicate", "near_duplicate", "length", "heldout")},
             "unparsable": stats["unparsable"],
             "unparsable_lines": stats["unparsable_lines"],
+            "refusals": stats["refusals"],
+            "no_harm": stats["no_harm"],
         },
+        "jailbreaks": stats["jailbreaks"],
         "no_seeds": stats["no_seeds"],
         "red_team_model": rt.model,
     }

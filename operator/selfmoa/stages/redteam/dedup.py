@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.seeds import data as seeds
 from selfmoa.stages.base import StageError, read_jsonl_source
+from selfmoa.stages.sources import Split, public_prompts
 
 
 def normalize(text: str) -> str:
@@ -69,17 +70,23 @@ class PromptFilter:
 
 def heldout_texts(spec: AlignmentRunSpec) -> list[str]:
     """Texts that must never appear in training prompts: the held-out test set and the
-    validation split the gate decides on (built in, and the user's files when given)."""
+    validation split the gate decides on (built in, public sets' splits, and the user's files
+    when given)."""
     texts = seeds.evaluation_texts()
     ev = spec.evaluation
-    for field, source in (("heldout", ev.heldout), ("validation", ev.validation)):
+    splits: tuple[tuple[str, Split], ...] = ((ev.heldout, "heldout"), (ev.validation, "validation"))
+    for source, split in splits:
         if source in ("builtin", "none"):
             continue
-        # The evaluate stage reports a missing file; here it just bans nothing more.
+        # The evaluate stage reports a missing file or package; here it just bans nothing more.
         with contextlib.suppress(StageError):
+            public = public_prompts(source, split, field=f"evaluation.{split}")
+            if public is not None:
+                texts += [p["text"] for p in public]
+                continue
             texts += [
                 str(r.get("text") or r.get("prompt") or "")
-                for r in read_jsonl_source(source, spec, field=f"evaluation.{field}")
+                for r in read_jsonl_source(source, spec, field=f"evaluation.{split}")
             ]
     return texts
 

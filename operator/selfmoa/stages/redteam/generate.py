@@ -1,8 +1,16 @@
-"""Attacks from a red-team model (`spec.redTeam.model`).
+"""Attacks from a red-team model (`spec.redTeam.model`, which may be the policy itself).
 
 The model is asked per category, shown seed examples and the previous iteration's successful
 attacks, for a list of new prompts; its reply is parsed one prompt per line (numbering, bullets,
-quotes and preambles removed). Categories still short are asked again, up to `MODEL_ROUNDS`.
+quotes and preambles removed). A category's quota is split over requests of at most
+`redTeam.promptsPerRequest` prompts each, sent together, so that every reply fits a small token
+budget (one request for a whole quota asked a server for 48 tokens per prompt: over the context
+length of any small model past ~80 prompts). A line that is a refusal ("I'm sorry, I can't help
+with that", what an aligned red-team model says) is dropped and counted, never kept as an
+attack. Nor is a line that names no harm at all (no harm category's words, by
+`public.classify`): a small red-team model often writes chatter ("I am a chess pro. I need a
+break."), and training the policy to decline that would teach it to refuse harmless requests.
+Categories still short are asked again, up to `MODEL_ROUNDS`.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfmoa.engines.base import Conversation, Engine, SamplingParams, user
+from selfmoa.judges.heuristic import is_refusal
 from selfmoa.run.records import PromptRecord
-from selfmoa.seeds import data as seeds
 from selfmoa.stages.redteam.dedup import PromptFilter
 
 #: Rounds of asking the red-team model before a category's quota is left short.
 MODEL_ROUNDS = 3
+#: Tokens asked for per prompt wanted in one reply (a prompt line is ~15-40 tokens).
+TOKENS_PER_PROMPT = 48
 
 _NUMBERING = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.):]|prompt\s*\d*\s*[:.-])\s*", re.I)
 
@@ -37,10 +47,11 @@ def instruction(category: str, examples: Sequence[str], wanted: int) -> str:
     )
 
 
-def parse_prompts(reply: str) -> tuple[list[str], int]:
-    """One prompt per line (numbering, bullets and quotes removed); (prompts, lines dropped)."""
+def parse_prompts(reply: str) -> tuple[list[str], int, int]:
+    """One prompt per line (numbering, bullets and quotes removed); (prompts, lines dropped as
+    unparsable, lines dropped as refusals)."""
     out: list[str] = []
-    dropped = 0
+    dropped = refusals = 0
     for raw in reply.splitlines():
         line = _NUMBERING.sub("", raw).strip().strip("\"'`").strip()
         if not line:
@@ -49,8 +60,18 @@ def parse_prompts(reply: str) -> tuple[list[str], int]:
         if line.endswith(":") or len(re.findall(r"[A-Za-z]{2,}", line)) < 3:
             dropped += 1
             continue
+        if is_refusal(line):
+            refusals += 1
+            continue
         out.append(line)
-    return out, dropped
+    return out, dropped, refusals
+
+
+def names_a_harm(text: str) -> bool:
+    """Whether a written attack names some harm (a harm category's words), not just chatter."""
+    from selfmoa.public.categories import classify
+
+    return classify(text) != "other"
 
 
 @dataclass
@@ -75,14 +96,18 @@ class ModelAttacks:
 
     def take(self, category: str, reply: str) -> None:
         """Keep the reply's prompts that pass the filter, up to the category's quota."""
-        prompts, bad_lines = parse_prompts(reply)
+        prompts, bad_lines, refusals = parse_prompts(reply)
         self.stats["unparsable_lines"] += bad_lines
+        self.stats["refusals"] += refusals
         if not prompts:
             self.stats["unparsable"] += 1
         got = self.got[category]
         for text in prompts:
             if len(got) >= self.quotas[category]:
                 break
+            if not names_a_harm(text):
+                self.stats["no_harm"] += 1
+                continue
             if self.accept.accept(text):
                 got.append(
                     {
@@ -100,12 +125,23 @@ class ModelAttacks:
 
 
 def _ask(
-    category: str, wanted: int, successes: list[dict[str, Any]], rng: random.Random
+    category: str,
+    wanted: int,
+    successes: list[dict[str, Any]],
+    pool: Sequence[PromptRecord],
+    rng: random.Random,
 ) -> Conversation:
     wins = [s["text"] for s in successes if s["category"] == category]
-    pool = [s["text"] for s in seeds.attack_seeds(category)]
-    examples = rng.sample(wins, min(3, len(wins))) + rng.sample(pool, min(3, len(pool)))
+    texts = [s["text"] for s in pool]
+    examples = rng.sample(wins, min(3, len(wins))) + rng.sample(texts, min(3, len(texts)))
     return user(instruction(category, examples, wanted))
+
+
+def requests(wanted: int, per_request: int) -> list[int]:
+    """Prompts to ask for in each request: `wanted` split into requests of at most
+    `per_request` (8 and 3 -> [3, 3, 2])."""
+    full, rest = divmod(wanted, per_request)
+    return [per_request] * full + ([rest] if rest else [])
 
 
 def model_attacks(
@@ -114,27 +150,31 @@ def model_attacks(
     *,
     rng: random.Random,
     successes: list[dict[str, Any]],
+    seeds: dict[str, list[PromptRecord]],
     temperature: float,
     seed: int,
+    per_request: int,
 ) -> list[PromptRecord]:
     """Ask the red-team model, round after round, until every quota is met or rounds run out.
 
     `seed` is the first round's sampling seed; round r samples with `seed + r`.
     """
     for round_ in range(MODEL_ROUNDS):
-        todo = collected.short()
+        todo = [
+            (c, n) for c in collected.short() for n in requests(collected.wanted(c), per_request)
+        ]
         if not todo:
             break
-        convs = [_ask(c, collected.wanted(c), successes, rng) for c in todo]
+        convs = [_ask(c, n, successes, seeds.get(c, []), rng) for c, n in todo]
         params = SamplingParams(
-            max_new_tokens=max(64, 48 * max(collected.wanted(c) for c in todo)),
+            max_new_tokens=max(64, TOKENS_PER_PROMPT * max(n for _, n in todo)),
             temperature=temperature,
             top_p=0.95,
             seed=seed + round_,
         )
         replies = engine.chat(convs, params)
         collected.stats["model_replies"] += len(replies)
-        for c, gens in zip(todo, replies, strict=True):
+        for (c, _), gens in zip(todo, replies, strict=True):
             for g in gens:
                 collected.take(c, g.text)
     return collected.all()

@@ -1,7 +1,8 @@
 """The benign and legit prompts beside the attacks, so the loop also learns not to over-refuse.
 
 `helpfulness.fraction` of the iteration's prompts are helpfulness prompts, `legitShare` of them
-legit (sensitive-sounding but fine to answer); drawn from the built-in seeds or a JSONL file.
+legit (sensitive-sounding but fine to answer); drawn from the built-in seeds, public sets
+(benign-edgy, benign-qa) or a JSONL file.
 """
 
 from __future__ import annotations
@@ -11,32 +12,25 @@ import random
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.run.records import PromptKind, PromptRecord
 from selfmoa.seeds import data as seeds
-from selfmoa.stages.base import StageError, read_jsonl_source
+from selfmoa.stages.base import StageError
 from selfmoa.stages.redteam.dedup import PromptFilter
+from selfmoa.stages.sources import prompts_of
 
 
 def helpfulness_pools(spec: AlignmentRunSpec) -> tuple[list[PromptRecord], list[PromptRecord]]:
-    """(benign, legit) prompts to draw from."""
-    src = spec.helpfulness.prompts
-    if src == "builtin":
-        return seeds.benign_prompts(), seeds.legit_prompts()
-    benign: list[PromptRecord] = []
-    legit: list[PromptRecord] = []
-    for i, row in enumerate(read_jsonl_source(src, spec, field="helpfulness.prompts")):
-        kind = row.get("kind", "benign")
-        text = row.get("text") or row.get("prompt")
-        if kind not in ("benign", "legit") or not isinstance(text, str):
-            raise StageError(f"helpfulness.prompts: row {i + 1} needs text and kind benign|legit")
-        rec: PromptRecord = {
-            "id": str(row.get("id") or f"f-{kind}-{i:04d}"),
-            "text": text,
-            "kind": kind,
-            "category": row.get("category"),
-            "source": "file",
-            "parent": None,
-        }
-        (benign if kind == "benign" else legit).append(rec)
-    return benign, legit
+    """(benign, legit) prompts to draw from: the train split of `helpfulness.prompts`."""
+    rows = prompts_of(
+        spec,
+        spec.helpfulness.prompts,
+        split="train",
+        field="helpfulness.prompts",
+        builtin=lambda: seeds.benign_prompts() + seeds.legit_prompts(),
+        kind="benign",
+    )
+    for i, row in enumerate(rows):
+        if row["kind"] not in ("benign", "legit"):
+            raise StageError(f"helpfulness.prompts: row {i + 1} needs kind benign or legit")
+    return [r for r in rows if r["kind"] == "benign"], [r for r in rows if r["kind"] == "legit"]
 
 
 def draw(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfmoa.run.records import PromptRecord
-from selfmoa.seeds import data as seeds
 from selfmoa.seeds.framings import frame
 from selfmoa.stages.redteam.dedup import PromptFilter
 
@@ -52,12 +51,15 @@ def category_attacks(
     quota: int,
     *,
     framer: Framer,
+    seeds: list[PromptRecord],
     successes: list[dict[str, Any]],
     accept: PromptFilter,
     iteration: int,
+    start: int = 0,
 ) -> list[PromptRecord]:
-    """Up to `quota` framed attacks of one category that pass the filter."""
-    pool: list[dict[str, Any]] = [dict(p) for p in seeds.attack_seeds(category)]
+    """Up to `quota` framed attacks of one category that pass the filter (`seeds`: the
+    category's seed attacks; ids count from `start`)."""
+    pool: list[dict[str, Any]] = [dict(p) for p in seeds]
     wins = [s for s in successes if s["category"] == category]
     out: list[PromptRecord] = []
     for _ in range(quota * ATTEMPTS_PER_PROMPT):
@@ -72,7 +74,7 @@ def category_attacks(
             continue
         out.append(
             {
-                "id": f"a{iteration:03d}-{category}-{len(out):04d}",
+                "id": f"a{iteration:03d}-{category}-{start + len(out):04d}",
                 "text": text.strip(),
                 "kind": "harmful",
                 "category": category,
@@ -87,23 +89,31 @@ def template_attacks(
     quotas: dict[str, int],
     *,
     framer: Framer,
+    seeds: dict[str, list[PromptRecord]],
     successes: list[dict[str, Any]],
     accept: PromptFilter,
     iteration: int,
     stats: Counter[str],
+    start: dict[str, int] | None = None,
 ) -> list[PromptRecord]:
-    """Every category's quota of framed attacks; a category without seeds counts as `no_seeds`."""
+    """Every category's quota of framed attacks; a category without seeds (and without past
+    successes to mutate) counts as `no_seeds`. `start`: per category, the first id number."""
     attacks: list[PromptRecord] = []
     for category, quota in quotas.items():
-        if not seeds.attack_seeds(category):
+        pool = seeds.get(category, [])
+        if not quota:
+            continue
+        if not pool and not any(s["category"] == category for s in successes):
             stats["no_seeds"] += quota
             continue
         attacks += category_attacks(
             category,
             quota,
             framer=framer,
+            seeds=pool,
             successes=successes,
             accept=accept,
             iteration=iteration,
+            start=(start or {}).get(category, 0),
         )
     return attacks

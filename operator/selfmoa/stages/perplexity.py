@@ -1,0 +1,75 @@
+"""Capability kept, for any policy: perplexity on the reference answers of evaluation prompts.
+
+Prompts that come with a reference answer (public benign-qa: "How do I safely light a
+campfire?" and two sentences of a good answer; a file's `reference` field) measure how well the
+policy still predicts plain, helpful text: the teacher-forced perplexity of each reference given
+its prompt, rendered exactly as the engines render it, over all reference tokens of a split.
+An adapter that learned to refuse everything, or to ramble, predicts them worse; `stopWhen.
+maxCapabilityDrop` rolls such an adapter back on the validation split's figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from selfmoa.run.metrics import Capability
+from selfmoa.run.records import PromptRecord
+from selfmoa.stages.base import StageContext
+
+
+def with_references(prompts: Sequence[PromptRecord]) -> list[PromptRecord]:
+    return [p for p in prompts if p.get("reference")]
+
+
+def reference_capability(
+    ctx: StageContext, adapter_key: str | None, splits: Mapping[str, Sequence[PromptRecord]]
+) -> dict[str, Capability]:
+    """Per split: perplexity and next-token accuracy of the policy (base + the adapter at
+    `adapter_key`) on its prompts' reference answers; splits without any are left out. One
+    model load for every split."""
+    todo = {name: with_references(ps) for name, ps in splits.items()}
+    todo = {name: ps for name, ps in todo.items() if ps}
+    if not todo:
+        return {}
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from selfmoa.models.chat import load_tokenizer
+    from selfmoa.models.threads import cpu_threads_for
+    from selfmoa.training.model import encode_pair
+
+    base = ctx.engines.model_path(ctx.spec.policy.model)
+    tok = load_tokenizer(base)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    adapter = ctx.fetch_adapter(adapter_key)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    out: dict[str, Capability] = {}
+    for name, prompts in todo.items():
+        nll, correct, count = 0.0, 0, 0
+        with torch.inference_mode(), cpu_threads_for(model):
+            for i, p in enumerate(prompts):
+                ctx.progress(i, len(prompts), f"capability ({name})")
+                ids, labels = encode_pair(tok, p["text"], str(p["reference"]), 1024)
+                x = torch.tensor([ids])
+                y = torch.tensor([labels])
+                logits = model(input_ids=x).logits[0, :-1].float()
+                target = y[0, 1:]
+                mask = target != -100
+                nll += float(
+                    torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
+                )
+                correct += int((logits[mask].argmax(-1) == target[mask]).sum())
+                count += int(mask.sum())
+        if count:
+            out[name] = Capability(
+                source=f"reference answers to {len(prompts)} {name} prompts",
+                perplexity=round(math.exp(nll / count), 4),
+                next_token_accuracy=round(correct / count, 4),
+                tokens=count,
+            )
+    return out
