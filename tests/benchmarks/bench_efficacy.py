@@ -164,25 +164,46 @@ def build_base(workdir: Path, seed: int) -> None:
     subprocess.run([sys.executable, "-c", code], env=_env(workdir, seed), check=True)
 
 
-def run_one(workdir: Path, name: str, seed: int, timeout: float, overrides: Overrides) -> Path:
-    """The run's root in its store (the run is skipped when it already finished)."""
+def launch(
+    workdir: Path,
+    run_id: str,
+    config: Callable[[], dict[str, Any]],
+    env: dict[str, str],
+    timeout: float,
+    *,
+    announce: bool = False,
+) -> Path:
+    """Run `config()` as `run_id` with `selfmoa run` under `workdir` (its spec in specs/, its
+    output in logs/) and return the run's root; a run that already succeeded is not run again.
+    `announce`: print the run's wall time when it ran."""
     store = workdir / "runs"
-    run_id = run_name(name, seed, overrides)
     root = store / "default" / run_id
     status = root / "status.json"
     if status.exists() and json.loads(status.read_text()).get("phase") == "Succeeded":
         return root
     f = workdir / "specs" / f"{run_id}.yaml"
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(yaml.safe_dump(config(name, seed, overrides)))
+    f.write_text(yaml.safe_dump(config()))
     log = workdir / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "selfmoa.cli", "run", str(f), "--store", str(store), "--quiet"]
+    started = time.monotonic()
     with log.open("w") as out:
-        subprocess.run(
-            cmd, env=_env(workdir, seed), stdout=out, stderr=subprocess.STDOUT, timeout=timeout
-        )
+        subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    if announce:
+        print(f"  {run_id}: {time.monotonic() - started:.0f}s (log {log})", flush=True)
     return root
+
+
+def run_one(workdir: Path, name: str, seed: int, timeout: float, overrides: Overrides) -> Path:
+    """The run's root in its store (the run is skipped when it already finished)."""
+    return launch(
+        workdir,
+        run_name(name, seed, overrides),
+        lambda: config(name, seed, overrides),
+        _env(workdir, seed),
+        timeout,
+    )
 
 
 # ----------------------------------------------------------------------------- figures

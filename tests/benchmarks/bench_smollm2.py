@@ -31,9 +31,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +41,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_efficacy import Overrides, apply_overrides, overrides_tag, parse_set, t975
+from bench_efficacy import Overrides, apply_overrides, launch, overrides_tag, parse_set, t975
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "manifests" / "examples" / "smollm2-cpu.yaml"
@@ -77,24 +75,15 @@ def config(seed: int, overrides: Overrides) -> dict[str, Any]:
 
 def run_one(workdir: Path, seed: int, timeout: float, overrides: Overrides) -> Path:
     """The run's root (skipped when it already succeeded)."""
-    store = workdir / "runs"
-    name = run_name(seed, overrides)
-    root = store / "default" / name
-    status = root / "status.json"
-    if status.exists() and json.loads(status.read_text()).get("phase") == "Succeeded":
-        return root
-    f = workdir / "specs" / f"{name}.yaml"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(yaml.safe_dump(config(seed, overrides)))
-    log = workdir / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SELFMOA_CACHE": str(workdir / "cache"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "selfmoa.cli", "run", str(f), "--store", str(store), "--quiet"]
-    started = time.monotonic()
-    with log.open("w") as out:
-        subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
-    print(f"  {name}: {time.monotonic() - started:.0f}s (log {log})", flush=True)
-    return root
+    return launch(
+        workdir,
+        run_name(seed, overrides),
+        lambda: config(seed, overrides),
+        env,
+        timeout,
+        announce=True,
+    )
 
 
 @dataclass
