@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ from selfmoa.api.spec import TINY_MODEL
 from selfmoa.run.metrics import Capability, TaskCapability
 from selfmoa.run.records import PromptRecord
 from selfmoa.stages.base import StageContext, StageError
-from selfmoa.stages.perplexity import reference_capability
+from selfmoa.stages.perplexity import reference_capability, teacher_forced
 
 
 def capability(
@@ -30,7 +29,7 @@ def capability(
     if ctx.spec.policy.model != TINY_MODEL or not splits:
         return {}
     try:
-        import torch
+        import torch  # noqa: F401  (only whether the training extra is installed)
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     except ImportError:
@@ -49,24 +48,19 @@ def capability(
     out: dict[str, Capability] = {}
     for split in splits:
         rows = [r for r in data.rows(split) if r["kind"] in ("benign", "legit")]
-        nll, correct, count = 0.0, 0, 0
-        with one_thread(), torch.no_grad():
-            for r in rows:
-                p = tok(chat_prompt(r["text"]), add_special_tokens=False)["input_ids"]
-                t = tok(data.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([list(p) + list(t)])
-                logits = model(input_ids=ids).logits[0, len(p) - 1 : -1]
-                target = ids[0, len(p) :]
-                nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                correct += int((logits.argmax(-1) == target).sum())
-                count += len(t)
-        if count:
-            out[split] = Capability(
-                source=f"reference answers to the {_SPLIT_WORDS[split]} benign and legit prompts",
-                perplexity=round(math.exp(nll / count), 4),
-                next_token_accuracy=round(correct / count, 4),
-                tokens=count,
+        encoded = []
+        for r in rows:
+            p = tok(chat_prompt(r["text"]), add_special_tokens=False)["input_ids"]
+            t = tok(data.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
+            encoded.append((list(p) + list(t), [-100] * len(p) + list(t)))
+        with one_thread():
+            got = teacher_forced(
+                model,
+                encoded,
+                f"reference answers to the {_SPLIT_WORDS[split]} benign and legit prompts",
             )
+        if got is not None:
+            out[split] = got
     return out
 
 

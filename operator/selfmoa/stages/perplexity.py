@@ -11,7 +11,7 @@ maxCapabilityDrop` rolls such an adapter back on the validation split's figure.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from selfmoa.run.metrics import Capability
@@ -50,26 +50,49 @@ def reference_capability(
     model.eval()
     out: dict[str, Capability] = {}
     for name, prompts in todo.items():
-        nll, correct, count = 0.0, 0, 0
-        with torch.inference_mode(), cpu_threads_for(model):
-            for i, p in enumerate(prompts):
-                ctx.progress(i, len(prompts), f"capability ({name})")
-                ids, labels = encode_pair(tok, p["text"], str(p["reference"]), 1024)
-                x = torch.tensor([ids])
-                y = torch.tensor([labels])
-                logits = model(input_ids=x).logits[0, :-1].float()
-                target = y[0, 1:]
-                mask = target != -100
-                nll += float(
-                    torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
-                )
-                correct += int((logits[mask].argmax(-1) == target[mask]).sum())
-                count += int(mask.sum())
-        if count:
-            out[name] = Capability(
-                source=f"reference answers to {len(prompts)} {name} prompts",
-                perplexity=round(math.exp(nll / count), 4),
-                next_token_accuracy=round(correct / count, 4),
-                tokens=count,
+        encoded = [encode_pair(tok, p["text"], str(p["reference"]), 1024) for p in prompts]
+        label = f"capability ({name})"
+
+        def progress(i: int, n: int, label: str = label) -> None:
+            ctx.progress(i, n, label)
+
+        with cpu_threads_for(model):
+            got = teacher_forced(
+                model, encoded, f"reference answers to {len(prompts)} {name} prompts", progress
             )
+        if got is not None:
+            out[name] = got
     return out
+
+
+def teacher_forced(
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    source: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> Capability | None:
+    """Perplexity and next-token accuracy of `model` over the labelled tokens of `encoded`
+    (input ids, labels with -100 where nothing is scored); None when no token is labelled."""
+    import torch
+
+    nll, correct, count = 0.0, 0, 0
+    with torch.inference_mode():
+        for i, (ids, labels) in enumerate(encoded):
+            if progress is not None:
+                progress(i, len(encoded))
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            target = torch.tensor(labels)[1:]
+            mask = target != -100
+            nll += float(
+                torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
+            )
+            correct += int((logits[mask].argmax(-1) == target[mask]).sum())
+            count += int(mask.sum())
+    if not count:
+        return None
+    return Capability(
+        source=source,
+        perplexity=round(math.exp(nll / count), 4),
+        next_token_accuracy=round(correct / count, 4),
+        tokens=count,
+    )
