@@ -8,8 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
+from selfmoa.run import layout
+from selfmoa.run.metrics import Metrics
+from selfmoa.stages.base import StageContext, StageOutput
 
 #: reply(conversation, call number starting at 1, position in the batch) -> text
 Reply = Callable[[Conversation, int, int], str]
@@ -59,3 +63,33 @@ def trainutil() -> ModuleType:
     """tests/training/trainutil.py (a random tiny Qwen2 and a LoRA on it, in about a second),
     for suites outside tests/training."""
     return load_file("trainutil", Path(__file__).parent / "training" / "trainutil.py")
+
+
+class FakeStages:
+    """Stages that record their calls; evaluate writes metrics from a script of ASRs."""
+
+    def __init__(self, asr: dict[int, float], fail_once: tuple[int, str] | None = None) -> None:
+        self.asr = asr
+        self.calls: list[tuple[int, str, int]] = []
+        self.fail_once = fail_once
+
+    def get(self, name: str) -> Any:
+        def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
+            self.calls.append((ctx.iteration, name, ctx.parent))
+            out.write_json("out.json", {"stage": name})
+            if self.fail_once == (ctx.iteration, name):
+                self.fail_once = None
+                raise RuntimeError("boom")
+            if name == "evaluate":
+                a = self.asr[ctx.iteration]
+                m = Metrics(
+                    iteration=ctx.iteration,
+                    safety=1 - a,
+                    helpfulness=0.8,
+                    attack_success_rate=a,
+                    over_refusal=0.1,
+                )
+                out.write_json(layout.METRICS, m.model_dump(mode="json"))
+            return {"ok": True}
+
+        return run

@@ -11,8 +11,10 @@
     selfmoa fetch --hub REPO[@REV] DIR    pre-seed a model cache (and the init containers' fetch)
     selfmoa labels export|score RUN_URI   human labels for the judges (1-5 safety, helpfulness)
 
-Bad input ends with one line on stderr and exit code 2; a failed stage with exit code 1. Heavy
-libraries (torch, transformers, kopf) load only in the command that needs them.
+Bad input ends with one line on stderr and exit code 2; a failed stage with exit code 1; an
+outage of the environment (a store or an endpoint not answering) with 75, retryable (the table is
+`selfmoa.api.exits`). Heavy libraries (torch, transformers, kopf) load only in the command that
+needs them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from selfmoa.api.exits import Exit
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
+    Exit.OK,
+    Exit.FAILED,
+    Exit.BAD_INPUT,
+    Exit.INTERRUPTED,
+)
 
 #: Commands that parse their own flags (their --help must reach them): name -> (help, module
 #: with `main(argv) -> int`).
@@ -93,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--quiet", "-q", action="store_true", help="no live progress, only the final table"
+    )
+    r.add_argument(
+        "--fresh",
+        action="store_true",
+        help=(
+            "start again: delete what an earlier run left at the same store path first "
+            "(default: resume it, saying how many stages are reused)"
+        ),
     )
 
     v = sub.add_parser(
@@ -175,13 +192,21 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _load(path: str) -> Any:
+def _load(path: str, *, named: str | None = None) -> Any:
+    """The run file, validated as the cluster will see it; `named`: the flag that may give its
+    name instead (None: the file must name itself, as `kubectl apply` requires)."""
     from selfmoa.api.errors import SpecError, load_run
 
     try:
-        return load_run(path)
+        run = load_run(path)
     except SpecError as e:
         raise UsageError(str(e)) from None
+    if not run.metadata.get("name") and named != "given":
+        hint = f", or pass {named}" if named else ""
+        raise UsageError(
+            f"{path}: metadata.name: required (kubectl apply refuses an object without one){hint}"
+        )
+    return run
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -198,11 +223,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from selfmoa.api.errors import SpecError
+    from selfmoa.api.exits import Unavailable, exit_for
     from selfmoa.local.console import RichDisplay, print_summary, write_report
     from selfmoa.local.executor import StageFailed, run_local
     from selfmoa.store import StoreError
 
-    run = _load(args.file)
+    run = _load(args.file, named="given" if args.name else "--name")
     if args.name:
         run.metadata["name"] = args.name
     if args.namespace:
@@ -211,17 +237,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = RichDisplay(quiet=args.quiet)
     try:
         with display:
-            result = run_local(run, storage_uri=storage, display=display, report=write_report)
-    except (SpecError, StoreError) as e:
-        raise UsageError(str(e)) from None
+            result = run_local(
+                run, storage_uri=storage, display=display, report=write_report, fresh=args.fresh
+            )
+    except (SpecError, StoreError, Unavailable) as e:
+        return _fail(str(e), exit_for(e))
     except StageFailed as e:
-        return _fail(str(e), EXIT_FAILED)
+        return _fail(str(e), e.code)
     print_summary(run, result)
     return EXIT_OK if result.status.phase.value == "Succeeded" else EXIT_FAILED
 
 
 def _store_uri(value: str) -> str:
-    if value.startswith(("file://", "s3://")):
+    from selfmoa.api.infra import bucket_problem
+
+    if value.startswith("s3://"):
+        problem = bucket_problem(value.removeprefix("s3://").partition("/")[0])
+        if problem:
+            raise UsageError(f"--store: {problem}")
+        return value
+    if value.startswith("file://"):
         return value
     if "://" in value:
         raise UsageError(f"--store: unsupported scheme in {value!r} (use file:// or s3://)")
@@ -235,7 +270,8 @@ def _given_run(args: argparse.Namespace) -> Any:
 
     try:
         if args.spec:
-            return _load(args.spec)
+            # A stage's spec file may be a bare spec: the run's name comes from --run-uri.
+            return _load(args.spec, named="given")
         obj = contract.spec_from_env()
         if obj is not None:
             return parse_run(obj if "spec" in obj else {"spec": obj})
@@ -271,6 +307,7 @@ def _stage_spec(args: argparse.Namespace, given: Any, store: Any) -> Any:
 def cmd_stage(args: argparse.Namespace) -> int:
     from selfmoa.api import contract
     from selfmoa.api.errors import SpecError
+    from selfmoa.api.exits import Unavailable, exit_for
     from selfmoa.local.console import LogProgress
     from selfmoa.run import planner, stage_table
     from selfmoa.run import state as run_state
@@ -309,13 +346,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
                 parent=parent,
                 progress=LogProgress(f"iter {args.iteration} {args.name}"),
             )
-    except UsageError:
-        raise
-    except (SpecError, StoreError) as e:
-        raise UsageError(str(e)) from None
-    except StageError as e:
+    except UsageError as e:
+        # In a Pod the operator reads the termination message: bad input is said there too.
         contract.write_termination_message(str(e))
-        return _fail(str(e), EXIT_FAILED)
+        raise
+    except (SpecError, StoreError, StageError, Unavailable) as e:
+        contract.write_termination_message(str(e))
+        return _fail(str(e), exit_for(e))
     except Exception as e:  # a stage bug: say it in one line, keep the traceback in the log
         import traceback
 

@@ -538,7 +538,7 @@ def test_notes_tell_what_to_do_next() -> None:
     assert "kubectl get arun -w" in notes
     assert "manifests/examples/tiny-cpu.yaml" in notes
     assert "config.storage.uri" in notes
-    with_storage = render_templates({"config": {"storage": {"uri": "s3://b/p"}}})
+    with_storage = render_templates({"config": {"storage": {"uri": "s3://bkt/p"}}})
     assert "config.storage.uri" not in with_storage["selfmoa/templates/NOTES.txt"]
     namespaced = render_templates({"watchNamespaces": ["team-a"]})["selfmoa/templates/NOTES.txt"]
     assert "in: team-a" in namespaced

@@ -1,8 +1,10 @@
 """What a run says before and while it starts, on the real control plane.
 
-- A store no one can open (`s3:///prefix`) fails the run at once, with a condition and an Event
-  naming it, and no Job; an unreachable store keeps the run retrying and says so; a missing
-  credentials Secret is named while the run waits.
+- A store URI without a bucket (`s3:///prefix`) is refused by the API server at apply (the CRD's
+  schema); an unreachable store keeps the run retrying and says so; a missing credentials Secret
+  is named while the run waits.
+- A run deleted and created again under the same name takes over the earlier run's finished
+  stages and says so (an Event and the `StagesReused` condition naming the earlier uid).
 - A fixed field (the training objective) edited mid-run is refused with a condition and an Event, no
   next Job starts, and reverting it resumes the run; `status.observedGeneration` follows
   `metadata.generation` through the edits.
@@ -66,28 +68,48 @@ def _patch_spec(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_store_no_one_can_open_fails_the_run_saying_why(
+def test_a_store_uri_without_a_bucket_is_refused_at_apply(
     cluster: Cluster, operator: OperatorProcess, run_namespace: str, s3: dict[str, str]
 ) -> None:
+    # The CRD's schema (generated from the same model as `selfmoa validate`) refuses it: the
+    # user hears it from kubectl, before any object or Job exists.
     name = "no-bucket"
     run = small_run(name, s3)
     run["spec"]["storage"] = {"uri": "s3:///prefix"}
-    _apply(cluster, run)
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(run), check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert 'spec.storage.uri: Invalid value: "s3:///prefix"' in proc.stderr, proc.stderr
+    got = cluster.kubectl("-n", RUN_NS, "get", "arun", name, check=False)
+    assert got.returncode != 0 and "NotFound" in got.stderr, got.stdout + got.stderr
+    assert children(cluster, "jobs", name) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_run_created_again_under_its_name_reuses_the_stages_visibly(
+    cluster: Cluster, operator: OperatorProcess, run_namespace: str, s3: dict[str, str]
+) -> None:
+    name = "again"
+    _apply(cluster, small_run(name, s3))
     try:
-        status = wait_until(
-            f"{name} to fail",
+        wait_until(f"{name}'s first stage", 180, lambda: _status(cluster, name).get("iterations"))
+        first_uid = get_run(cluster, name)["metadata"]["uid"]
+    finally:
+        cluster.kubectl("-n", RUN_NS, "delete", "arun", name, "--wait=true", timeout=120)
+    _apply(cluster, small_run(name, s3))
+    try:
+        reused = wait_until(
+            f"{name}'s StagesReused condition",
             120,
-            lambda: (st := _status(cluster, name)).get("phase") == "Failed" and st,
+            lambda: _condition(_status(cluster, name), "StagesReused"),
         )
-        failed = _condition(status, "Failed")
-        assert failed is not None and failed["status"] == "True", status
-        assert failed["reason"] == "InvalidStorage" and "bucket" in failed["message"], failed
+        assert reused["status"] == "True", reused
+        assert f"AlignmentRun {RUN_NS}/{name} (uid {first_uid}" in reused["message"], reused
+        assert get_run(cluster, name)["metadata"]["uid"] != first_uid
         wait_until(
-            f"{name}'s InvalidStorage Event",
-            60,
-            lambda: "InvalidStorage" in _reasons(cluster, name),
+            f"{name}'s StagesReused Event", 60, lambda: "StagesReused" in _reasons(cluster, name)
         )
-        assert children(cluster, "jobs", name) == []
+        # The iteration it took over is in the new object's status at once (its metrics).
+        assert [it["index"] for it in _status(cluster, name)["iterations"]][:1] == [0]
     finally:
         _delete(cluster, name)
 

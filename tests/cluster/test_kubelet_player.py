@@ -29,7 +29,7 @@ def test_paths_under_a_mount_map_to_the_volume_others_to_the_private_root(tmp_pa
     assert fs.map_path("/home/selfmoa") == str(tmp_path / "pod" / "rootfs" / "home" / "selfmoa")
     assert fs.map_value("--out=/work/o") == f"--out={tmp_path / 'vol-work' / 'o'}"
     assert fs.map_value("file:///work/runs") == f"file://{tmp_path / 'vol-work' / 'runs'}"
-    for untouched in ("s3://b/runs", "selfmoa", "0", '{"a": "/work"}', "relative/path"):
+    for untouched in ("s3://bkt/runs", "selfmoa", "0", '{"a": "/work"}', "relative/path"):
         assert fs.map_value(untouched) == untouched
 
 
@@ -68,7 +68,7 @@ def test_a_pods_own_addresses_map_to_its_ip() -> None:
     assert map_host("--server=http://localhost:8000/v1", ip) == f"--server=http://{ip}:8000/v1"
     for untouched in (
         "http://127.0.0.10:1",
-        "s3://b/x",
+        "s3://bkt/x",
         "127.0.0.1.example",
         '{"e": "http://127.0.0.1"}',
     ):

@@ -571,7 +571,7 @@ def test_the_policy_pod_gets_the_agent_beside_vllm_on_an_s3_store() -> None:
 
 def test_no_agent_on_a_file_store_nor_beside_other_models() -> None:
     assert [c["name"] for c in _pod(_spec("file:///shared/runs"))["containers"]] == ["vllm"]
-    assert [c["name"] for c in _pod(_spec("s3://b/r"), "org/red")["containers"]] == ["vllm"]
+    assert [c["name"] for c in _pod(_spec("s3://bkt/r"), "org/red")["containers"]] == ["vllm"]
 
 
 def test_the_sidecar_rolls_with_the_storage_only() -> None:
@@ -603,6 +603,6 @@ def test_agent_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "selfmoa adapter-agent: error: --run-uri, --replica-id: required (unless --check-ready)"
     )
     code = main(
-        ["adapter-agent", "--run-uri", "s3://b/r", "--dir", str(tmp_path), "--replica-id", "a/b"]
+        ["adapter-agent", "--run-uri", "s3://bkt/r", "--dir", str(tmp_path), "--replica-id", "a/b"]
     )
     assert code == 2 and "replica id 'a/b'" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from selfmoa.api.exits import Exit, exit_for
 from selfmoa.engines.base import (
     Conversation,
     Engine,
@@ -21,6 +22,7 @@ from selfmoa.engines.base import (
     SamplingParams,
     user,
 )
+from selfmoa.engines.http import EndpointUnavailable
 from selfmoa.engines.openai_engine import OpenAIEngine, normalize_base_url
 from selfmoa.engines.server import FaultPlan, OpenAIServer
 
@@ -208,10 +210,41 @@ def test_timeout_raises_after_retries(echo: EchoEngine) -> None:
             server.url, model="echo/base", timeout=0.1, max_retries=2, backoff=0.001
         )
         t0 = time.monotonic()
-        with pytest.raises(EngineError, match=r"after 3 attempts: timed out after 0.1s"):
+        with pytest.raises(EndpointUnavailable, match=r"after 3 attempts: timed out after 0.1s"):
             engine.chat([user("a")], SamplingParams())
         assert time.monotonic() - t0 < 2.0
         assert server.stats.requests == 3
+        engine.close()
+
+
+def test_a_frozen_server_ends_within_the_bound_then_fails_at_once(echo: EchoEngine) -> None:
+    # The bound of one request on a server that stopped answering: every attempt's timeout and
+    # every back-off, counted by `worst_case_seconds`. After it, the client doesn't wait again.
+    with serve(echo, FaultPlan(then="slow", sleep_s=5)) as server:
+        engine = OpenAIEngine(server.url, model="echo/base", timeout=1.0, max_retries=1)
+        bound = engine.http.worst_case_seconds()
+        assert bound == 2 * 1.0 + 30.0
+        t0 = time.monotonic()
+        with pytest.raises(EndpointUnavailable) as info:
+            engine.chat([user("a")], SamplingParams())
+        first = time.monotonic() - t0
+        assert 2.0 <= first <= bound
+        assert exit_for(info.value) == Exit.UNAVAILABLE
+        t0 = time.monotonic()
+        with pytest.raises(EndpointUnavailable, match="not tried, the server is down"):
+            engine.chat([user("b")], SamplingParams())
+        assert time.monotonic() - t0 < 0.5
+        assert server.stats.requests == 2
+        engine.close()
+
+
+def test_a_bad_request_is_not_an_outage(echo: EchoEngine) -> None:
+    with serve(echo, FaultPlan(then="garbage")) as server:
+        engine = OpenAIEngine(server.url, model="echo/base", max_retries=0)
+        with pytest.raises(EngineError) as info:
+            engine.chat([user("a")], SamplingParams())
+        assert not isinstance(info.value, EndpointUnavailable)
+        assert exit_for(info.value) == Exit.FAILED
         engine.close()
 
 

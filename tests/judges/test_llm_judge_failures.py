@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from judge_helpers import response
 
 from fakes import ScriptedEngine
+from selfmoa.api.exits import Exit, exit_for
 from selfmoa.api.spec import AlignmentRunSpec, JudgeFormat, Objective
 from selfmoa.engines.base import (
     Conversation,
@@ -23,6 +25,7 @@ from selfmoa.engines.base import (
     ProgressFn,
     SamplingParams,
 )
+from selfmoa.engines.http import EndpointUnavailable
 from selfmoa.engines.openai_engine import HTTPStatusEngineError, OpenAIEngine
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.judges import JudgeError, LLMJudge, build_judges
@@ -159,13 +162,16 @@ def test_over_http_a_closed_port_ends_quickly_with_the_cause() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     engine = OpenAIEngine(f"http://127.0.0.1:{port}", model="g", max_retries=1, backoff=0.001)
+    started = time.monotonic()
     try:
-        verdicts = LLMJudge("g", Objective.safety, engine).judge_batch(items(*["x"] * 20))
+        # A judge server that is down is an outage of the run (exit code 75), not 20 unscored
+        # items: it is not asked again item by item.
+        with pytest.raises(EndpointUnavailable, match="ConnectError") as info:
+            LLMJudge("g", Objective.safety, engine).judge_batch(items(*["x"] * 20))
     finally:
         engine.close()
-    assert all(v.score is None for v in verdicts)
-    reasons = {v.reason for v in verdicts if v.reason != NOT_SENT}
-    assert reasons and all(r is not None and "ConnectError" in r for r in reasons)
+    assert time.monotonic() - started < 10
+    assert exit_for(info.value) == Exit.UNAVAILABLE
 
 
 # ----------------------------------------------------------------------------- formats

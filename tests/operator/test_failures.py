@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from harness import (
     Cluster,
     Operator,
@@ -23,7 +24,7 @@ from selfmoa.controller.children import pod_problem, queue_hold
 from selfmoa.controller.failures import StorageConfigError, classify
 from selfmoa.controller.kube import KubeError
 from selfmoa.run.planner import Observed, Wait, next_action
-from selfmoa.store import StoreError
+from selfmoa.store import StoreError, StoreUnavailable
 
 
 def test_classify_tells_permanent_from_transient() -> None:
@@ -37,7 +38,12 @@ def test_classify_tells_permanent_from_transient() -> None:
         (KubeError(403, "jobs.batch is forbidden"), "Forbidden", False),
         (KubeError(503, "etcdserver: leader changed"), "ApiError", False),
         (StorageConfigError("s3:///p: no bucket"), "InvalidStorage", True),
-        (StoreError("could not connect to http://127.0.0.1:1"), "StorageUnavailable", False),
+        (
+            StoreUnavailable("cannot reach S3 endpoint http://127.0.0.1:1"),
+            "StorageUnavailable",
+            False,
+        ),
+        (StoreError("bucket b does not exist"), "StorageRefused", False),
         (SpecError("spec.judges: duplicate"), "InvalidSpec", True),
         (ConnectionRefusedError(111, "refused"), "ApiUnavailable", False),
         (RuntimeError("boom\nsecond line"), "ReconcileError", False),
@@ -112,14 +118,15 @@ async def test_a_store_no_one_can_open_fails_the_run_saying_why(
         )
     )
     failed = condition(st, "Failed")
-    assert failed is not None and failed["reason"] == "InvalidStorage"
-    assert "no bucket" in failed["message"]
-    await wait_for(lambda: events(cluster, "InvalidStorage"))
+    # The spec itself refuses a URI without a bucket, as `selfmoa validate` does.
+    assert failed is not None and failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.storage.uri: 's3:///prefix' must be file://PATH")
+    await wait_for(lambda: events(cluster, "InvalidSpec"))
     assert jobs(cluster) == {}
 
 
 async def test_an_unreachable_store_keeps_retrying_and_says_so(
-    cluster: Cluster, operator: Operator, tmp_path
+    cluster: Cluster, operator: Operator, tmp_path, aws_env: None
 ) -> None:
     run = tiny_run("down", tmp_path)
     run["spec"]["storage"] = {"uri": "s3://bucket/p", "endpoint": "http://127.0.0.1:1"}
@@ -196,7 +203,7 @@ async def test_the_operator_reads_the_store_with_the_runs_secret() -> None:
             "metadata": {"name": "r"},
             "spec": {
                 "policy": {"model": "m"},
-                "storage": {"uri": "s3://b/p", "secretRef": "creds"},
+                "storage": {"uri": "s3://bkt/p", "secretRef": "creds"},
             },
         }
     ).spec
@@ -206,3 +213,36 @@ async def test_the_operator_reads_the_store_with_the_runs_secret() -> None:
     assert ex.credentials == ("id", "key")
     store = ex._store()
     assert store.credentials == ("id", "key")  # type: ignore[attr-defined]
+
+
+async def test_a_frozen_api_server_ends_a_request_within_its_bound() -> None:
+    # An API server that accepts connections and never answers: each request gives up after
+    # its timeout, all tries within `worst_case_seconds`, and the reconcile says ApiUnavailable.
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    from selfmoa.controller.kube import ATTEMPTS, Kube
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    info = SimpleNamespace(
+        server=f"http://127.0.0.1:{sock.getsockname()[1]}",
+        token=None,
+        username=None,
+        password=None,
+        scheme=None,
+    )
+    kube = Kube(lambda: info, timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError) as err:
+            await kube.get("/api/v1/namespaces/default/pods/x")
+    finally:
+        await kube.close()
+        sock.close()
+    took = time.monotonic() - started
+    assert ATTEMPTS * 0.5 <= took <= kube.worst_case_seconds() + 0.5, took
+    assert classify(err.value).reason == "ApiUnavailable"
+    assert not classify(err.value).permanent

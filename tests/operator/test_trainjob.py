@@ -59,7 +59,7 @@ def _spec(**over: Any) -> AlignmentRunSpec:
     spec = {
         "policy": {"model": "org/p"},
         "trainer": {"gpus": 4, "nodes": 2, "resources": {"cpu": "8", "memory": "64Gi"}},
-        "storage": {"uri": "s3://b/p", "secretRef": "creds"},
+        "storage": {"uri": "s3://bkt/p", "secretRef": "creds"},
         "serving": {"hfTokenSecretRef": "hf"},
         "queueName": "gpu-queue",
         "priorityClassName": "high",

@@ -68,7 +68,7 @@ def _near(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> bool:
 def test_parse_source_names_sets_and_passes_other_sources() -> None:
     assert public.parse_source("public:advbench,harmbench") == ["advbench", "harmbench"]
     assert public.parse_source("public: benign-qa , benign-edgy") == ["benign-qa", "benign-edgy"]
-    for other in ("builtin", "prompts.jsonl", "s3://b/public:advbench", "Public:advbench"):
+    for other in ("builtin", "prompts.jsonl", "s3://bkt/public:advbench", "Public:advbench"):
         assert public.parse_source(other) is None
 
 

@@ -20,7 +20,7 @@ def _spec(engine: str = "vllm") -> Any:
             "spec": {
                 "policy": {"model": "org/p"},
                 "serving": {"engine": engine},
-                "storage": {"uri": "s3://b/p", "secretRef": "creds"},
+                "storage": {"uri": "s3://bkt/p", "secretRef": "creds"},
             },
         }
     ).spec
@@ -47,7 +47,7 @@ def test_argv_round_trips_through_the_cli_parser(stage: str) -> None:
     assert c["command"] == list(contract.COMMAND)
     args = build_parser().parse_args(c["args"])
     call = contract.StageCall(args.name, args.run_uri, args.iteration, args.parent)
-    assert call == contract.StageCall(stage, layout.run_uri("s3://b/p", "ml", "r"), 2, 1)
+    assert call == contract.StageCall(stage, layout.run_uri("s3://bkt/p", "ml", "r"), 2, 1)
 
 
 def test_env_round_trips_spec_and_endpoints() -> None:

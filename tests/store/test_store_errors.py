@@ -76,12 +76,12 @@ def test_file_store_key_escaping_root_is_refused(tmp_path: Path) -> None:
 
 
 def test_uri_parsing_and_region(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert parse_s3_uri("s3://b/a/b/") == ("b", "a/b")
+    assert parse_s3_uri("s3://bkt/a/b/") == ("bkt", "a/b")
     assert parse_s3_uri("s3://b") == ("b", "")
     with pytest.raises(ValueError, match="no bucket"):
         parse_s3_uri("s3:///prefix")
-    assert S3Store("s3://b/").uri == "s3://b"
-    assert S3Store("s3://b//x/y/").uri == "s3://b/x/y"
+    assert S3Store("s3://bkt/").uri == "s3://bkt"
+    assert S3Store("s3://bkt//x/y/").uri == "s3://bkt/x/y"
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     assert resolve_region(None) == "us-east-1"
@@ -94,7 +94,7 @@ def test_uri_parsing_and_region(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_importing_the_store_does_not_import_boto3() -> None:
     code = (
-        "import sys, selfmoa.store; s = selfmoa.store.open_store('s3://b/p', endpoint='http://x');"
+        "import sys, selfmoa.store; s = selfmoa.store.open_store('s3://bkt/p', endpoint='http://x');"
         "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -103,12 +103,12 @@ def test_importing_the_store_does_not_import_boto3() -> None:
 @pytest.mark.parametrize(
     ("code", "operation", "expected"),
     [
-        ("AccessDenied", "GetObject", r"^access denied to s3://b/p/k \(AccessDenied\): check"),
-        ("403", "HeadObject", r"^access denied to s3://b/p/k \(403\)"),
-        ("InvalidAccessKeyId", "PutObject", r"^S3 rejected the credentials for s3://b/p/k"),
-        ("SignatureDoesNotMatch", "PutObject", r"^S3 rejected the credentials for s3://b/p/k"),
-        ("NoSuchBucket", "GetObject", r"^bucket b does not exist \(store s3://b/p"),
-        ("SlowDown", "PutObject", r"^S3 error on s3://b/p/k: "),
+        ("AccessDenied", "GetObject", r"^access denied to s3://bkt/p/k \(AccessDenied\): check"),
+        ("403", "HeadObject", r"^access denied to s3://bkt/p/k \(403\)"),
+        ("InvalidAccessKeyId", "PutObject", r"^S3 rejected the credentials for s3://bkt/p/k"),
+        ("SignatureDoesNotMatch", "PutObject", r"^S3 rejected the credentials for s3://bkt/p/k"),
+        ("NoSuchBucket", "GetObject", r"^bucket bkt does not exist \(store s3://bkt/p"),
+        ("SlowDown", "PutObject", r"^S3 error on s3://bkt/p/k: "),
     ],
 )
 def test_service_errors_become_one_line(code: str, operation: str, expected: str) -> None:
@@ -116,7 +116,7 @@ def test_service_errors_become_one_line(code: str, operation: str, expected: str
     # mode, so the translation is checked on botocore's own exception type.
     from botocore.exceptions import ClientError
 
-    store = S3Store("s3://b/p", endpoint="http://127.0.0.1:1")
+    store = S3Store("s3://bkt/p", endpoint="http://127.0.0.1:1")
     err = ClientError({"Error": {"Code": code, "Message": "multi\nline message"}}, operation)
     with pytest.raises(StoreError, match=expected) as info, store._errors("k"):
         raise err
@@ -126,6 +126,6 @@ def test_service_errors_become_one_line(code: str, operation: str, expected: str
 def test_missing_key_error_is_file_not_found() -> None:
     from botocore.exceptions import ClientError
 
-    store = S3Store("s3://b/p", endpoint="http://127.0.0.1:1")
-    with pytest.raises(FileNotFoundError, match="s3://b/p/k: not found"), store._errors("k"):
+    store = S3Store("s3://bkt/p", endpoint="http://127.0.0.1:1")
+    with pytest.raises(FileNotFoundError, match="s3://bkt/p/k: not found"), store._errors("k"):
         raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "gone"}}, "GetObject")

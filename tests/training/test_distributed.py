@@ -64,7 +64,7 @@ def test_strategy_from_spec_then_environment() -> None:
 
 
 def test_launch_command() -> None:
-    args = ["stage", "train", "--run-uri", "s3://b/ns/r", "--iteration", "2"]
+    args = ["stage", "train", "--run-uri", "s3://bkt/ns/r", "--iteration", "2"]
     assert D.launch_command(args, nproc=1) == ["selfmoa", *args]
     assert D.launch_command(args, nproc=4) == [
         "torchrun",

@@ -7,43 +7,11 @@ from typing import Any
 
 import pytest
 
+from fakes import FakeStages
 from selfmoa.api import Phase, parse_run
 from selfmoa.api.errors import SpecError
 from selfmoa.local import executor as local
-from selfmoa.run import layout
-from selfmoa.run.metrics import Metrics
 from selfmoa.stages import runner
-from selfmoa.stages.base import StageContext, StageOutput
-
-
-class FakeStages:
-    """Stages that record their calls; evaluate writes metrics from a script of ASRs."""
-
-    def __init__(self, asr: dict[int, float], fail_once: tuple[int, str] | None = None) -> None:
-        self.asr = asr
-        self.calls: list[tuple[int, str, int]] = []
-        self.fail_once = fail_once
-
-    def get(self, name: str) -> Any:
-        def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
-            self.calls.append((ctx.iteration, name, ctx.parent))
-            out.write_json("out.json", {"stage": name})
-            if self.fail_once == (ctx.iteration, name):
-                self.fail_once = None
-                raise RuntimeError("boom")
-            if name == "evaluate":
-                a = self.asr[ctx.iteration]
-                m = Metrics(
-                    iteration=ctx.iteration,
-                    safety=1 - a,
-                    helpfulness=0.8,
-                    attack_success_rate=a,
-                    over_refusal=0.1,
-                )
-                out.write_json(layout.METRICS, m.model_dump(mode="json"))
-            return {"ok": True}
-
-        return run
 
 
 def make_run(**spec: Any) -> Any:

@@ -63,7 +63,7 @@ def test_defaults_round_trip() -> None:
         ),
         (
             {
-                "policy": {"model": "org/m", "adapter": "s3://b/adapters/a"},
+                "policy": {"model": "org/m", "adapter": "s3://bkt/adapters/a"},
                 "serving": {"engine": "vllm"},
             },
             "spec.policy.adapter: a served policy can't start from an s3:// adapter",
@@ -81,7 +81,7 @@ def test_defaults_round_trip() -> None:
         ({"preferences": {"declineContrast": 1.5}}, "spec.preferences.declineContrast"),
         (
             {
-                "evaluation": {"validation": "s3://b/val.jsonl"},
+                "evaluation": {"validation": "s3://bkt/val.jsonl"},
                 "stopWhen": {"maxCapabilityDrop": 0.1},
             },
             "spec.stopWhen.maxCapabilityDrop: needs evaluation.validation builtin or none",
@@ -141,7 +141,7 @@ def test_load_run_errors(tmp_path: Path) -> None:
 
 
 def test_an_s3_starting_adapter_is_fine_where_it_is_not_served_as_is() -> None:
-    adapter = {"model": "org/m", "adapter": "s3://b/adapters/a"}
+    adapter = {"model": "org/m", "adapter": "s3://bkt/adapters/a"}
     # In-process engines download it; with the reset, the servers get the reset's stored adapter.
     assert parse_run(spec(policy=adapter)).spec.policy.adapter == adapter["adapter"]
     served = spec(policy=adapter, serving={"engine": "vllm"}, safetyReset={"enabled": True})

@@ -326,7 +326,7 @@ def test_python_callers_may_still_use_snake_case() -> None:
         {"sampling": {"seed": MAX_SEED, "maxNewTokens": 32768}},
         {"trainer": {"activeDeadlineSeconds": 7 * 24 * 3600}},
         {"training": {"epochs": 2}},
-        {"storage": {"uri": "s3://b/p", "endpoint": "http://minio:9000", "timeoutSeconds": 30}},
+        {"storage": {"uri": "s3://bkt/p", "endpoint": "http://minio:9000", "timeoutSeconds": 30}},
     ],
 )
 def test_limits_themselves_are_accepted(fields: dict[str, Any]) -> None:

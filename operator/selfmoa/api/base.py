@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from selfmoa.api.exits import BadInput
+
 #: The model id that selects the built-in tiny profile (no hub download anywhere).
 TINY_MODEL = "selfmoa/tiny"
 #: A model reference naming one GGUF file (a path, file://, s3:// or pkg://PACKAGE/PATH).
@@ -86,6 +88,9 @@ DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 DNS1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 #: An http(s) URL with a host.
 URL_PATTERN = r"^https?://[^\s/]+"
+#: Where a run's artifacts go: a path, or an S3 bucket named as S3 allows (3-63 characters of
+#: lowercase letters, digits, '.' and '-', a letter or digit at each end) and a prefix.
+STORAGE_URI_PATTERN = r"^(file://.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$"
 #: Some non-space character.
 NON_BLANK_PATTERN = r"\S"
 #: A Kubernetes label value (the part after `=`).
@@ -106,6 +111,10 @@ PATTERN_HINTS = {
         "letter or digit"
     ),
     URL_PATTERN: "must be an http:// or https:// URL",
+    STORAGE_URI_PATTERN: (
+        "must be file://PATH or s3://BUCKET/PREFIX with a bucket name S3 accepts: 3 to 63 "
+        "lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+    ),
     NON_BLANK_PATTERN: "must not be empty or blank",
     LABEL_VALUE_PATTERN: (
         "must be a Kubernetes label value: letters, digits, '-', '_' and '.', starting and "
@@ -129,7 +138,7 @@ LabelValue = Annotated[
 Url = Annotated[str, StringConstraints(min_length=8, max_length=2048, pattern=URL_PATTERN)]
 
 
-class SpecError(ValueError):
+class SpecError(ValueError, BadInput):
     """A run file or object that can't be used; the message is one line naming the field."""
 
 

@@ -11,6 +11,7 @@ from pydantic import Field, StringConstraints, field_validator
 from selfmoa.api.base import (
     DNS1123_SUBDOMAIN_PATTERN,
     MAX_DEADLINE_SECONDS,
+    STORAGE_URI_PATTERN,
     Bool,
     Int,
     Model,
@@ -20,6 +21,25 @@ from selfmoa.api.base import (
     Url,
 )
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def bucket_problem(bucket: str) -> str | None:
+    """Why S3 would refuse `bucket` as a bucket name (one line), or None."""
+    if not bucket:
+        return "no bucket name (expected s3://BUCKET/PREFIX)"
+    if _BUCKET.fullmatch(bucket) is None:
+        return (
+            f"bucket {bucket[:70]!r}: S3 bucket names are 3 to 63 lowercase letters, digits, '.' "
+            "and '-', starting and ending with a letter or digit"
+        )
+    if ".." in bucket or ".-" in bucket or "-." in bucket:
+        return f"bucket {bucket!r}: S3 bucket names can't hold '..', '.-' or '-.'"
+    if _IP_LIKE.fullmatch(bucket):
+        return f"bucket {bucket!r}: S3 bucket names can't look like an IP address"
+    return None
+
 
 class StorageSpec(Model):
     """Where every artifact goes."""
@@ -27,7 +47,7 @@ class StorageSpec(Model):
     uri: str = Field(
         default="file://./runs",
         description="file://PATH or s3://BUCKET/PREFIX; artifacts go under <uri>/<namespace>/<run>/.",
-        pattern=r"^(file://|s3://).+",
+        pattern=STORAGE_URI_PATTERN,
     )
     endpoint: Url | None = Field(default=None, description="S3 endpoint URL (MinIO and others).")
     region: str | None = Field(default=None, min_length=1, description="S3 region.")
@@ -35,6 +55,16 @@ class StorageSpec(Model):
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (operator only).",
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _bucket(cls, uri: str) -> str:
+        if uri.startswith("s3://"):
+            problem = bucket_problem(uri.removeprefix("s3://").partition("/")[0])
+            if problem:
+                raise ValueError(problem)
+        return uri
+
     timeout_seconds: Int | None = Field(
         default=None,
         ge=1,

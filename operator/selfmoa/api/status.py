@@ -28,7 +28,9 @@ class Phase(StrEnum):
 class Condition(Model):
     model_config = _STATUS_CONFIG
 
-    type: str = Field(description="Progressing, Succeeded or Failed.")
+    type: str = Field(
+        description="Progressing, Succeeded, Failed, or StagesReused (an earlier run's stages taken over)."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
     reason: str = Field(default="", description="CamelCase reason.")
     message: str = Field(default="", description="Human-readable message.")

@@ -11,7 +11,9 @@ import logging
 import sys
 from typing import Any
 
-EXIT_USAGE = 2
+from selfmoa.api.exits import Exit
+
+EXIT_USAGE = Exit.BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(args, config))
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return Exit.INTERRUPTED
+    return Exit.OK
 
 
 async def serve(args: Any, config: Any, *, stop_flag: Any = None) -> None:

@@ -35,7 +35,8 @@ from selfmoa.controller.kube import KubeError, collection
 from selfmoa.controller.runtime import Runtime
 from selfmoa.run import layout, outputs, stage_table
 from selfmoa.run import state as run_state
-from selfmoa.run.document import fixed_fields_changed, run_document
+from selfmoa.run.document import adopt, fixed_fields_changed
+from selfmoa.run.identity import TakeOver, take_over, wants_fresh_start
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Action, Observed, RunStage, StageFailure
 from selfmoa.store import Store, StoreError
@@ -141,8 +142,8 @@ class KubernetesExecutor:
             kind = "TrainJob" if key in trainjobs else "Job"
             if _condition(job, "Failed") is not None:
                 if failure is None:
-                    message = await self._failure_message(job, key, trainjob=key in trainjobs)
-                    failure = StageFailure(key[0], key[1], message)
+                    message, code = await self._failure_message(job, key, trainjob=key in trainjobs)
+                    failure = StageFailure(key[0], key[1], message, exit_code=code)
             elif _condition(job, "Complete") is not None:
                 if failure is None:
                     failure = StageFailure(
@@ -205,16 +206,16 @@ class KubernetesExecutor:
 
     async def _failure_message(
         self, job: Mapping[str, Any], key: tuple[int, str], *, trainjob: bool = False
-    ) -> str:
-        """The failed pod's termination message (what the stage wrote), else the Job's (or the
-        TrainJob's Failed condition's) message."""
+    ) -> tuple[str, int | None]:
+        """The failed pod's termination message (what the stage wrote) and exit code, else the
+        Job's (or the TrainJob's Failed condition's) message and no code."""
         selector = (
             builders.pod_selector(self.name, *key)
             if trainjob
             else {"job-name": job["metadata"]["name"]}
         )
         pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
-        best: tuple[str, str] | None = None
+        best: tuple[str, str, int] | None = None
         for pod in pods:
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
@@ -224,46 +225,44 @@ class KubernetesExecutor:
                     msg = str(term.get("message") or term.get("reason") or "").strip()
                     when = str(term.get("finishedAt") or "")
                     if msg and (best is None or when >= best[0]):
-                        best = (when, msg)
+                        best = (when, msg, int(term.get("exitCode") or 1))
         if best is not None:
             # Logs as the fallback message can be long: the last line is the error line.
-            return best[1].splitlines()[-1][:1000]
+            return best[1].splitlines()[-1][:1000], best[2]
         cond = _condition(job, "Failed") or {}
         what = "the TrainJob failed" if trainjob else "the Job failed"
-        return str(cond.get("message") or cond.get("reason") or what)
+        return str(cond.get("message") or cond.get("reason") or what), None
 
-    def spec_change_refused(self, artifacts: str | None) -> str | None:
-        """Why the current spec must not run (a field fixed at the start was edited), or None.
+    def adopt_store(self, artifacts: str | None) -> TakeOver:
+        """What this run does with its store path (see `selfmoa.run.identity`): resume it, take
+        over an earlier run's finished stages (saying so), start fresh, or refuse (a fixed field
+        edited, another run's stages under a different spec). Blocking I/O: call it in a thread.
 
-        The first reconcile writes run.json; later ones compare against it, so an edit of the
-        policy, data, judges, objective or storage is refused instead of half-applied (stages
-        already done used the old values). Blocking I/O: call it in a thread.
+        The first reconcile writes run.json with the object's uid; later ones compare against
+        the copy kept in memory, so an edit of the policy, data, judges, objective or storage is
+        refused instead of half-applied (stages already done used the old values).
         """
         if artifacts and artifacts != self.run_uri:
-            return (
+            return TakeOver(
+                "refuse",
                 f"spec.storage: changed after the run started (its artifacts are in {artifacts}); "
-                "revert it or create a new AlignmentRun"
+                "revert it or create a new AlignmentRun",
             )
+        meta = (self.owner or {}).get("metadata") or {}
+        uid = str(meta["uid"]) if meta.get("uid") else None
+        fresh = wants_fresh_start(meta.get("annotations"))
         key = (self.namespace, self.name)
         run = AlignmentRun(
             metadata={"name": self.name, "namespace": self.namespace}, spec=self.spec
         )
         saved = self.rt.run_documents.get(key)
-        if saved is None:
-            store = self._store()
-            try:
-                saved = store.read_json(layout.RUN_JSON)
-            except FileNotFoundError:
-                saved = run_document(run)
-                store.write_json(layout.RUN_JSON, saved)
-            self.rt.run_documents[key] = saved
-        changed = fixed_fields_changed(saved, run)
-        if not changed:
-            return None
-        return (
-            f"spec.{changed[0]}: changed after the run started, which would mix two runs' "
-            "artifacts; revert it, or create a new AlignmentRun for the new spec"
-        )
+        if saved is not None and (saved.get("metadata") or {}).get("uid") == uid:
+            changed = fixed_fields_changed(saved, run)
+            return take_over(saved, uid=uid, finished=0, changed=changed, fresh=fresh)
+        decision, doc = adopt(self._store(), run, uid=uid, fresh=fresh, now=self.rt.now())
+        if doc is not None:
+            self.rt.run_documents[key] = doc
+        return decision
 
     def write_outputs(
         self, status: AlignmentRunStatus, observed: Observed, *, report: bool

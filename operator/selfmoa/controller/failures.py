@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from selfmoa.api import SpecError
 from selfmoa.controller.kube import KubeError
-from selfmoa.store import StoreError
+from selfmoa.store import StoreError, StoreUnavailable
 
 #: HTTP statuses of a child create/patch that no retry will change: the object itself is wrong.
 REJECTED = {400, 422}
@@ -42,8 +42,12 @@ def classify(e: BaseException) -> Blocked:
         return Blocked("InvalidSpec", _one_line(e), permanent=True)
     if isinstance(e, StorageConfigError):
         return Blocked("InvalidStorage", f"storage: {_one_line(e)}", permanent=True)
-    if isinstance(e, StoreError):
+    if isinstance(e, StoreUnavailable):
         return Blocked("StorageUnavailable", f"storage: {_one_line(e)}", permanent=False)
+    if isinstance(e, StoreError):
+        # Not an outage (a missing bucket, refused credentials), but one an admin can fix
+        # without touching the run: it keeps waiting, saying what is wrong.
+        return Blocked("StorageRefused", f"storage: {_one_line(e)}", permanent=False)
     if isinstance(e, KubeError):
         if e.status in REJECTED:
             return Blocked(

@@ -20,6 +20,7 @@ from selfmoa.api import SpecError
 from selfmoa.api.spec import GROUP, KIND, PLURAL, VERSION
 from selfmoa.controller import builders, reconcile
 from selfmoa.controller.executor import KubernetesExecutor
+from selfmoa.controller.kube import REQUEST_TIMEOUT_S
 from selfmoa.controller.runtime import Runtime
 
 LoginFn = Callable[..., "kopf.ConnectionInfo | Awaitable[kopf.ConnectionInfo | None] | None"]
@@ -34,6 +35,10 @@ def configure_settings(settings: kopf.OperatorSettings, *, scanning: bool = True
     settings.posting.reporting_component = "selfmoa-operator"
     settings.posting.event_name_prefix = "selfmoa-"
     settings.scanning.disabled = not scanning
+    # Every wait on the API server has a bound: Kopf's own requests as long as the executor's
+    # (controller.kube), and a watch that goes quiet is reopened (Kopf's inactivity timeout).
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = REQUEST_TIMEOUT_S
 
 
 def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -16,6 +16,13 @@ from typing import Any
 import aiohttp
 
 MERGE_PATCH = "application/merge-patch+json"
+#: Seconds one request may take (connect, send, the whole reply), and tries per request: an API
+#: server that stops answering costs a reconcile at most `worst_case_seconds`, then the run says
+#: so in its status (ApiUnavailable) and the reconcile is retried with back-off.
+REQUEST_TIMEOUT_S = 60.0
+ATTEMPTS = 3
+#: Pause before the second and the third try.
+RETRY_PAUSES_S = (0.2, 0.4)
 
 
 class KubeError(RuntimeError):
@@ -66,9 +73,12 @@ async def _body(resp: aiohttp.ClientResponse) -> Any:
 class Kube:
     """JSON in, JSON out; 404 on get returns None, 409 on create returns (existing, False)."""
 
-    def __init__(self, connection: Callable[[], Any]) -> None:
+    def __init__(
+        self, connection: Callable[[], Any], *, timeout: float = REQUEST_TIMEOUT_S
+    ) -> None:
         #: Returns the current `kopf.ConnectionInfo` (re-read per session: tokens rotate).
         self._connection = connection
+        self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self.requests: Counter[str] = Counter()
@@ -87,7 +97,7 @@ class Kube:
                 headers=headers,
                 auth=auth,
                 connector=aiohttp.TCPConnector(ssl=ssl_context(info), limit=32),
-                timeout=aiohttp.ClientTimeout(total=60),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
         return self._session
 
@@ -108,7 +118,7 @@ class Kube:
         session = self._open()
         self.requests[method] += 1
         headers = {"Content-Type": content_type} if body is not None else {}
-        for attempt in range(3):
+        for attempt in range(ATTEMPTS):
             try:
                 async with session.request(
                     method, self._server + path, json=body, params=params, headers=headers
@@ -119,10 +129,14 @@ class Kube:
                         await self.close()
                     return resp.status, data
             except (TimeoutError, aiohttp.ClientConnectionError):
-                if attempt == 2:
+                if attempt == ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+                await asyncio.sleep(RETRY_PAUSES_S[attempt])
         raise AssertionError("unreachable")
+
+    def worst_case_seconds(self) -> float:
+        """The longest one request can wait on an API server that stopped answering."""
+        return ATTEMPTS * self.timeout + sum(RETRY_PAUSES_S)
 
     @staticmethod
     def _check(status: int, data: Any, what: str) -> None:

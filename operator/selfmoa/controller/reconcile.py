@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from selfmoa.api import SpecError, parse_run
+from selfmoa.api import SpecError, exits, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
 from selfmoa.controller.children import job_seconds
@@ -41,9 +42,23 @@ EventFn = Callable[[str, str, str], None]
 
 TERMINAL = (Phase.succeeded, Phase.failed)
 
+#: The Event a run posts when it takes over an earlier run's stages, or deletes them.
+REUSE_EVENTS = {"reuse": "StagesReused", "fresh": "StartedFresh"}
+
 #: Stands in for a spec that failed validation: `status` and the executor need one only for the
 #: gate over metrics and the status path, and an invalid run has neither metrics nor children.
 PLACEHOLDER_SPEC = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
+
+
+def retryable(st: AlignmentRunStatus) -> bool:
+    """A run that failed because the environment did (a stage exited 75) keeps being reconciled:
+    once the user deletes the failed Job, the stage runs again and the run goes on."""
+    failed = next((c for c in st.conditions if c.type == "Failed"), None)
+    return (
+        st.phase == Phase.failed
+        and failed is not None
+        and failed.reason == exits.reason_for(exits.Exit.UNAVAILABLE)
+    )
 
 
 def effective_body(body: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
@@ -91,6 +106,7 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         previous is not None
         and previous.phase in TERMINAL
         and previous.observed_generation == generation
+        and not retryable(previous)
     ):
         rt.phases[key] = previous.phase.value
         return
@@ -103,15 +119,17 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
     await ex.open()
-    refused = await asyncio.to_thread(
-        ex.spec_change_refused, previous.artifacts if previous else None
-    )
+    taken = await asyncio.to_thread(ex.adopt_store, previous.artifacts if previous else None)
+    if taken.decision in ("reuse", "fresh"):
+        emit("Normal", REUSE_EVENTS[taken.decision], taken.message)
     snap = await ex.observe()
+    if taken.reuse is not None:
+        snap.observed = dataclasses.replace(snap.observed, reused=taken.reuse)
     action = next_action(spec, snap.observed)
-    if refused is not None and not isinstance(action, Finish):
-        if previous is None or previous.message != refused:
-            emit("Warning", "SpecChangeRefused", refused)
-        action = Wait("SpecChangeRefused", refused)
+    if taken.decision == "refuse" and not isinstance(action, Finish):
+        if previous is None or previous.message != taken.message:
+            emit("Warning", "SpecChangeRefused", taken.message)
+        action = Wait("SpecChangeRefused", taken.message)
     missing = ex.trainer_missing(action, snap.observed)
     if missing is not None:
         # Permanent: nothing the operator retries brings Kubeflow Trainer into the cluster (an

@@ -11,7 +11,9 @@ reused across calls.
 Failure policy: connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
 jitter; a reply the caller's parser rejects (`Retryable`) is a failed attempt too; any other 4xx
 fails at once (retrying a bad request can't help). The final error is one line: URL, status,
-short body.
+short body. When the retries end on an outage (no connection, no reply, 5xx) the error is an
+`EndpointUnavailable` (exit code 75, retryable), and for the next `timeout` seconds every request
+fails with it at once: a stage's failure path must not wait out a dead server once per item.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
+from selfmoa.api.exits import Unavailable
 from selfmoa.engines.base import EngineError
 
 T = TypeVar("T")
@@ -56,6 +60,8 @@ class Attempt:
 
     status: int | None = None
     detail: str = ""
+    #: The server was down or overloaded (no connection, no reply, 429, 5xx), not the reply bad.
+    outage: bool = False
 
     def describe(self) -> str:
         return f"HTTP {self.status}: {self.detail}" if self.status is not None else self.detail
@@ -68,6 +74,10 @@ class HTTPStatusEngineError(EngineError):
         super().__init__(f"POST {url} failed: HTTP {status}: {short(body)}")
         self.status = status
         self.body = body
+
+
+class EndpointUnavailable(EngineError, Unavailable):
+    """The server could not be reached or stopped answering, retries included."""
 
 
 class Retryable(Exception):
@@ -107,6 +117,8 @@ class RetryingClient:
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
+        #: The last outage and until when (monotonic) requests fail with it without trying.
+        self._outage: tuple[str, float] | None = None
 
     # ------------------------------------------------------------------ event loop plumbing
 
@@ -183,16 +195,16 @@ class RetryingClient:
         try:
             resp = await self.client().post(url, json=payload)
         except httpx.TimeoutException:
-            raise Retryable(Attempt(None, f"timed out after {self.timeout:g}s")) from None
+            raise Retryable(Attempt(None, f"timed out after {self.timeout:g}s", True)) from None
         except httpx.TransportError as e:
             raise Retryable(
-                Attempt(None, f"{type(e).__name__}: {short(str(e)) or 'no detail'}")
+                Attempt(None, f"{type(e).__name__}: {short(str(e)) or 'no detail'}", True)
             ) from None
         if resp.status_code == 429 or resp.status_code >= 500:
             retry_after: float | None = None
             with contextlib.suppress(ValueError):
                 retry_after = float(resp.headers.get("retry-after", ""))
-            raise Retryable(Attempt(resp.status_code, short(resp.text)), retry_after)
+            raise Retryable(Attempt(resp.status_code, short(resp.text), True), retry_after)
         if resp.status_code >= 400:
             raise HTTPStatusEngineError(url, resp.status_code, resp.text)
         return resp
@@ -202,6 +214,7 @@ class RetryingClient:
     ) -> T:
         """POST until success; `parse(resp)` raises `Retryable` for a malformed reply."""
         url = self.base_url + path
+        self._fail_fast(f"POST {url}")
         last = Attempt()
         retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
@@ -213,16 +226,41 @@ class RetryingClient:
             except Retryable as e:
                 last, retry_after = e.attempt, e.retry_after
         tries = self.max_retries + 1
-        raise EngineError(
+        message = (
             f"POST {url} failed after {tries} attempt{'s' if tries > 1 else ''}: {last.describe()}"
         )
+        if last.outage:
+            self._outage = (message, time.monotonic() + self.timeout)
+            raise EndpointUnavailable(message)
+        raise EngineError(message)
+
+    def _fail_fast(self, what: str) -> None:
+        outage = self._outage
+        if outage is not None:
+            message, until = outage
+            if time.monotonic() < until:
+                raise EndpointUnavailable(f"{what}: not tried, the server is down ({message})")
+            self._outage = None
+
+    def worst_case_seconds(self) -> float:
+        """The longest one POST can wait on a server that stopped answering, retries included
+        (each attempt waits at most `timeout` for a byte; each back-off at most _MAX_SLEEP)."""
+        return (self.max_retries + 1) * self.timeout + self.max_retries * _MAX_SLEEP
 
     async def get_json(self, path: str) -> Any:
-        """GET once; any failure is one `EngineError` line."""
+        """GET once; any failure is one `EngineError` line (`EndpointUnavailable` for an
+        outage)."""
         url = self.base_url + path
         try:
             resp = await self.client().get(url)
             resp.raise_for_status()
             return resp.json()
+        except httpx.HTTPStatusError as e:
+            cls = EndpointUnavailable if e.response.status_code >= 500 else EngineError
+            raise cls(f"GET {url} failed: {short(str(e))}") from None
+        except (httpx.TimeoutException, httpx.TransportError) as e:
+            raise EndpointUnavailable(
+                f"GET {url} failed: {short(str(e)) or type(e).__name__}"
+            ) from None
         except (httpx.HTTPError, ValueError) as e:
             raise EngineError(f"GET {url} failed: {short(str(e))}") from None

@@ -13,9 +13,15 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
+from selfmoa.api.exits import Exit, exit_for
 from selfmoa.export.errors import ExportError, ExportFailed
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
+    Exit.OK,
+    Exit.FAILED,
+    Exit.BAD_INPUT,
+    Exit.INTERRUPTED,
+)
 PROG = "selfmoa export"
 
 
@@ -103,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ExportError as e:
         return _fail(str(e), EXIT_USAGE)
-    except (ExportFailed, StoreError) as e:
-        return _fail(str(e), EXIT_FAILED)
+    except StoreError as e:
+        return _fail(str(e), exit_for(e))
+    except ExportFailed as e:
+        return _fail(str(e), exit_for(e))
     except OSError as e:
         return _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), EXIT_FAILED)
     except KeyboardInterrupt:

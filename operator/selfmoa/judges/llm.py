@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 
+from selfmoa.api.exits import Unavailable
 from selfmoa.api.spec import JudgeFormat, JudgeKind, Objective
 from selfmoa.engines.base import Conversation, Engine, EngineError, Generation, SamplingParams
 from selfmoa.judges import formats
@@ -139,6 +140,7 @@ class LLMJudge(Judge):
             try:
                 rows = self.engine.first_token_logprobs(convs, progress=progress)
             except EngineError as e:
+                _raise_outage(e)
                 reason = failure_reason(e)
                 return [Verdict(None, reason) for _ in items]
             for key, row in zip(todo, rows, strict=True):
@@ -156,7 +158,8 @@ class LLMJudge(Judge):
         """One reply per conversation, or an unscored verdict for a request that failed."""
         try:
             generations = self.engine.chat(convs, self.params, progress=progress)
-        except EngineError:
+        except EngineError as e:
+            _raise_outage(e)
             return self._one_by_one(convs, progress)
         return [self._first(gens) for gens in generations]
 
@@ -168,6 +171,7 @@ class LLMJudge(Judge):
         try:
             (gens,) = self.engine.chat([conv], self.params)
         except EngineError as e:
+            _raise_outage(e)
             return Verdict(None, failure_reason(e))
         return self._first(gens)
 
@@ -208,3 +212,10 @@ class LLMJudge(Judge):
                 if failed <= allowed:
                     send(workers - len(in_flight))
         return [r if r is not None else Verdict(None, NOT_SENT) for r in replies]
+
+
+def _raise_outage(e: EngineError) -> None:
+    """A judge server that is down is an outage of the run (exit code 75), not a judge that
+    could not score its items: asking it again item by item would only wait on it longer."""
+    if isinstance(e, Unavailable):
+        raise e

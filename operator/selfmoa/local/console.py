@@ -127,6 +127,10 @@ class RichDisplay(Display):
         if not self.quiet:
             self.console.print(f"  [dim]{message}[/dim]", highlight=False)
 
+    def notice(self, message: str) -> None:
+        # Shown even with --quiet: what happened to an earlier run's stages is never silent.
+        self.console.print(f"selfmoa: {message}", highlight=False, markup=False, soft_wrap=True)
+
     def stage_finished(self, event: StageEvent) -> None:
         if self.live and self.task is not None:
             self.progress.remove_task(self.task)

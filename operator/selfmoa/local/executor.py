@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfmoa.api import exits
 from selfmoa.api.base import is_gguf_model
 from selfmoa.api.spec import (
     TINY_MODEL,
@@ -28,7 +29,7 @@ from selfmoa.run.document import ensure_run_json
 from selfmoa.run.metrics import Metrics
 from selfmoa.stages.base import Progress, no_progress
 from selfmoa.stages.runner import open_runner
-from selfmoa.store import Store, open_store_for
+from selfmoa.store import Store, StoreUnavailable, open_store_for
 
 
 @dataclass
@@ -54,6 +55,10 @@ class Display:
     def note(self, message: str) -> None:
         return None
 
+    def notice(self, message: str) -> None:
+        """What must be seen even in a quiet run (stages reused or deleted)."""
+        self.note(message)
+
 
 @dataclass
 class RunResult:
@@ -70,13 +75,17 @@ def open_run_store(run: AlignmentRun, storage_uri: str | None = None) -> Store:
 
 
 def observe(
-    store: Store, spec: AlignmentRunSpec, known: dict[int, Metrics] | None = None
+    store: Store,
+    spec: AlignmentRunSpec,
+    known: dict[int, Metrics] | None = None,
+    reused: planner.Reuse | None = None,
 ) -> planner.Observed:
     done = run_state.finished_stages(store, spec)
     return planner.Observed(
         done=done,
         metrics=run_state.read_metrics(store, done, known),
         exported=run_state.read_exported(store, done),
+        reused=reused,
     )
 
 
@@ -104,12 +113,16 @@ def run_local(
     storage_uri: str | None = None,
     display: Display | None = None,
     report: Callable[[Store, AlignmentRunSpec, RunResult], None] | None = None,
+    fresh: bool = False,
 ) -> RunResult:
-    """Run (or resume) the whole loop in this process."""
+    """Run (or resume) the whole loop in this process; `fresh`: delete what an earlier run left
+    at the same store path first."""
     display = display or Display()
     spec = run.spec
     store = open_run_store(run, storage_uri)
-    ensure_run_json(store, run)
+    taken = ensure_run_json(store, run, fresh=fresh, now=now())
+    if taken.message:
+        display.notice(taken.message)
     observed: planner.Observed | None = None
     status: AlignmentRunStatus | None = None
     with open_runner(spec, store) as runner:
@@ -122,7 +135,16 @@ def run_local(
             except ValueError as e:
                 raise SpecError(str(e).splitlines()[0]) from None
         while True:
-            observed = observe(store, spec, known=dict(observed.metrics) if observed else None)
+            observed = observe(
+                store,
+                spec,
+                known=dict(observed.metrics) if observed else None,
+                reused=taken.reuse,
+            )
+            if taken.decision == "resume" and status is None and observed.done:
+                display.notice(
+                    f"resuming the run at {store.uri}: {len(observed.done)} stage(s) done"
+                )
             action = planner.next_action(spec, observed)
             if not isinstance(action, planner.RunStage):
                 # Locally nothing runs in the background: a Wait means suspended.
@@ -138,12 +160,24 @@ def run_local(
                     action.stage, action.iteration, parent=action.parent, progress=progress
                 )
             except Exception as e:
-                failure = planner.StageFailure(action.iteration, action.stage, _one_line(e))
-                observed = planner.Observed(
-                    done=observed.done, metrics=observed.metrics, failure=failure
+                code = exits.exit_for(e)
+                failure = planner.StageFailure(
+                    action.iteration, action.stage, _one_line(e), exit_code=code
                 )
-                status = _finish(spec, observed, store, status)
-                raise StageFailed(status.message or str(e)) from e
+                observed = planner.Observed(
+                    done=observed.done,
+                    metrics=observed.metrics,
+                    failure=failure,
+                    reused=observed.reused,
+                )
+                message = getattr(planner.next_action(spec, observed), "message", str(e))
+                try:
+                    status = _finish(spec, observed, store, status)
+                except StoreUnavailable:
+                    # The store is what failed: status.json can't be written, and waiting on it
+                    # again would double the time a frozen store takes to end the run.
+                    message += "; status.json not written (the store is down)"
+                raise StageFailed(message, code) from e
             display.stage_finished(
                 StageEvent(
                     action.iteration,
@@ -166,7 +200,11 @@ def run_local(
 
 
 class StageFailed(RuntimeError):
-    """A stage raised; the run's status says which and why."""
+    """A stage raised; the run's status says which and why, `code` how (`exits.Exit`)."""
+
+    def __init__(self, message: str, code: int = exits.Exit.FAILED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _finish(

@@ -22,8 +22,10 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from selfmoa.api.exits import Exit
+
 PROG = "selfmoa labels"
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = Exit.OK, Exit.BAD_INPUT, Exit.INTERRUPTED
 #: A score >= GOOD is "good" (safe / helpful): the rubric's midpoint, the ensembles' default.
 GOOD = 3.0
 KINDS = ("harmful", "legit", "benign")

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from selfmoa.api.exits import exit_for
 from selfmoa.run import layout
 from selfmoa.run.labels import (
     EXIT_INTERRUPTED,
@@ -202,14 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmd_export(args) if args.command == "export" else cmd_score(args)
     except (LabelsError, StoreError) as e:
-        message = str(e)
+        message, code = str(e), exit_for(e) if isinstance(e, StoreError) else EXIT_USAGE
     except OSError as e:
-        message = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        message, code = f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), EXIT_USAGE
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from selfmoa.api import exits
 from selfmoa.api.spec import (
     AlignmentRunSpec,
     AlignmentRunStatus,
@@ -42,6 +43,18 @@ class StageFailure:
     iteration: int
     stage: str
     message: str
+    #: How the stage ended (`selfmoa.api.exits.Exit`): its Pod's exit code, or the class of the
+    #: exception a local stage raised; None: unknown (read as a stage failure).
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """This run took over finished stages an earlier run left at the same store path."""
+
+    stages: int
+    #: Which run left them: `namespace/name uid UID` (or `a local run`) and when it started.
+    source: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ class Observed:
     held: tuple[str, str] | None = None
     #: Where the export stage wrote the run's result (`spec.output`), once it has.
     exported: str | None = None
+    #: Finished stages of an earlier run that this run took over (shown as a condition).
+    reused: Reuse | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,9 @@ class Finish:
 
 
 Action = RunStage | Wait | Finish
+
+#: The condition type saying that an earlier run's finished stages were taken over.
+REUSED = "StagesReused"
 
 
 @dataclass(frozen=True)
@@ -203,10 +221,12 @@ def next_action(spec: AlignmentRunSpec, observed: Observed) -> Action:
         return Finish(Phase.failed, "InvalidSpec", observed.invalid)
     if observed.failure is not None:
         f = observed.failure
+        advice = exits.ADVICE.get(f.exit_code or exits.Exit.FAILED)
         return Finish(
             Phase.failed,
-            "StageFailed",
-            f"stage {f.stage} of iteration {f.iteration} failed: {f.message}",
+            exits.reason_for(f.exit_code),
+            f"stage {f.stage} of iteration {f.iteration} failed: {f.message}"
+            + (f" ({advice})" if advice else ""),
         )
     g = gate(spec, observed.metrics)
     if g.stop is not None:
@@ -314,6 +334,19 @@ def status(
                 reason=reason if value else (prev.reason if prev and prev.status == s else reason),
                 message=message if value else "",
                 last_transition_time=ts,
+                observed_generation=generation,
+            )
+        )
+    if observed.reused is not None:
+        r = observed.reused
+        prev = old.get(REUSED)
+        conditions.append(
+            Condition(
+                type=REUSED,
+                status="True",
+                reason="EarlierRunResumed",
+                message=f"{r.stages} finished stage(s) reused from {r.source}",
+                last_transition_time=prev.last_transition_time if prev is not None else now,
                 observed_generation=generation,
             )
         )

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from selfmoa.store.base import BadKeyError, PrefixedStore, Store, StoreError, check_key, iter_jsonl
+from selfmoa.store.base import (
+    BadKeyError,
+    PrefixedStore,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    check_key,
+    iter_jsonl,
+)
 
 if TYPE_CHECKING:
     from selfmoa.api.spec import StorageSpec
@@ -52,6 +60,7 @@ __all__ = [
     "PrefixedStore",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "check_key",
     "iter_jsonl",
     "open_store",

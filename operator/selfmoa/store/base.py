@@ -18,11 +18,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from selfmoa.api.exits import BadInput, Unavailable
 from selfmoa.store.scratch import OWNER_FILE, owner_token, sweep_stale
 
 
-class StoreError(RuntimeError):
-    """The store can't be used (unreachable endpoint, missing bucket, no permission)."""
+class StoreError(RuntimeError, BadInput):
+    """The store can't be used as named (missing bucket, no permission, an unwritable path)."""
+
+
+class StoreUnavailable(StoreError, Unavailable):
+    """The store stopped answering or can't be reached: an outage, retryable (exit code 75)."""
 
 
 class BadKeyError(StoreError, ValueError):

@@ -28,19 +28,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from selfmoa.api.exits import Exit, exit_for
+
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _failed(message: str) -> int:
+def _failed(message: str, code: int = Exit.FAILED) -> int:
     """One line on stderr and in the termination message (what the run's condition shows)."""
     from selfmoa.api import contract
 
     line = message.splitlines()[0] if message else "failed"
     _say(f"fetch: error: {line}")
     contract.write_termination_message(line)
-    return 1
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 shared=store_at(args.run_uri) if args.run_uri else None,
                 progress=_say,
             )
-    except (StoreError, OSError) as e:
+    except StoreError as e:
+        return _failed(str(e), exit_for(e))
+    except OSError as e:
         return _failed(str(e) or type(e).__name__)
     print(path)
     return 0

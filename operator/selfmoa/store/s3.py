@@ -10,6 +10,12 @@ endpoint that accepts connections and then never answers (a frozen server) fails
 within `timeout` seconds (default 60; `spec.storage.timeoutSeconds` or the
 SELFMOA_STORE_TIMEOUT_SECONDS environment variable), plus botocore's short back-off between
 attempts.
+
+An outage is a `StoreUnavailable` (exit code 75, retryable); a store that can't be used as named
+(no such bucket, credentials or access refused) stays a `StoreError` (bad input, exit code 2).
+Once an operation has waited out its timeout, the store answers every later operation with the
+same outage at once for the next `timeout` seconds: the failure path (writing status.json down)
+must not wait on the frozen store a second time.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from selfmoa.store.base import Store, StoreError, check_key
+from selfmoa.store.base import Store, StoreError, StoreUnavailable, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -51,6 +58,19 @@ _MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
 _DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"})
 _BAD_CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+#: Error codes of a store that is up but can't serve now (after botocore's own retries).
+_OUTAGE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
 )
 
 
@@ -141,6 +161,8 @@ class S3Store(Store):
         self._client: S3Client | None = None
         self._session: Any = None
         self._lock = threading.Lock()
+        #: The last outage and until when (monotonic) later operations fail with it at once.
+        self._outage: tuple[StoreUnavailable, float] | None = None
 
     # Connection ---------------------------------------------------------------------------
 
@@ -218,6 +240,7 @@ class S3Store(Store):
             ClientError,
             ConnectTimeoutError,
             EndpointConnectionError,
+            HTTPClientError,
             NoCredentialsError,
             ParamValidationError,
             PartialCredentialsError,
@@ -225,16 +248,17 @@ class S3Store(Store):
         )
 
         where = f"{self.uri}/{key}" if key is not None else self.uri
+        self._fail_fast()
         try:
             yield
         except ReadTimeoutError:
-            raise StoreError(
+            raise self._down(
                 f"S3 endpoint {self.endpoint_url} stopped answering on {where}: no reply within "
                 f"{waited or self.timeout:g}s (retries included; raise "
                 "spec.storage.timeoutSeconds if the store is only slow)"
             ) from None
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            raise StoreError(
+            raise self._down(
                 f"cannot reach S3 endpoint {self.endpoint_url}: {_one_line(exc)} (store {self.uri})"
             ) from None
         except (NoCredentialsError, PartialCredentialsError) as exc:
@@ -262,13 +286,33 @@ class S3Store(Store):
                     f"access denied to {where} ({code}): check the credentials "
                     "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy"
                 ) from None
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in _OUTAGE_CODES or status >= 500:
+                raise StoreUnavailable(f"S3 error on {where}: {_one_line(exc)}") from None
             raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
         except ParamValidationError as exc:
             raise StoreError(f"S3 refused the request for {where}: {_one_line(exc)}") from None
+        except HTTPClientError as exc:
+            # A connection closed or reset mid-request, after botocore's retries.
+            raise StoreUnavailable(f"S3 error on {where}: {_one_line(exc)}") from None
         except (BotoCoreError, Boto3Error) as exc:
-            # Anything else botocore or s3transfer raise (closed connections, SSL, a failed
-            # multipart upload): still one line naming the store.
+            # Anything else botocore or s3transfer raise (SSL, a failed multipart upload): still
+            # one line naming the store.
             raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
+
+    def _down(self, message: str) -> StoreUnavailable:
+        """An outage that waited out its timeout: later operations get it at once for a while."""
+        err = StoreUnavailable(message)
+        self._outage = (err, time.monotonic() + self.timeout)
+        return err
+
+    def _fail_fast(self) -> None:
+        outage = self._outage
+        if outage is not None:
+            err, until = outage
+            if time.monotonic() < until:
+                raise StoreUnavailable(str(err))
+            self._outage = None
 
     # Keys ---------------------------------------------------------------------------------
 

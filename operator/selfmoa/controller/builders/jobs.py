@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from selfmoa.api import contract
+from selfmoa.api.exits import Exit
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller.builders.common import (
     adopt,
@@ -72,6 +73,29 @@ def _stage_container(
     }
 
 
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    """Retries that follow the stage's exit code (`selfmoa.api.exits`): bad input (2) fails the
+    Job at once, since no retry can fix it; a Pod evicted or preempted (DisruptionTarget) is
+    not counted against backoffLimit; a failed stage (1) and an outage (75) are retried up to
+    backoffLimit. API servers before 1.26 ignore the field (and retry every failure)."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container,
+                    "operator": "In",
+                    "values": [int(Exit.BAD_INPUT)],
+                },
+            },
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+        ]
+    }
+
+
 def stage_volumes(spec: AlignmentRunSpec, stage: str) -> list[dict[str, Any]]:
     """The stage pod's volumes: its scratch space, and the model cache volume when the stage
     loads models (a stage that doesn't is not tied to where the claim can be mounted)."""
@@ -114,6 +138,7 @@ def stage_job(
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.trainer.backoff_limit,
         "activeDeadlineSeconds": spec.trainer.active_deadline_seconds,
+        "podFailurePolicy": pod_failure_policy(container["name"]),
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if config.job_ttl_seconds_after_finished is not None:

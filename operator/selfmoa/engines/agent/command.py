@@ -17,7 +17,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from selfmoa.api.exits import Exit, exit_for
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.BAD_INPUT
 PROG = "selfmoa adapter-agent"
 
 
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             interval=args.interval,
         )
-    except (ValueError, StoreError, ProtocolError, OSError) as e:
+    except StoreError as e:
+        return _fail(str(e), exit_for(e))  # an outage at start: 75, the pod is restarted
+    except (ValueError, ProtocolError, OSError) as e:
         return _fail(str(e))
     stop = threading.Event()
 
@@ -121,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 if __name__ == "__main__":

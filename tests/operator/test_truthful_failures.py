@@ -1,0 +1,146 @@
+"""Failures that tell the truth through the operator: a stage Pod's exit code becomes the run's
+condition reason, and a new AlignmentRun that finds an earlier run's stages says so (or starts
+fresh when asked)."""
+
+from __future__ import annotations
+
+import pytest
+from harness import (
+    JOBS_PATH,
+    NS,
+    RUNS,
+    RUNS_PATH,
+    Cluster,
+    Operator,
+    apply,
+    condition,
+    events,
+    fail_job,
+    job_finished,
+    jobs,
+    play_stand_ins,
+    run_status,
+    tiny_run,
+    wait_for,
+)
+
+from selfmoa.api.exits import Exit
+from selfmoa.run import layout
+from selfmoa.run.identity import FRESH_START_ANNOTATION
+from selfmoa.store import open_store
+
+
+async def _fail_redteam(cluster: Cluster, tmp_path, exit_code: int) -> None:
+    """Run "r" up to iteration 1's red team, whose Job then fails with `exit_code`."""
+    await apply(cluster, tiny_run("r", tmp_path))
+    await play_stand_ins(cluster, 2)  # reset, evaluate(0)
+    await wait_for(lambda: "r-i1-redteam" in jobs(cluster))
+    await fail_job(cluster, "r-i1-redteam", "S3 endpoint stopped answering", 2, exit_code)
+    await wait_for(lambda: run_status(cluster, "r").get("phase") == "Failed")
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "advice"),
+    [
+        (Exit.UNAVAILABLE, "EnvironmentUnavailable", "retryable"),
+        (Exit.BAD_INPUT, "InvalidInput", "fix the input"),
+        (Exit.FAILED, "StageFailed", None),
+    ],
+)
+async def test_the_pods_exit_code_is_the_runs_reason(
+    cluster: Cluster, operator: Operator, tmp_path, code: int, reason: str, advice: str | None
+) -> None:
+    await _fail_redteam(cluster, tmp_path, code)
+    st = run_status(cluster, "r")
+    failed = condition(st, "Failed")
+    assert failed is not None and failed["reason"] == reason
+    assert "stage redteam of iteration 1 failed: S3 endpoint stopped answering" in failed["message"]
+    assert (advice in failed["message"]) if advice else "(" not in failed["message"]
+    await wait_for(lambda: events(cluster, reason))
+
+
+async def test_a_run_failed_by_an_outage_goes_on_once_its_job_is_deleted(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    await _fail_redteam(cluster, tmp_path, Exit.UNAVAILABLE)
+    async with cluster.delete(f"{JOBS_PATH}/r-i1-redteam") as resp:
+        assert resp.status < 400
+    # The stage runs again (a new Job), and the run is Running again.
+    await wait_for(
+        lambda: (
+            "r-i1-redteam" in jobs(cluster)
+            and not job_finished(jobs(cluster)["r-i1-redteam"])
+            and run_status(cluster, "r").get("phase") == "Running"
+        )
+    )
+    await play_stand_ins(cluster, 1)
+    await wait_for(lambda: "r-i1-respond" in jobs(cluster))
+
+
+async def test_a_run_failed_by_its_stage_stays_failed_when_its_job_is_deleted(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    import asyncio
+
+    await _fail_redteam(cluster, tmp_path, Exit.FAILED)
+    async with cluster.delete(f"{JOBS_PATH}/r-i1-redteam") as resp:
+        assert resp.status < 400
+    await asyncio.sleep(0.5)
+    assert "r-i1-redteam" not in jobs(cluster)
+    assert run_status(cluster, "r").get("phase") == "Failed"
+
+
+async def _delete(cluster: Cluster, name: str) -> None:
+    async with cluster.delete(f"{RUNS_PATH}/{name}") as resp:
+        assert resp.status < 400
+    await wait_for(
+        lambda: (RUNS, NS, name) not in cluster.objects or cluster.objects[RUNS, NS, name].deleted
+    )
+
+
+async def test_a_new_run_with_an_earlier_ones_name_reuses_its_stages_visibly(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    await apply(cluster, tiny_run("r", tmp_path))
+    await play_stand_ins(cluster, 3)  # reset, evaluate(0), redteam(1)
+    await wait_for(lambda: "r-i1-respond" in jobs(cluster))
+    first_uid = cluster.objects[RUNS, NS, "r"]["metadata"]["uid"]
+    await _delete(cluster, "r")
+
+    await apply(cluster, tiny_run("r", tmp_path))
+    st = await wait_for(
+        lambda: condition(run_status(cluster, "r"), "StagesReused") and run_status(cluster, "r")
+    )
+    reused = condition(st, "StagesReused")
+    assert reused is not None and reused["status"] == "True"
+    assert reused["message"].startswith("3 finished stage(s) reused from AlignmentRun ml/r")
+    assert first_uid in reused["message"]
+    (event,) = events(cluster, "StagesReused")
+    assert "fresh-start" in event["message"]
+    # It went on where the earlier run stopped: no stage ran twice.
+    await wait_for(lambda: "r-i1-respond" in jobs(cluster))
+    assert not {"r-i0-reset", "r-i0-evaluate", "r-i1-redteam"} & set(jobs(cluster))
+
+
+async def test_a_fresh_start_deletes_the_earlier_runs_artifacts_first(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    await apply(cluster, tiny_run("r", tmp_path))
+    await play_stand_ins(cluster, 2)
+    await wait_for(lambda: "r-i1-redteam" in jobs(cluster))
+    await _delete(cluster, "r")
+    store = open_store(f"file://{tmp_path}/ml/r")
+    assert store.exists(layout.manifest_key(0, "evaluate"))
+
+    run = tiny_run("r", tmp_path)
+    run["metadata"]["annotations"] = {FRESH_START_ANNOTATION: "true"}
+    await apply(cluster, run)
+    await wait_for(lambda: events(cluster, "StartedFresh"))
+    await wait_for(lambda: "r-i0-reset" in jobs(cluster))
+    assert not store.exists(layout.manifest_key(0, "evaluate"))
+    assert condition(run_status(cluster, "r"), "StagesReused") is None
+    # A restarted reconcile of the same object never deletes its own stages.
+    await play_stand_ins(cluster, 1)
+    await wait_for(lambda: "r-i0-evaluate" in jobs(cluster))
+    assert store.exists(layout.manifest_key(0, "reset"))
+    assert len(events(cluster, "StartedFresh")) == 1
