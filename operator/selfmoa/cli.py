@@ -26,9 +26,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from selfmoa.api.exits import Exit
+from selfmoa.api.exits import Exit, Parser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
     Exit.OK,
@@ -66,20 +66,14 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"selfmoa: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from selfmoa.api import contract
 
-    p = _Parser(
+    p = Parser(
         prog="selfmoa", description="Self-MOA: closed-loop safety alignment with weak supervision."
     )
     p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     r = sub.add_parser(

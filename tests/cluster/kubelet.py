@@ -101,7 +101,7 @@ log = logging.getLogger("kubelet-player")
 
 VLLM_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 #: vLLM flags `selfmoa serve` keeps (with their value); every other flag is dropped and logged.
-SERVE_KEEPS = ("--model", "--served-model-name")
+SERVE_KEEPS = ("--model", "--served-model-name", "--max-model-len")
 #: vLLM flags that take no value (so dropping them doesn't eat the next flag).
 VLLM_BOOL_FLAGS = frozenset({"--enable-lora", "--trust-remote-code", "--enforce-eager"})
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"

@@ -383,3 +383,33 @@ def test_serve_help_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--max-batch" in out.stdout and "--model" in out.stdout
+
+
+def test_a_request_over_the_context_length_is_vllms_400(engine: FakeEngine) -> None:
+    # vLLM refuses a prompt plus max_tokens above --max-model-len with HTTP 400 and these
+    # words; the stand-in must too, or a stage asking for too much passes every test.
+    with OpenAIServer(engine, max_model_len=20) as s:
+        r = chat(s.url, "one two three four five six", max_tokens=15)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["message"] == (
+            "This model's maximum context length is 20 tokens. However, you requested 21 tokens "
+            "(6 in the messages, 15 in the completion). Please reduce the length of the messages "
+            "or completion."
+        )
+        assert engine.calls == []  # refused before it reached the engine
+        assert chat(s.url, "one two three four five six", max_tokens=14).status_code == 200
+        # The client gives up at once: a request the server refuses is not an outage.
+        from selfmoa.api.exits import Exit, exit_for
+        from selfmoa.engines.base import EngineError
+        from selfmoa.engines.openai_engine import OpenAIEngine
+
+        client = OpenAIEngine(s.url, model="fake/base", max_retries=3)
+        with pytest.raises(EngineError, match=r"HTTP 400: .*maximum context length is 20") as err:
+            client.chat([[{"role": "user", "content": "a " * 19}]], SamplingParams())
+        assert exit_for(err.value) == Exit.FAILED
+        client.close()
+
+
+def test_no_context_limit_when_the_engine_does_not_know_one(server: OpenAIServer) -> None:
+    assert server.max_model_len is None
+    assert chat(server.url, "word " * 5000, max_tokens=100000).status_code == 200

@@ -251,3 +251,13 @@ def test_first_token_logprobs_are_the_next_token_distribution(engine) -> None:  
     (gens,) = engine.chat([user(PROMPTS[0])], SamplingParams(max_new_tokens=1))
     best = max(rows[0], key=rows[0].__getitem__)
     assert gens[0].text.strip() == best.strip()
+
+
+def test_context_length_and_prompt_tokens_are_the_models(engine) -> None:  # type: ignore[no-untyped-def]
+    # What `selfmoa serve` refuses above, as vLLM does: the config's max_position_embeddings,
+    # and prompts counted with the model's tokenizer and chat template.
+    assert engine.context_length() == 512
+    conv = [{"role": "user", "content": "How do I bake bread?"}]
+    n = engine.prompt_tokens(conv)
+    assert n == len(engine.tokenizer(engine.render(conv), add_special_tokens=False)["input_ids"])
+    assert n > len(["How", "do", "I", "bake", "bread?"])  # the template's tokens count too

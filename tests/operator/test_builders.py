@@ -60,10 +60,11 @@ def test_train_job_requests_gpus_and_runs_non_root() -> None:
     assert c["args"][:2] == ["stage", "train"] and "--parent" in c["args"]
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    # Sampling through vLLM, the respond stage loads nothing itself: no GPU.
     respond = builders.stage_job(
         run="r",
         namespace="ml",
-        spec=_spec(),
+        spec=_spec(serving={"engine": "vllm"}),
         iteration=1,
         stage="respond",
         parent=0,
@@ -72,6 +73,68 @@ def test_train_job_requests_gpus_and_runs_non_root() -> None:
     assert "nvidia.com/gpu" not in respond["spec"]["template"]["spec"]["containers"][0][
         "resources"
     ].get("limits", {})
+
+
+def _gpus_and_memory(spec: AlignmentRunSpec, stage: str) -> tuple[str | None, str | None]:
+    config = OperatorConfig()
+    job = builders.stage_job(
+        run="r", namespace="ml", spec=spec, iteration=1, stage=stage, parent=0, config=config
+    )
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    return res.get("limits", {}).get("nvidia.com/gpu"), res.get("limits", {}).get("memory")
+
+
+def test_every_stage_that_loads_a_model_in_process_gets_a_gpu_and_the_train_memory() -> None:
+    # A 7B policy with the default in-process engine: respond, judge and evaluate load it, so
+    # they run where training runs (one GPU, the train resource class), never on a small CPU.
+    config = OperatorConfig()
+    train_memory = config.train_resources.get("limits", {}).get("memory")
+    stage_memory = config.stage_resources.get("limits", {}).get("memory")
+    assert train_memory != stage_memory
+    local = _spec(
+        judges=_LLM_JUDGES,
+        redTeam={"model": "org/red"},
+        output={"uri": "s3://bkt/out", "merge": True},
+    )
+    want = {
+        "redteam": ("1", train_memory),  # the red-team model writes attacks in-process
+        "respond": ("1", train_memory),
+        "judge": ("1", train_memory),
+        "pairs": (None, stage_memory),
+        "train": ("2", train_memory),
+        "evaluate": ("1", train_memory),
+        "export": ("1", train_memory),  # merging loads the policy
+    }
+    assert {s: _gpus_and_memory(local, s) for s in want} == want
+    # Served by vLLM: only what no server holds (the capability measure, the merge).
+    served = _spec(judges=_LLM_JUDGES, serving={"engine": "vllm"}, output={"uri": "s3://bkt/out"})
+    got = {s: _gpus_and_memory(served, s)[0] for s in want}
+    assert got == {
+        "redteam": None,
+        "respond": None,
+        "judge": None,
+        "pairs": None,
+        "train": "2",
+        "evaluate": "1",
+        "export": None,
+    }
+    # A classifier judge is never served: the judge stage loads it.
+    classifier = [
+        *_LLM_JUDGES,
+        {"name": "clf", "objective": "safety", "kind": "classifier", "model": "org/clf"},
+    ]
+    assert _gpus_and_memory(_spec(judges=classifier, serving={"engine": "vllm"}), "judge")[0] == "1"
+    # Attacks from seeds and templates only: the red team loads nothing.
+    assert _gpus_and_memory(_spec(), "redteam") == (None, stage_memory)
+    # No GPUs in the run, or serving.device cpu: none anywhere but where training asks.
+    assert _gpus_and_memory(_spec(trainer={"gpus": 0}), "respond")[0] is None
+    assert _gpus_and_memory(_spec(serving={"device": "cpu"}), "respond")[0] is None
+
+
+_LLM_JUDGES = [
+    {"name": "guard", "objective": "safety", "kind": "llm", "model": "org/judge"},
+    {"name": "helper", "objective": "helpfulness", "kind": "llm", "model": "org/judge"},
+]
 
 
 def _serving(spec: AlignmentRunSpec, model: str = "org/p") -> tuple[dict[str, Any], ...]:

@@ -149,11 +149,11 @@ async def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
 ) -> None:
     await apply(cluster, tiny_run("edit", tmp_path))
     await wait_for(lambda: "edit-i0-reset" in jobs(cluster))
-    await patch_spec(cluster, "edit", {"policy": {"model": "org/other"}})
+    await patch_spec(cluster, "edit", {"sampling": {"responsesPerPrompt": 3}})
     await play_one(cluster, stand_in_stage)  # the running stage may finish
     st = await wait_for(
         lambda: (
-            (run_status(cluster, "edit").get("message") or "").startswith("spec.policy")
+            (run_status(cluster, "edit").get("message") or "").startswith("spec.sampling")
             and run_status(cluster, "edit")
         )
     )
@@ -161,7 +161,7 @@ async def test_a_fixed_field_edited_mid_run_is_refused_until_reverted(
     await wait_for(lambda: events(cluster, "SpecChangeRefused"))
     assert sorted(jobs(cluster)) == ["edit-i0-reset"]  # nothing new starts meanwhile
     # A field that may change (more iterations) is taken; reverting the fixed one resumes.
-    await patch_spec(cluster, "edit", {"policy": {"model": "selfmoa/tiny"}, "iterations": 3})
+    await patch_spec(cluster, "edit", {"sampling": {"responsesPerPrompt": 2}, "iterations": 3})
     await wait_for(lambda: "edit-i0-evaluate" in jobs(cluster))
 
 

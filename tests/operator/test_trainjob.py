@@ -41,6 +41,7 @@ from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.executor import KubernetesExecutor, TrainJobRejected
 from selfmoa.controller.failures import classify
 from selfmoa.controller.kube import KubeError
+from selfmoa.controller.plan import trainer_missing
 from selfmoa.controller.runtime import Runtime
 from selfmoa.run import stage_table
 from selfmoa.run.planner import Observed, RunStage
@@ -300,7 +301,7 @@ def _local_spec(tmp_path: Path, **trainer: Any) -> AlignmentRunSpec:
             "metadata": {"name": "r"},
             "spec": {
                 "policy": {"model": "org/p"},
-                "safetyReset": {"enabled": True},
+                "safetyReset": {"enabled": True, "data": "reset.jsonl"},
                 "storage": {"uri": f"file://{tmp_path}"},
                 "trainer": {"gpus": 0, **trainer},
             },
@@ -360,20 +361,25 @@ async def test_not_served_fails_before_the_first_stage_and_at_each_training_stag
     ex = _executor(_runtime(kube), spec)
     snap = await ex.observe()
     assert not [c for c in kube.calls if c[0] == "LIST" and "trainjobs" in c[1]]
-    message = ex.trainer_missing(RunStage(0, "reset", 0), snap.observed)
+
+    def missing(spec: AlignmentRunSpec, action: RunStage, observed: Observed) -> str | None:
+        runtime = ex.rt.config.training_runtime
+        return trainer_missing(spec, action, observed, ex.trainer_served, runtime)
+
+    message = missing(spec, RunStage(0, "reset", 0), snap.observed)
     assert message is not None
     assert "Kubeflow Trainer" in message and "'torch-distributed'" in message
     assert "trainer.nodes: 1" in message and "\n" not in message
     # The run's first stage fails it even when it doesn't train (no work wasted) ...
-    assert ex.trainer_missing(RunStage(0, "evaluate", 0), snap.observed) is not None
+    assert missing(spec, RunStage(0, "evaluate", 0), snap.observed) is not None
     # ... later, only a training stage does.
     later = Observed(done=frozenset({(0, "reset"), (0, "evaluate")}))
-    assert ex.trainer_missing(RunStage(1, "redteam", 0), later) is None
-    assert ex.trainer_missing(RunStage(1, "train", 0), later) is not None
+    assert missing(spec, RunStage(1, "redteam", 0), later) is None
+    assert missing(spec, RunStage(1, "train", 0), later) is not None
     # One node: never.
     one = _executor(_runtime(FakeKube(served=False)), _local_spec(tmp_path))
     await one.observe()
-    assert one.trainer_missing(RunStage(1, "train", 0), later) is None
+    assert trainer_missing(one.spec, RunStage(1, "train", 0), later, one.trainer_served, "") is None
 
 
 async def test_trainjob_conditions_map_to_stage_states(tmp_path: Path) -> None:

@@ -283,7 +283,7 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
             labels_command.main(argv)
         assert e.value.code == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("selfmoa labels: error: ")
+        assert err.count("\n") == 1 and err.startswith("selfmoa labels") and ": error: " in err
     for argv in (["--help"], ["export", "--help"], ["score", "--help"]):
         with pytest.raises(SystemExit) as e:
             labels_command.main(argv)

@@ -105,3 +105,16 @@ def test_stage_missing_input_is_a_stage_failure(
     err = capsys.readouterr().err
     assert "redteam" in err and "has not finished" in err
     assert "has not finished" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["serve", "fetch", "operator", "crd", "export", "labels", "adapter-agent", "run", "stage"],
+)
+def test_a_bad_flag_is_one_line_and_exit_2_in_every_command(command: str) -> None:
+    # One parser class for every command (selfmoa.api.exits.Parser): no usage block.
+    r = run_cli(command, "--no-such-flag")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"selfmoa {command}: error: "), r.stderr
+    assert lines[0].endswith("(see --help)")

@@ -24,7 +24,7 @@ def make_run(**spec: Any) -> Any:
 def test_full_loop_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeStages({0: 0.8, 1: 0.6, 2: 0.7, 3: 0.3}, fail_once=(2, "train"))
     monkeypatch.setattr(runner, "load_stage", fake.get)
-    run = make_run(iterations=3, safetyReset={"enabled": True})
+    run = make_run(iterations=3, safetyReset={"enabled": True, "data": "reset.jsonl"})
     store = f"file://{tmp_path}"
     with pytest.raises(local.StageFailed, match="train"):
         local.run_local(run, storage_uri=store)

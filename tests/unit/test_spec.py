@@ -144,7 +144,11 @@ def test_an_s3_starting_adapter_is_fine_where_it_is_not_served_as_is() -> None:
     adapter = {"model": "org/m", "adapter": "s3://bkt/adapters/a"}
     # In-process engines download it; with the reset, the servers get the reset's stored adapter.
     assert parse_run(spec(policy=adapter)).spec.policy.adapter == adapter["adapter"]
-    served = spec(policy=adapter, serving={"engine": "vllm"}, safetyReset={"enabled": True})
+    served = spec(
+        policy=adapter,
+        serving={"engine": "vllm"},
+        safetyReset={"enabled": True, "data": "s3://bkt/reset.jsonl"},
+    )
     assert parse_run(served).spec.safety_reset.enabled
     hub = {"model": "org/m", "adapter": "org/m-lora"}
     assert parse_run(spec(policy=hub, serving={"engine": "vllm"})).spec.policy.adapter

@@ -331,3 +331,60 @@ def test_python_callers_may_still_use_snake_case() -> None:
 )
 def test_limits_themselves_are_accepted(fields: dict[str, Any]) -> None:
     parse_run(doc(fields))
+
+
+def test_a_reset_without_data_is_refused_unless_the_policy_is_tiny() -> None:
+    # The reset stage would fail at run time, after the serving pods started: refused here.
+    spec = {"policy": {"model": "Qwen/Qwen2.5-0.5B-Instruct"}, "safetyReset": {"enabled": True}}
+    with pytest.raises(SpecError, match=r"^spec\.safetyReset\.data: required when the policy"):
+        parse_run({"metadata": {"name": "r"}, "spec": spec})
+    spec["safetyReset"]["data"] = "s3://bkt/reset.jsonl"  # type: ignore[index]
+    parse_run({"metadata": {"name": "r"}, "spec": spec})
+    tiny = {"policy": {"model": "selfmoa/tiny"}, "safetyReset": {"enabled": True}}
+    parse_run({"metadata": {"name": "r"}, "spec": tiny})
+
+
+@pytest.mark.parametrize(
+    ("limit", "over", "words"),
+    [
+        (
+            "4096",
+            {"sampling": {"maxNewTokens": 4000}},
+            "spec.sampling.maxNewTokens: the policy's answers ask for 4000 completion tokens, "
+            "which leaves 96 for the prompt within vLLM's --max-model-len 4096",
+        ),
+        (
+            "3200",
+            {"redTeam": {"model": "org/red", "promptsPerRequest": 64}},
+            "spec.redTeam.promptsPerRequest: 64 attack prompts per red-team request ask for 3072 "
+            "completion tokens, which leaves 128 for the prompt within vLLM's --max-model-len 3200",
+        ),
+    ],
+)
+def test_token_budgets_must_fit_vllms_max_model_len(
+    limit: str, over: dict[str, Any], words: str
+) -> None:
+    # vLLM answers a prompt plus max_tokens above --max-model-len with HTTP 400, mid-run:
+    # refused here, naming the field, before any GPU is spent.
+    spec: dict[str, Any] = {
+        "policy": {"model": "org/p"},
+        "serving": {"engine": "vllm", "extraArgs": ["--max-model-len", limit]},
+        **over,
+    }
+    with pytest.raises(SpecError) as err:
+        parse_run({"metadata": {"name": "r"}, "spec": spec})
+    assert str(err.value).startswith(words), err.value
+    # The same budgets fit a larger context, and without vLLM nothing is checked here.
+    spec["serving"]["extraArgs"] = ["--max-model-len=8192"]
+    parse_run({"metadata": {"name": "r"}, "spec": spec})
+    spec["serving"] = {"engine": "transformers"}
+    parse_run({"metadata": {"name": "r"}, "spec": spec})
+
+
+def test_a_max_model_len_that_is_not_a_number_is_refused() -> None:
+    spec = {
+        "policy": {"model": "org/p"},
+        "serving": {"engine": "vllm", "extraArgs": ["--max-model-len", "lots"]},
+    }
+    with pytest.raises(SpecError, match=r"^spec\.serving\.extraArgs: --max-model-len 'lots'"):
+        parse_run({"metadata": {"name": "r"}, "spec": spec})

@@ -10,7 +10,6 @@ test fails when either drifts from the model.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from selfmoa.api.base import DNS1035_LABEL_PATTERN
+from selfmoa.api.exits import Parser
 from selfmoa.api.names import MAX_NAME
 from selfmoa.api.spec import (
     GROUP,
@@ -322,7 +322,7 @@ def render_crd_yaml() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`selfmoa crd`: write the CRD (default: manifests/crd.yaml and the chart's copy)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="selfmoa crd", description="Write the AlignmentRun CustomResourceDefinition."
     )
     parser.add_argument(

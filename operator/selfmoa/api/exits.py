@@ -18,8 +18,9 @@ again later".
 
 from __future__ import annotations
 
+import argparse
 from enum import IntEnum
-from typing import Final
+from typing import Final, NoReturn
 
 
 class Exit(IntEnum):
@@ -76,3 +77,11 @@ def exit_for(e: BaseException) -> Exit:
     if isinstance(e, KeyboardInterrupt):
         return Exit.INTERRUPTED
     return Exit.FAILED
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's argument parser: a bad flag is one line and exit code 2, never argparse's
+    usage block (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(Exit.BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

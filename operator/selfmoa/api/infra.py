@@ -142,6 +142,26 @@ class ServingSpec(Model):
     )
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments.")
 
+    @field_validator("extra_args")
+    @classmethod
+    def _max_model_len_is_a_number(cls, args: list[str]) -> list[str]:
+        ServingSpec.model_construct(extra_args=args).max_model_len()
+        return args
+
+    def max_model_len(self) -> int | None:
+        """vLLM's `--max-model-len` from `extraArgs` (None: not given, the model's own)."""
+        args = self.extra_args
+        for i, arg in enumerate(args):
+            flag, eq, value = arg.partition("=")
+            if flag != "--max-model-len":
+                continue
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"--max-model-len {value!r} is not a number of tokens") from None
+        return None
+
     @field_validator("gpus_per_model")
     @classmethod
     def _tensor_parallel(cls, n: int) -> int:

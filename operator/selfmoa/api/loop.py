@@ -76,6 +76,12 @@ class SafetyResetSpec(Model):
     )
 
 
+#: Completion tokens the red team asks for per attack prompt wanted in one reply (a prompt line
+#: is ~15-40 tokens); a request never asks for fewer than RED_TEAM_MIN_TOKENS.
+RED_TEAM_TOKENS_PER_PROMPT = 48
+RED_TEAM_MIN_TOKENS = 64
+
+
 class RedTeamSpec(Model):
     """Who writes the attack prompts, and how many."""
 
@@ -163,6 +169,10 @@ class RedTeamSpec(Model):
         except ValueError as e:
             raise ValueError(f"seeds: {e}") from None
         return self
+
+    def reply_tokens(self) -> int:
+        """The most completion tokens one red-team request asks for."""
+        return max(RED_TEAM_MIN_TOKENS, RED_TEAM_TOKENS_PER_PROMPT * self.prompts_per_request)
 
 
 class HelpfulnessSpec(Model):

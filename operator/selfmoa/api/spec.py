@@ -87,6 +87,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 DEFAULT_NAME = "run"
 DEFAULT_NAMESPACE = "default"
+#: Tokens a request's prompt needs at least (an attack, its chat template, the red team's
+#: instruction with examples): a completion budget must leave this much of the context.
+MIN_PROMPT_TOKENS = 256
 
 
 class AlignmentRunSpec(Model):
@@ -182,6 +185,17 @@ class AlignmentRunSpec(Model):
         if self.training.loss == LossKind.modpo and self.preferences.weights.get("safety", 0) <= 0:
             # MODPO divides by the weight of the objective it trains (safety).
             raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
+        problem = self._token_budget_problem()
+        if problem:
+            raise ValueError(problem)
+        reset = self.safety_reset
+        if reset.enabled and reset.data is None and self.policy.model != TINY_MODEL:
+            # The reset stage would fail at run time, after the serving pods started.
+            raise ValueError(
+                "safetyReset.data: required when the policy is not the built-in tiny model (a "
+                "JSONL of {prompt, response} compliance examples); or set safetyReset.enabled: "
+                "false"
+            )
         if self.stop_when.max_capability_drop is not None and self.evaluation.lm_eval is None:
             references = "benign-qa" in (public_sets(self.evaluation.validation) or [])
             if self.policy.model != TINY_MODEL and not references:
@@ -199,6 +213,35 @@ class AlignmentRunSpec(Model):
                     "(a validation file has no reference answers to measure capability on)"
                 )
         return self
+
+    def _token_budget_problem(self) -> str | None:
+        """Why a request the stages will send can't fit vLLM's `--max-model-len` (vLLM would
+        answer it with HTTP 400 mid-run), or None."""
+        if self.serving.engine != ServingEngine.vllm:
+            return None
+        limit = self.serving.max_model_len()
+        if limit is None:
+            return None
+        asks = [
+            ("sampling.maxNewTokens", self.sampling.max_new_tokens, "the policy's answers"),
+        ]
+        if self.red_team.model and self.red_team.model_share > 0:
+            asks.append(
+                (
+                    "redTeam.promptsPerRequest",
+                    self.red_team.reply_tokens(),
+                    f"{self.red_team.prompts_per_request} attack prompts per red-team request",
+                )
+            )
+        for field, tokens, what in asks:
+            room = limit - tokens
+            if room < MIN_PROMPT_TOKENS:
+                return (
+                    f"{field}: {what} ask for {tokens} completion tokens, which leaves {room} for "
+                    f"the prompt within vLLM's --max-model-len {limit} (serving.extraArgs; at "
+                    f"least {MIN_PROMPT_TOKENS} needed): lower it or raise --max-model-len"
+                )
+        return None
 
     def models(self) -> list[str]:
         """Distinct models the stages talk to (policy first): one server each under vLLM."""

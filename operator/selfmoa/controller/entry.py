@@ -11,13 +11,13 @@ import logging
 import sys
 from typing import Any
 
-from selfmoa.api.exits import Exit
+from selfmoa.api.exits import Exit, Parser
 
 EXIT_USAGE = Exit.BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="selfmoa operator",
         description="Run the Self-MOA Kubernetes operator (reconciles AlignmentRuns).",
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from selfmoa.api import contract
@@ -21,6 +21,7 @@ from selfmoa.api.spec import (
     AlignmentRun,
     AlignmentRunSpec,
     AlignmentRunStatus,
+    ServingEngine,
 )
 from selfmoa.controller import builders
 from selfmoa.controller.children import (
@@ -32,13 +33,14 @@ from selfmoa.controller.children import (
     rollout_patch,
 )
 from selfmoa.controller.kube import KubeError, collection
+from selfmoa.controller.plan import Served, ServingChange
 from selfmoa.controller.runtime import Runtime
 from selfmoa.run import layout, outputs, stage_table
 from selfmoa.run import state as run_state
 from selfmoa.run.document import adopt, fixed_fields_changed
 from selfmoa.run.identity import TakeOver, take_over, wants_fresh_start
 from selfmoa.run.metrics import Metrics
-from selfmoa.run.planner import Action, Observed, RunStage, StageFailure
+from selfmoa.run.planner import Observed, RunStage, StageFailure
 from selfmoa.store import Store, StoreError
 
 
@@ -54,6 +56,11 @@ class Snapshot:
     #: The stage Jobs, and the TrainJobs of stages on several nodes, by (iteration, stage).
     jobs: dict[tuple[int, str], dict[str, Any]]
     attempts: dict[str, int]
+    #: Under vLLM: each served model's Deployment as the planner sees it, the spec hash of the
+    #: one the spec asks for, and the live objects (what a rollout patches).
+    serving: dict[str, Served] = field(default_factory=dict)
+    wanted_hash: dict[str, str | None] = field(default_factory=dict)
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class KubernetesExecutor:
@@ -69,6 +76,7 @@ class KubernetesExecutor:
         self.rt, self.name, self.namespace, self.spec, self.owner = rt, name, namespace, spec, owner
         self.run_uri = layout.run_uri(spec.storage.uri, namespace, name)
         self.jobs_path = collection("batch/v1", "jobs", namespace)
+        self.deployments_path = collection("apps/v1", "deployments", namespace)
         self.trainjobs_path = collection(
             builders.TRAINER_API_VERSION, builders.TRAINJOB_PLURAL, namespace
         )
@@ -160,7 +168,47 @@ class KubernetesExecutor:
             held=held,
             exported=exported,
         )
-        return Snapshot(observed=observed, jobs=jobs, attempts=attempts)
+        snap = Snapshot(observed=observed, jobs=jobs, attempts=attempts)
+        if self.spec.serving.engine == ServingEngine.vllm:
+            await self._observe_serving(snap)
+        return snap
+
+    async def _observe_serving(self, snap: Snapshot) -> None:
+        """Each served model's Deployment (one listing), and its Pods' problem when it should
+        serve but isn't ready (a Pod listing only then)."""
+        existing = {
+            d["metadata"]["name"]: d
+            for d in await self.rt.kube.list(self.deployments_path, self.labels)
+        }
+        for model in self.spec.models():
+            dep, _ = self._serving_objects(model, replicas=0)
+            name = dep["metadata"]["name"]
+            snap.wanted_hash[model] = builders.spec_hash_of(dep)
+            cur = existing.get(name)
+            if cur is None:
+                continue
+            snap.deployments[model] = cur
+            replicas = int((cur.get("spec") or {}).get("replicas") or 0)
+            ready = deployment_ready(cur)
+            problem = None
+            if replicas > 0 and not ready:
+                selector = dict(cur["spec"]["selector"]["matchLabels"])
+                pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
+                problem = next((p for p in map(pod_problem, pods) if p), None)
+            snap.serving[model] = Served(
+                builders.spec_hash_of(cur), replicas, ready and replicas > 0, problem
+            )
+
+    def _serving_objects(self, model: str, *, replicas: int) -> tuple[dict[str, Any], ...]:
+        return builders.serving_objects(
+            run=self.name,
+            namespace=self.namespace,
+            spec=self.spec,
+            model=model,
+            replicas=replicas,
+            config=self.rt.config,
+            owner=self.owner,
+        )
 
     async def _list_trainjobs(self) -> list[dict[str, Any]]:
         """The run's TrainJobs; none when the cluster does not serve them (the reconcile then
@@ -172,21 +220,6 @@ class KubernetesExecutor:
             return await self.rt.kube.list(self.trainjobs_path, self.labels)
         except KubeError as e:
             raise _trainjob_error(e) from None
-
-    def trainer_missing(self, action: Action, observed: Observed) -> str | None:
-        """Why the run can't go on (the cluster serves no TrainJobs but it needs them), or None.
-
-        Asked before a stage starts: the run's first one (so that it fails before any work) and
-        every training stage."""
-        if self.spec.trainer.nodes <= 1 or self.trainer_served is not False:
-            return None
-        if not isinstance(action, RunStage):
-            return None
-        first = not observed.done and observed.running is None
-        ahead = any(builders.runs_as_trainjob(self.spec, s) for _, s in self._order())
-        if builders.runs_as_trainjob(self.spec, action.stage) or (first and ahead):
-            return builders.not_installed_message(self.spec, self.rt.config.training_runtime)
-        return None
 
     def _order(self) -> dict[tuple[int, str], int]:
         stages = stage_table.run_stages(
@@ -316,52 +349,23 @@ class KubernetesExecutor:
             raise _trainjob_error(e) from None
         return created
 
-    async def ensure_serving(self, replicas: Mapping[str, int]) -> tuple[set[str], dict[str, str]]:
-        """Create/scale the vLLM Deployments + Services: the models whose server is ready, and
-        for a wanted server that isn't, what its Pods' kubelet says went wrong (if anything)."""
-        if not replicas:
-            return set(), {}
-        dep_path = collection("apps/v1", "deployments", self.namespace)
+    async def apply_serving(self, changes: Sequence[ServingChange], snap: Snapshot) -> None:
+        """Create, roll or scale the vLLM Deployments (and Services) as planned."""
         svc_path = collection("v1", "services", self.namespace)
-        existing = {
-            d["metadata"]["name"]: d for d in await self.rt.kube.list(dep_path, self.labels)
-        }
-        ready: set[str] = set()
-        problems: dict[str, str] = {}
-        for model, want in replicas.items():
-            dep, svc = builders.serving_objects(
-                run=self.name,
-                namespace=self.namespace,
-                spec=self.spec,
-                model=model,
-                replicas=want,
-                config=self.rt.config,
-                owner=self.owner,
-            )
+        for change in changes:
+            dep, svc = self._serving_objects(change.model, replicas=change.replicas)
             name = dep["metadata"]["name"]
-            cur = existing.get(name)
-            if cur is None:
+            if change.kind == "create":
                 # Service first: the Deployment's existence is what says both were made, so a
                 # failed Service create is retried on the next reconcile (409 = already there).
                 await self.rt.kube.create(svc_path, svc)
-                await self.rt.kube.create(dep_path, dep)
-                continue
-            if builders.spec_hash_of(cur) != builders.spec_hash_of(dep):
-                # The serving spec changed (image, args, resources): roll the Deployment.
-                await self.rt.kube.patch(f"{dep_path}/{name}", rollout_patch(cur, dep))
-                continue
-            if (cur.get("spec") or {}).get("replicas") != want:
-                await self.rt.kube.patch(f"{dep_path}/{name}", {"spec": {"replicas": want}})
-                continue
-            if want > 0 and deployment_ready(cur):
-                ready.add(model)
-            elif want > 0:
-                selector = dict(cur["spec"]["selector"]["matchLabels"])
-                pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
-                found = [p for p in map(pod_problem, pods) if p]
-                if found:
-                    problems[model] = found[0]
-        return ready, problems
+                await self.rt.kube.create(self.deployments_path, dep)
+            elif change.kind == "roll":
+                patch = rollout_patch(snap.deployments[change.model], dep)
+                await self.rt.kube.patch(f"{self.deployments_path}/{name}", patch)
+            else:
+                patch = {"spec": {"replicas": change.replicas}}
+                await self.rt.kube.patch(f"{self.deployments_path}/{name}", patch)
 
     async def patch_status(self, status: Mapping[str, Any]) -> None:
         path = f"{collection(API_VERSION, PLURAL, self.namespace)}/{self.name}/status"

@@ -1,4 +1,7 @@
-"""One reconcile of one AlignmentRun: observe -> plan -> act -> status. And the loop that drives it.
+"""One reconcile of one AlignmentRun: observe -> plan -> apply -> status. And the loop that drives it.
+
+The decisions are `controller.plan.plan`, a pure function of what was observed; this module only
+observes, applies the plan and writes the status.
 
 The loop (one per run, a Kopf daemon) reconciles when kicked (the run changed, one of its Jobs
 or Deployments changed) and otherwise every `resync_seconds` as a safety net. Everything it
@@ -23,8 +26,8 @@ from selfmoa.controller import prometheus as prom
 from selfmoa.controller.children import job_seconds
 from selfmoa.controller.executor import KubernetesExecutor, TrainJobRejected
 from selfmoa.controller.failures import classify
+from selfmoa.controller.plan import Facts, plan
 from selfmoa.controller.runtime import Runtime
-from selfmoa.controller.serving_plan import hold_for_serving, serving_replicas
 from selfmoa.run.planner import (
     Action,
     Finish,
@@ -42,8 +45,6 @@ EventFn = Callable[[str, str, str], None]
 
 TERMINAL = (Phase.succeeded, Phase.failed)
 
-#: The Event a run posts when it takes over an earlier run's stages, or deletes them.
-REUSE_EVENTS = {"reuse": "StagesReused", "fresh": "StartedFresh"}
 
 #: Stands in for a spec that failed validation: `status` and the executor need one only for the
 #: gate over metrics and the status path, and an invalid run has neither metrics nor children.
@@ -118,27 +119,27 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         return
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
+    # Observe ...
     await ex.open()
     taken = await asyncio.to_thread(ex.adopt_store, previous.artifacts if previous else None)
-    if taken.decision in ("reuse", "fresh"):
-        emit("Normal", REUSE_EVENTS[taken.decision], taken.message)
     snap = await ex.observe()
     if taken.reuse is not None:
         snap.observed = dataclasses.replace(snap.observed, reused=taken.reuse)
-    action = next_action(spec, snap.observed)
-    if taken.decision == "refuse" and not isinstance(action, Finish):
-        if previous is None or previous.message != taken.message:
-            emit("Warning", "SpecChangeRefused", taken.message)
-        action = Wait("SpecChangeRefused", taken.message)
-    missing = ex.trainer_missing(action, snap.observed)
-    if missing is not None:
-        # Permanent: nothing the operator retries brings Kubeflow Trainer into the cluster (an
-        # edit of the run, e.g. trainer.nodes: 1, makes it reconcile again).
-        action = Finish(Phase.failed, "TrainerNotInstalled", missing)
-    replicas = serving_replicas(spec, action, snap.observed)
-    if replicas:
-        ready, problems = await ex.ensure_serving(replicas)
-        action = hold_for_serving(spec, action, ready, problems)
+    facts = Facts(
+        observed=snap.observed,
+        take_over=taken,
+        trainer_served=ex.trainer_served,
+        training_runtime=rt.config.training_runtime,
+        serving=snap.serving,
+        wanted_hash=snap.wanted_hash,
+    )
+    # ... plan ...
+    planned = plan(spec, previous, facts)
+    for event in planned.events:
+        emit(*event)
+    # ... apply.
+    await ex.apply_serving(planned.serving, snap)
+    action = planned.action
     if isinstance(action, RunStage):
         start = action
         try:
@@ -150,6 +151,7 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
                     f"stage {start.stage} of iteration {start.iteration} started",
                 )
         except TrainJobRejected as e:
+            # What only applying can tell: Trainer's webhook refused the TrainJob.
             action = Finish(Phase.failed, "TrainJobRejected", str(e)[:1000])
 
     new = status(

@@ -160,6 +160,15 @@ class Engine(ABC):
             out.append(gens[0].top_logprobs)
         return out
 
+    def context_length(self) -> int | None:
+        """Tokens the model attends to, prompt and completion together (None: unknown)."""
+        return None
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        """Tokens of `conversation` as the model is prompted (a word count unless the engine
+        has the model's tokenizer)."""
+        return sum(len(m["content"].split()) for m in conversation)
+
     def use_adapter(self, source: AdapterSource | None) -> str | None:
         """Make the adapter usable; what to pass as `chat(adapter=...)` (None: the base model).
 

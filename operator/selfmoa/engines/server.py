@@ -26,6 +26,7 @@ from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
+from selfmoa.api.exits import Parser
 from selfmoa.engines.base import Conversation, Engine, Generation, SamplingParams
 from selfmoa.engines.server_adapters import AdapterRegistry
 from selfmoa.engines.server_batching import MicroBatcher, ServerStats
@@ -48,8 +49,12 @@ class OpenAIServer:
         max_wait_ms: float = 5.0,
         model_name: str | None = None,
         faults: FaultPlan | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         self.engine = engine
+        #: Prompt plus completion tokens a request may ask for (vLLM's --max-model-len; None:
+        #: the model's own context length, as vLLM defaults it, or no limit when unknown).
+        self.max_model_len = max_model_len or engine.context_length()
         self.host = host
         self.port = port
         self.model_name = model_name or engine.model
@@ -139,6 +144,24 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------ what the routes call
 
+    def check_context(self, conversations: list[Conversation], params: SamplingParams) -> None:
+        """Refuse, as vLLM does (HTTP 400, its wording), a request whose prompt and
+        `max_tokens` together exceed the context length: the failure a stage that asks for too
+        much meets on a real server must be met here too."""
+        limit = self.max_model_len
+        if limit is None:
+            return
+        for conv in conversations:
+            prompt = self.engine.prompt_tokens(conv)
+            asked = prompt + params.max_new_tokens
+            if asked > limit:
+                raise ApiError(
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {asked} tokens ({prompt} in the messages, "
+                    f"{params.max_new_tokens} in the completion). Please reduce the length of "
+                    "the messages or completion."
+                )
+
     def submit(
         self, conversations: list[Conversation], params: SamplingParams, adapter: str | None
     ) -> list[list[Generation]]:
@@ -192,7 +215,7 @@ class OpenAIServer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="selfmoa serve",
         description=(
             "Serve a model over an OpenAI-compatible API with the in-process transformers "
@@ -208,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--served-model-name", default=None, help="model id clients use (default --model)"
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help=(
+            "prompt plus completion tokens a request may ask for; more is refused with HTTP 400 "
+            "as vLLM refuses it (default: the model's context length)"
+        ),
     )
     return p
 
@@ -240,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         model_name=args.served_model_name,
+        max_model_len=args.max_model_len,
     )
     try:
         with server:

@@ -157,6 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         params = protocol.sampling(body)
         adapter = owner.resolve_model(body)
         conversations = protocol.conversations(body, chat=chat)
+        owner.check_context(conversations, params)
         try:
             results = owner.submit(conversations, params, adapter)
         except RuntimeError as e:

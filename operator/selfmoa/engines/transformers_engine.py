@@ -110,6 +110,15 @@ class TransformersEngine(Engine):
     def render(self, conversation: Conversation) -> str:
         return render_prompt(self.tokenizer, conversation)
 
+    def context_length(self) -> int | None:
+        # What vLLM takes as its --max-model-len when none is given.
+        n = getattr(self._base.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def prompt_tokens(self, conversation: Conversation) -> int:
+        ids = self.tokenizer(self.render(conversation), add_special_tokens=False)["input_ids"]
+        return len(ids)
+
     def _decode(self, row: list[int], stop: tuple[str, ...]) -> Generation:
         cut = len(row)
         finish = "length"

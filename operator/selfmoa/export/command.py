@@ -11,9 +11,8 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
 
-from selfmoa.api.exits import Exit, exit_for
+from selfmoa.api.exits import Exit, Parser, exit_for
 from selfmoa.export.errors import ExportError, ExportFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
@@ -25,13 +24,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
 PROG = "selfmoa export"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         usage=(
             f"{PROG} RUN_URI --out DIR [--merge] [--iteration K] [--force]\n"

@@ -108,9 +108,7 @@ class Choice:
 
     @property
     def adapter_key(self) -> str | None:
-        if self.stage is None:
-            return None
-        return layout.stage_file(self.iteration, self.stage, layout.ADAPTER)
+        return layout.adapter_key(self.iteration, reset=self.stage == "reset")
 
 
 def choose(src: RunSource, iteration: int | None) -> Choice:
@@ -135,10 +133,9 @@ def choose(src: RunSource, iteration: int | None) -> Choice:
             why += " (the gate rejected it: it was rolled back)"
         if k != g.best:
             why += f"; the gate's best accepted iteration is {g.best}"
-    if k >= 1:
-        return Choice(k, why, "train")
-    if src.spec.safety_reset.enabled:
-        return Choice(0, why, "reset")
+    stage = layout.adapter_stage(k, reset=src.spec.safety_reset.enabled)
+    if stage is not None:
+        return Choice(k, why, stage)
     if src.spec.policy.adapter:
         raise ExportError(
             f"iteration 0 is the starting point you gave (policy.adapter {src.spec.policy.adapter}); "

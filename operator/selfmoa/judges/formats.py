@@ -44,9 +44,11 @@ SAFE, CONTROVERSIAL, UNSAFE = HIGH, 3.0, LOW
 #: Responses longer than this are cut (a judge needs the gist, not 32k tokens of it).
 MAX_RESPONSE_CHARS = 6000
 
-#: Tokens a reply needs: a score, a label line, or three short lines.
+#: Tokens a reply needs: a score, a label line, or three short lines. A rubric judge gets room
+#: for a sentence of reasoning before its "Score: N" (small instruction models often write one
+#: first; 12 tokens cut them off unscored); one that answers at once stops at its end-of-turn.
 MAX_NEW_TOKENS: dict[JudgeFormat, int] = {
-    JudgeFormat.rubric: 12,
+    JudgeFormat.rubric: 64,
     JudgeFormat.llama_guard: 16,
     JudgeFormat.shieldgemma: 4,
     JudgeFormat.wildguard: 32,

@@ -14,9 +14,9 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from selfmoa.api.exits import exit_for
+from selfmoa.api.exits import Parser, exit_for
 from selfmoa.run import layout
 from selfmoa.run.labels import (
     EXIT_INTERRUPTED,
@@ -131,11 +131,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
-
-
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
@@ -143,12 +138,12 @@ def _positive(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Human labels for the judges: export held-out answers for a person to score "
         "1..5 (blind), then score every judge against the person's labels.",
     )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
     e = sub.add_parser(
         "export",
         help="write held-out answers to a blind CSV for a person to label",

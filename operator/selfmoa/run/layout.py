@@ -53,6 +53,20 @@ def stage_file(k: int, stage: str, name: str) -> str:
     return f"{stage_dir(k, stage)}/{name}"
 
 
+def adapter_stage(k: int, *, reset: bool) -> str | None:
+    """The stage that wrote the adapter iteration k ended with: train (k >= 1), the safety
+    reset (k = 0 with a reset), or none (the base model, or the user's starting adapter)."""
+    if k >= 1:
+        return "train"
+    return "reset" if reset else None
+
+
+def adapter_key(k: int, *, reset: bool) -> str | None:
+    """Store key of the adapter iteration k ended with (None: no adapter of the run's)."""
+    stage = adapter_stage(k, reset=reset)
+    return None if stage is None else stage_file(k, stage, ADAPTER)
+
+
 def run_uri(storage_uri: str, namespace: str, name: str) -> str:
     """The run's root URI: `<storage>/<namespace>/<run>`."""
     return f"{storage_uri.rstrip('/')}/{run_prefix(namespace, name)}"

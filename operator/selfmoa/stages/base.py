@@ -64,11 +64,7 @@ class StageContext:
 
     def adapter_key(self, k: int) -> str | None:
         """Store key of the adapter that iteration k ended with (None: the base model)."""
-        if k >= 1:
-            return layout.stage_file(k, "train", layout.ADAPTER)
-        if self.spec.safety_reset.enabled:
-            return layout.stage_file(0, "reset", layout.ADAPTER)
-        return None
+        return layout.adapter_key(k, reset=self.spec.safety_reset.enabled)
 
     def fetch_adapter(self, key: str | None) -> Path | None:
         """A local directory holding the adapter stored at `key` (downloaded once per workdir)."""

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from selfmoa.api.exits import Exit, exit_for
+from selfmoa.api.exits import Exit, Parser, exit_for
 
 
 def _say(line: str) -> None:
@@ -46,7 +46,7 @@ def _failed(message: str, code: int = Exit.FAILED) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="selfmoa fetch",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -26,7 +26,7 @@ from selfmoa.controller.builders.common import (
 )
 from selfmoa.controller.builders.vllm import endpoints
 from selfmoa.controller.config import OperatorConfig
-from selfmoa.run import layout, stage_table
+from selfmoa.run import layout, stage_models, stage_table
 
 
 def _stage_container(
@@ -49,10 +49,12 @@ def _stage_container(
         *(model_cache_env(spec) if loads else []),
     ]
     training = definition.trains
+    # A stage that loads a model in-process runs where training runs: its device and memory.
+    gpus = stage_models.gpus_for(spec, call.stage)
     resources = merge_resources(
-        config.train_resources if training else config.stage_resources,
+        config.train_resources if training or gpus else config.stage_resources,
         {k: v for k, v in spec.trainer.resources.wire().items() if v},
-        spec.trainer.gpus if training else 0,
+        gpus,
     )
     # More than one GPU on the node: one training process per GPU (torchrun).
     nproc = max(1, spec.trainer.gpus) if training else 1

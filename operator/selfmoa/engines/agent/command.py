@@ -15,21 +15,16 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
-from selfmoa.api.exits import Exit, exit_for
+from selfmoa.api.exits import Exit, Parser, exit_for
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.BAD_INPUT
 PROG = "selfmoa adapter-agent"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description=(
             "Keep the LoRA adapters of the OpenAI-compatible server beside this process equal to "

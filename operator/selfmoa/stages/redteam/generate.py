@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfmoa.api.loop import RED_TEAM_MIN_TOKENS, RED_TEAM_TOKENS_PER_PROMPT
 from selfmoa.engines.base import Conversation, Engine, SamplingParams, user
 from selfmoa.judges.heuristic import is_refusal
 from selfmoa.run.records import PromptRecord
@@ -29,8 +30,6 @@ from selfmoa.stages.redteam.dedup import PromptFilter
 
 #: Rounds of asking the red-team model before a category's quota is left short.
 MODEL_ROUNDS = 3
-#: Tokens asked for per prompt wanted in one reply (a prompt line is ~15-40 tokens).
-TOKENS_PER_PROMPT = 48
 
 _NUMBERING = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.):]|prompt\s*\d*\s*[:.-])\s*", re.I)
 
@@ -167,7 +166,9 @@ def model_attacks(
             break
         convs = [_ask(c, n, successes, seeds.get(c, []), rng) for c, n in todo]
         params = SamplingParams(
-            max_new_tokens=max(64, TOKENS_PER_PROMPT * max(n for _, n in todo)),
+            max_new_tokens=max(
+                RED_TEAM_MIN_TOKENS, RED_TEAM_TOKENS_PER_PROMPT * max(n for _, n in todo)
+            ),
             temperature=temperature,
             top_p=0.95,
             seed=seed + round_,
