@@ -9,7 +9,7 @@ import pytest
 from fakes import trainutil
 from selfmoa.api import parse_run
 from selfmoa.api.spec import AlignmentRunSpec, Device
-from selfmoa.engines.base import AdapterSource, DeviceError, SamplingParams, user
+from selfmoa.engines.base import AdapterSource, DeviceError, EngineError, SamplingParams, user
 from selfmoa.engines.provider import EngineProvider, resolve_device
 from selfmoa.store import Store
 
@@ -139,11 +139,30 @@ class MemoryStore(Store):
 def test_a_stored_adapter_is_downloaded_once_into_scratch(  # type: ignore[no-untyped-def]
     engine, random_adapter: Path, tmp_path: Path
 ) -> None:
+    import hashlib
+
     store = MemoryStore("s3://bucket/ns/run")
-    store.upload_dir(random_adapter, "iter-001/train/adapter")
+    keys = store.upload_dir(random_adapter, "iter-001/train/adapter")
+    # As the train stage leaves it: the manifest, written last, lists every file's sha256.
+    files = {
+        k.removeprefix("iter-001/train/"): {
+            "sha256": hashlib.sha256(store.read_bytes(k)).hexdigest()
+        }
+        for k in keys
+    }
+    store.write_json("iter-001/train/_manifest.json", {"files": files})
     source = AdapterSource.of(
         store, "iter-001/train/adapter", given=None, scratch=tmp_path / "adapters"
     )
+    # A copy that doesn't match its manifest is never loaded.
+    tampered = MemoryStore("s3://bucket/ns/other")
+    for k in keys:
+        tampered.write_bytes(k, store.read_bytes(k))
+    tampered.write_json("iter-001/train/_manifest.json", {"files": files})
+    tampered.write_bytes("iter-001/train/adapter/adapter_config.json", b"{}")
+    bad = AdapterSource.of(tampered, "iter-001/train/adapter", given=None, scratch=tmp_path / "t")
+    with pytest.raises(EngineError, match=r"sha256 .* differs from iter-001/train/_manifest"):
+        engine.use_adapter(bad)
     path = engine.use_adapter(source)
     assert path == str(tmp_path / "adapters" / "iter-001__train__adapter")
     reads = store.reads

@@ -114,10 +114,14 @@ class AdapterSource:
             return local
         if self.scratch is None:
             raise EngineError(f"adapter {self.location()}: not local and nowhere to download it")
-        dest = self.scratch / self.key.replace("/", "__")
-        if not (dest / "adapter_config.json").exists():
-            self.store.download_dir(self.key, dest)
-        return dest
+        from selfmoa.run import verified
+
+        try:
+            return verified.download(
+                self.store, self.key, self.scratch / self.key.replace("/", "__")
+            )
+        except verified.Unverified as e:
+            raise EngineError(f"adapter {self.location()}: {e}") from None
 
 
 class Engine(ABC):

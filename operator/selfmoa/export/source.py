@@ -8,7 +8,6 @@ stage finished, and nothing says what it holds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from pydantic import ValidationError
 from selfmoa.api.errors import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
 from selfmoa.export.errors import ExportError, ExportFailed
-from selfmoa.run import layout, planner
+from selfmoa.run import layout, planner, verified
 from selfmoa.run import state as run_state
 from selfmoa.run.metrics import Metrics
-from selfmoa.store import Store, StoreError, check_key, open_store
+from selfmoa.store import Store, StoreError, open_store
 
 Say = Callable[[str], None]
 
@@ -149,45 +148,18 @@ def fetch_adapter(src: RunSource, choice: Choice, dest: Path, say: Say) -> dict[
     the sha256 of each file (by name inside the adapter)."""
     key = choice.adapter_key
     assert key is not None and choice.stage is not None
-    mkey = layout.manifest_key(choice.iteration, choice.stage)
-    try:
-        manifest = src.store.read_json(mkey)
-    except FileNotFoundError:
-        raise ExportFailed(
-            f"{src.uri}/{mkey}: missing: stage {choice.stage} of iteration {choice.iteration} "
-            "never finished, so its adapter can't be trusted"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ExportFailed(f"{src.uri}/{mkey}: not valid JSON") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    head = f"{layout.ADAPTER}/"
-    listed = {
-        name[len(head) :]: entry
-        for name, entry in (files or {}).items()
-        if isinstance(name, str) and name.startswith(head) and isinstance(entry, dict)
-    }
-    if "adapter_config.json" not in listed:
-        raise ExportFailed(f"{src.uri}/{mkey}: lists no {head}adapter_config.json")
-    say(f"verifying the adapter of iteration {choice.iteration} ({len(listed)} files)")
     shas: dict[str, str] = {}
-    dest.mkdir(parents=True, exist_ok=True)
-    for rel, entry in sorted(listed.items()):
-        try:
-            check_key(rel)
-            data = src.store.read_bytes(f"{key}/{rel}")
-        except FileNotFoundError:
-            raise ExportFailed(f"{src.uri}/{key}/{rel}: listed in {mkey} but missing") from None
-        except StoreError as e:
-            raise ExportFailed(str(e)) from None
-        sha = hashlib.sha256(data).hexdigest()
-        if sha != entry.get("sha256"):
-            raise ExportFailed(
-                f"{src.uri}/{key}/{rel}: sha256 {sha[:12]}… differs from {mkey} "
-                f"({str(entry.get('sha256'))[:12]}…): the adapter was changed after its stage "
-                "finished; refusing to export it"
-            )
-        path = dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        shas[rel] = sha
+    try:
+        mkey, listed = verified.listing(src.store, key)
+        say(f"verifying the adapter of iteration {choice.iteration} ({len(listed)} files)")
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel, data, sha in verified.read_listed(src.store, key, mkey, listed):
+            path = dest / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            shas[rel] = sha
+    except verified.Unverified as e:
+        raise ExportFailed(f"{e}; refusing to export it") from None
+    except StoreError as e:
+        raise ExportFailed(str(e)) from e  # the cause says whether it was an outage (exit 75)
     return shas

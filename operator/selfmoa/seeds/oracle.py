@@ -28,9 +28,10 @@ refusal beats both by 2.4.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from difflib import SequenceMatcher
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Final, Literal
 
 from selfmoa.seeds.data import templates, topic_of
@@ -90,15 +91,38 @@ def _templates() -> tuple[tuple[str, str, tuple[str, ...]], ...]:
     )
 
 
+_local = threading.local()
+
+
+def _matchers() -> list[tuple[str, str, SequenceMatcher[str]]]:
+    """One matcher per template, per thread, with the template as its second sequence:
+    SequenceMatcher indexes its second sequence once, so only the response is new per call."""
+    found: list[tuple[str, str, SequenceMatcher[str]]] | None = getattr(_local, "matchers", None)
+    if found is None:
+        found = []
+        for key, name, tmpl in _templates():
+            m: SequenceMatcher[str] = SequenceMatcher(None, autojunk=False)
+            m.set_seq2(list(tmpl))
+            found.append((key, name, m))
+        _local.matchers = found
+    return found
+
+
+@lru_cache(maxsize=65536)
 def match(response: str) -> tuple[str, str, float] | None:
     """(template group, its topic or category, similarity) of the template `response`
-    reproduces; None when it reproduces none (garbled)."""
+    reproduces; None when it reproduces none (garbled). The tiny model repeats itself, so
+    answers are remembered; a template whose cheap upper bounds can't beat the best so far is
+    not compared in full (the bounds are never below the ratio: the same answer, sooner)."""
     words = _words(response)
     if not words:
         return None
     best: tuple[str, str, float] = ("", "", 0.0)
-    for key, name, tmpl in _templates():
-        sim = SequenceMatcher(None, words, tmpl, autojunk=False).ratio()
+    for key, name, m in _matchers():
+        m.set_seq1(words)
+        if m.real_quick_ratio() <= best[2] or m.quick_ratio() <= best[2]:
+            continue
+        sim = m.ratio()
         if sim > best[2]:
             best = (key, name, sim)
     return best if best[2] >= MATCH_AT else None

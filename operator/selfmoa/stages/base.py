@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from selfmoa import __version__
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.run import layout
+from selfmoa.run import layout, verified
 from selfmoa.store import Store
 from selfmoa.store.base import json_bytes, jsonl_bytes
 from selfmoa.training import distributed
@@ -67,16 +67,19 @@ class StageContext:
         return layout.adapter_key(k, reset=self.spec.safety_reset.enabled)
 
     def fetch_adapter(self, key: str | None) -> Path | None:
-        """A local directory holding the adapter stored at `key` (downloaded once per workdir)."""
+        """A local directory holding the adapter stored at `key` (downloaded once per workdir,
+        every file checked against its stage's manifest)."""
         if key is None:
             return (self.spec.policy.adapter and Path(self.spec.policy.adapter)) or None
         local = self.store.local_path(key)
         if local is not None and local.is_dir():
             return local
-        dest = self.workdir / "adapters" / key.replace("/", "__")
-        if not (dest / "adapter_config.json").exists():
-            self.store.download_dir(key, dest)
-        return dest
+        try:
+            return verified.download(
+                self.store, key, self.workdir / "adapters" / key.replace("/", "__")
+            )
+        except verified.Unverified as e:
+            raise StageError(f"adapter {key}: {e}") from None
 
     def key(self, stage: str, name: str, iteration: int | None = None) -> str:
         k = self.iteration if iteration is None else iteration

@@ -13,8 +13,6 @@ loaded some other way stay. The agent owns `directory`: half downloads left by a
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -33,15 +31,14 @@ from selfmoa.engines.agent.protocol import (
     Report,
     Wanted,
     files_digest,
-    listed_files,
-    manifest_key_of,
     read_desired,
     report_key,
     write_report,
 )
 from selfmoa.engines.base import EngineError
 from selfmoa.engines.openai_engine import OpenAIEngine
-from selfmoa.store import BadKeyError, Store, StoreError, check_key
+from selfmoa.run import verified
+from selfmoa.store import Store, StoreError
 
 #: Inside a verified adapter directory: the digest it was verified against.
 VERIFIED: Final = ".selfmoa-verified"
@@ -262,17 +259,10 @@ class AdapterAgent:
         with contextlib.suppress(OSError):
             if (final / VERIFIED).read_text().strip() == w.digest:
                 return final
-        mkey, leaf = manifest_key_of(w.key)
-        where = f"{self.store.uri}/{w.key}"
         try:
-            manifest = self.store.read_json(mkey)
-        except FileNotFoundError:
-            raise Refused(f"{self.store.uri}/{mkey} is missing", permanent=False) from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Refused(f"{self.store.uri}/{mkey} is not valid JSON", permanent=True) from None
-        files = listed_files(manifest, leaf)
-        if "adapter_config.json" not in files:
-            raise Refused(f"{mkey} lists no {leaf}/adapter_config.json", permanent=True)
+            mkey, files = verified.listing(self.store, w.key)
+        except verified.Unverified as e:
+            raise Refused(str(e), permanent=e.permanent) from None
         if files_digest(files) != w.digest:
             raise Refused(
                 f"{mkey} no longer lists the files this adapter was asked for with "
@@ -283,28 +273,13 @@ class AdapterAgent:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
-            for rel, entry in sorted(files.items()):
-                try:
-                    check_key(rel)
-                except BadKeyError as e:
-                    raise Refused(f"{mkey}: {e}", permanent=True) from None
-                try:
-                    data = self.store.read_bytes(f"{w.key}/{rel}")
-                except FileNotFoundError:
-                    raise Refused(
-                        f"{where}/{rel}: listed in {mkey} but missing", permanent=True
-                    ) from None
-                sha = hashlib.sha256(data).hexdigest()
-                if sha != entry["sha256"]:
-                    raise Refused(
-                        f"{where}/{rel}: sha256 {sha[:12]}… differs from {mkey} "
-                        f"({str(entry['sha256'])[:12]}…): changed after its stage finished; "
-                        "not loading it",
-                        permanent=True,
-                    )
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
+            try:
+                for rel, data, _ in verified.read_listed(self.store, w.key, mkey, files):
+                    dest = tmp / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(data)
+            except verified.Unverified as e:
+                raise Refused(f"{e}; not loading it", permanent=e.permanent) from None
             (tmp / VERIFIED).write_text(w.digest + "\n")
             # Whole and verified: only now does it get the name the server is handed.
             shutil.rmtree(final, ignore_errors=True)

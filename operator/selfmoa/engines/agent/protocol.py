@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from selfmoa.run import layout
+from selfmoa.run import layout, verified
 from selfmoa.store import Store
 
 #: Adapters kept in the desired set: the current, the parent and the best (vLLM's `--max-loras`
@@ -72,26 +72,14 @@ def check_replica_id(replica: str) -> str:
 
 def manifest_key_of(key: str) -> tuple[str, str]:
     """(the stage's manifest key, the adapter's folder inside the stage) for an adapter key such
-    as `iter-003/train/adapter`."""
-    stage_dir, _, leaf = key.rstrip("/").rpartition("/")
-    if not stage_dir or not leaf:
-        raise ProtocolError(f"adapter key {key!r}: expected <stage directory>/<adapter folder>")
-    return f"{stage_dir}/{layout.MANIFEST}", leaf
+    as `iter-003/train/adapter` (`selfmoa.run.verified`'s rule, as a ProtocolError)."""
+    try:
+        return verified.manifest_key_of(key)
+    except ValueError as e:
+        raise ProtocolError(str(e)) from None
 
 
-def listed_files(manifest: Any, leaf: str) -> dict[str, dict[str, Any]]:
-    """The adapter's files as its stage manifest lists them: name inside the adapter -> entry
-    (`sha256`, `bytes`)."""
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    head = f"{leaf}/"
-    return {
-        name[len(head) :]: entry
-        for name, entry in (files or {}).items()
-        if isinstance(name, str)
-        and name.startswith(head)
-        and isinstance(entry, dict)
-        and isinstance(entry.get("sha256"), str)
-    }
+listed_files = verified.listed_files
 
 
 def files_digest(files: Mapping[str, Mapping[str, Any]]) -> str:
