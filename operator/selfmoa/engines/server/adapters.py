@@ -22,7 +22,7 @@ import threading
 from http import HTTPStatus
 from typing import Any
 
-from selfmoa.engines.server_protocol import ApiError
+from selfmoa.engines.server.protocol import ApiError
 
 ADAPTER_CONFIG = "adapter_config.json"
 

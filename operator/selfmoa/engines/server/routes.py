@@ -6,13 +6,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-from selfmoa.engines import server_protocol as protocol
-from selfmoa.engines.server_protocol import ApiError
-
-if TYPE_CHECKING:
-    from selfmoa.engines.server import OpenAIServer
+from selfmoa.engines.base import Conversation, Generation, SamplingParams
+from selfmoa.engines.server import protocol
+from selfmoa.engines.server.adapters import AdapterRegistry
+from selfmoa.engines.server.protocol import ApiError
 
 #: What a faulty server does with one generation request.
 #: error: HTTP `FaultPlan.status` (500); rate_limit: HTTP 429 with `Retry-After: 0`;
@@ -37,12 +36,30 @@ class FaultPlan:
         return self.first[index] if index < len(self.first) else self.then
 
 
+class Owner(Protocol):
+    """What the routes ask of the server that owns them (`OpenAIServer`): named here, so the
+    routes don't import the server that imports them."""
+
+    model_name: str
+    faults: FaultPlan
+    adapter_registry: AdapterRegistry
+
+    def models_list(self) -> dict[str, Any]: ...
+    def next_fault(self) -> Fault | None: ...
+    def sleep_fault(self) -> None: ...
+    def resolve_model(self, body: dict[str, Any]) -> str | None: ...
+    def check_context(self, conversations: list[Conversation], params: SamplingParams) -> None: ...
+    def submit(
+        self, conversations: list[Conversation], params: SamplingParams, adapter: str | None
+    ) -> list[list[Generation]]: ...
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     # The default backlog (5) drops connections when dozens of clients connect at once.
     request_queue_size = 512
-    owner: OpenAIServer
+    owner: Owner
 
 
 class _Handler(BaseHTTPRequestHandler):

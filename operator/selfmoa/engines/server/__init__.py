@@ -6,10 +6,10 @@ over HTTP replaces vLLM. It speaks the subset of the API the stages use: `GET /h
 `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`, and vLLM's
 `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter` (an adapter name maps to a local
 directory that is passed to the engine as `adapter=`; paths vLLM can't read, such as `s3://`
-URIs, are refused the way vLLM refuses them: see `server_adapters`).
+URIs, are refused the way vLLM refuses them: see `adapters`).
 
-The parts: `server_protocol` (the wire format), `server_batching` (micro-batching in front of the
-engine), `server_adapters` (runtime LoRA loading), `server_http` (routes and injected faults);
+The parts: `protocol` (the wire format), `batching` (micro-batching in front of the
+engine), `adapters` (runtime LoRA loading), `routes` (routes and injected faults);
 this module wires them together and holds `selfmoa serve`'s entry point.
 
 Stdlib only (`http.server`, `json`, `queue`): importing this module must stay cheap for `--help`.
@@ -28,10 +28,10 @@ from typing import Any
 
 from selfmoa.api.exits import Parser
 from selfmoa.engines.base import Conversation, Engine, Generation, SamplingParams
-from selfmoa.engines.server_adapters import AdapterRegistry
-from selfmoa.engines.server_batching import MicroBatcher, ServerStats
-from selfmoa.engines.server_http import Fault, FaultPlan, _Handler, _HTTPServer
-from selfmoa.engines.server_protocol import MAX_N, ApiError
+from selfmoa.engines.server.adapters import AdapterRegistry
+from selfmoa.engines.server.batching import MicroBatcher, ServerStats
+from selfmoa.engines.server.protocol import MAX_N, ApiError
+from selfmoa.engines.server.routes import Fault, FaultPlan, _Handler, _HTTPServer
 
 __all__ = ["MAX_N", "Fault", "FaultPlan", "OpenAIServer", "ServerStats", "build_parser", "main"]
 
