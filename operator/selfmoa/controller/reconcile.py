@@ -24,7 +24,7 @@ from selfmoa.api import SpecError, exits, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
 from selfmoa.controller.children import job_seconds
-from selfmoa.controller.executor import KubernetesExecutor, TrainJobRejected
+from selfmoa.controller.executor import KubernetesExecutor, Snapshot, TrainJobRejected
 from selfmoa.controller.failures import classify
 from selfmoa.controller.plan import Facts, plan
 from selfmoa.controller.runtime import Runtime
@@ -119,25 +119,11 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         return
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
-    # Observe ...
-    await ex.open()
-    taken = await asyncio.to_thread(ex.adopt_store, previous.artifacts if previous else None)
-    snap = await ex.observe()
-    if taken.reuse is not None:
-        snap.observed = dataclasses.replace(snap.observed, reused=taken.reuse)
-    facts = Facts(
-        observed=snap.observed,
-        take_over=taken,
-        trainer_served=ex.trainer_served,
-        training_runtime=rt.config.training_runtime,
-        serving=snap.serving,
-        wanted_hash=snap.wanted_hash,
-    )
-    # ... plan ...
+    # Observe, plan, apply.
+    snap, facts = await _observe(ex, previous)
     planned = plan(spec, previous, facts)
     for event in planned.events:
         emit(*event)
-    # ... apply.
     await ex.apply_serving(planned.serving, snap)
     action = planned.action
     if isinstance(action, RunStage):
@@ -167,6 +153,27 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
     _events(previous, new, snap, action, emit)
     await _write_status(ex, rt, new, prev_raw)
     await _write_outputs(ex, previous, new, snap.observed)
+
+
+async def _observe(
+    ex: KubernetesExecutor, previous: AlignmentRunStatus | None
+) -> tuple[Snapshot, Facts]:
+    """Everything the plan decides from: what the store path holds (whose run, finished
+    stages), the Jobs, the serving Deployments, whether TrainJobs are served."""
+    await ex.open()
+    taken = await asyncio.to_thread(ex.adopt_store, previous.artifacts if previous else None)
+    snap = await ex.observe()
+    if taken.reuse is not None:
+        snap.observed = dataclasses.replace(snap.observed, reused=taken.reuse)
+    facts = Facts(
+        observed=snap.observed,
+        take_over=taken,
+        trainer_served=ex.trainer_served,
+        training_runtime=ex.rt.config.training_runtime,
+        serving=snap.serving,
+        wanted_hash=snap.wanted_hash,
+    )
+    return snap, facts
 
 
 async def _write_outputs(

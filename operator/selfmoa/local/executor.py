@@ -28,7 +28,7 @@ from selfmoa.run import state as run_state
 from selfmoa.run.document import ensure_run_json
 from selfmoa.run.metrics import Metrics
 from selfmoa.stages.base import Progress, no_progress
-from selfmoa.stages.runner import open_runner
+from selfmoa.stages.runner import StageRunner, open_runner
 from selfmoa.store import Store, StoreUnavailable, open_store_for
 
 
@@ -126,14 +126,7 @@ def run_local(
     observed: planner.Observed | None = None
     status: AlignmentRunStatus | None = None
     with open_runner(spec, store) as runner:
-        # Built or converted once per cache; doing it here keeps that out of the first stage's
-        # time, and a model that can't be had (a package not installed) is bad input before
-        # anything runs.
-        for model in prepared_models(spec):
-            try:
-                runner.engines.model_path(model, progress=display.note)
-            except ValueError as e:
-                raise SpecError(str(e).splitlines()[0]) from None
+        _prepare(runner, spec, display)
         while True:
             observed = observe(
                 store,
@@ -160,24 +153,7 @@ def run_local(
                     action.stage, action.iteration, parent=action.parent, progress=progress
                 )
             except Exception as e:
-                code = exits.exit_for(e)
-                failure = planner.StageFailure(
-                    action.iteration, action.stage, _one_line(e), exit_code=code
-                )
-                observed = planner.Observed(
-                    done=observed.done,
-                    metrics=observed.metrics,
-                    failure=failure,
-                    reused=observed.reused,
-                )
-                message = getattr(planner.next_action(spec, observed), "message", str(e))
-                try:
-                    status = _finish(spec, observed, store, status)
-                except StoreUnavailable:
-                    # The store is what failed: status.json can't be written, and waiting on it
-                    # again would double the time a frozen store takes to end the run.
-                    message += "; status.json not written (the store is down)"
-                raise StageFailed(message, code) from e
+                raise _stage_failed(e, action, spec, observed, store, status) from e
             display.stage_finished(
                 StageEvent(
                     action.iteration,
@@ -197,6 +173,42 @@ def run_local(
     if report is not None:
         report(store, spec, result)
     return result
+
+
+def _prepare(runner: StageRunner, spec: AlignmentRunSpec, display: Display) -> None:
+    """Build or convert the models this machine runs, once per cache: that stays out of the
+    first stage's time, and a model that can't be had (a package not installed) is bad input
+    before anything runs."""
+    for model in prepared_models(spec):
+        try:
+            runner.engines.model_path(model, progress=display.note)
+        except ValueError as e:
+            raise SpecError(str(e).splitlines()[0]) from None
+
+
+def _stage_failed(
+    e: Exception,
+    action: planner.RunStage,
+    spec: AlignmentRunSpec,
+    observed: planner.Observed,
+    store: Store,
+    status: AlignmentRunStatus | None,
+) -> StageFailed:
+    """The run's end after a stage raised `e`: the status written down (when the store still
+    answers), and the error to raise, of the class the exception's cause says."""
+    code = exits.exit_for(e)
+    failure = planner.StageFailure(action.iteration, action.stage, _one_line(e), exit_code=code)
+    observed = planner.Observed(
+        done=observed.done, metrics=observed.metrics, failure=failure, reused=observed.reused
+    )
+    message = getattr(planner.next_action(spec, observed), "message", str(e))
+    try:
+        _finish(spec, observed, store, status)
+    except StoreUnavailable:
+        # The store is what failed: status.json can't be written, and waiting on it again
+        # would double the time a frozen store takes to end the run.
+        message += "; status.json not written (the store is down)"
+    return StageFailed(message, code)
 
 
 class StageFailed(RuntimeError):

@@ -316,6 +316,37 @@ def status(
     else:
         phase, it, stage = action.phase, (previous.iteration if previous else None), None
         reason, message = action.reason, action.message
+    conditions = _conditions(
+        phase, reason, message, previous, observed.reused, now=now, generation=generation
+    )
+    return AlignmentRunStatus(
+        phase=phase,
+        iteration=it,
+        stage=stage,
+        safety=None if best is None else round(best.safety, 4),
+        helpfulness=None if best is None else round(best.helpfulness, 4),
+        message=message,
+        conditions=conditions,
+        iterations=iterations,
+        artifacts=artifacts,
+        observed_generation=generation,
+        attempts=previous.attempts if previous else {},
+        result=result_of(g, observed.metrics, observed.exported),
+    )
+
+
+def _conditions(
+    phase: Phase,
+    reason: str,
+    message: str,
+    previous: AlignmentRunStatus | None,
+    reused: Reuse | None,
+    *,
+    now: str,
+    generation: int | None,
+) -> list[Condition]:
+    """Progressing, Succeeded, Failed (and StagesReused): each keeps its transition time while
+    its status stays the same."""
     conds = {
         "Progressing": phase in (Phase.running,),
         "Succeeded": phase == Phase.succeeded,
@@ -337,33 +368,19 @@ def status(
                 observed_generation=generation,
             )
         )
-    if observed.reused is not None:
-        r = observed.reused
+    if reused is not None:
         prev = old.get(REUSED)
         conditions.append(
             Condition(
                 type=REUSED,
                 status="True",
                 reason="EarlierRunResumed",
-                message=f"{r.stages} finished stage(s) reused from {r.source}",
+                message=f"{reused.stages} finished stage(s) reused from {reused.source}",
                 last_transition_time=prev.last_transition_time if prev is not None else now,
                 observed_generation=generation,
             )
         )
-    return AlignmentRunStatus(
-        phase=phase,
-        iteration=it,
-        stage=stage,
-        safety=None if best is None else round(best.safety, 4),
-        helpfulness=None if best is None else round(best.helpfulness, 4),
-        message=message,
-        conditions=conditions,
-        iterations=iterations,
-        artifacts=artifacts,
-        observed_generation=generation,
-        attempts=previous.attempts if previous else {},
-        result=result_of(g, observed.metrics, observed.exported),
-    )
+    return conditions
 
 
 def _rounded(shares: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
