@@ -154,7 +154,6 @@ def test_after_an_outage_the_store_fails_at_once_then_tries_again(
         store.write_bytes("status.json", b"{}")
     assert time.monotonic() - started < 0.5 < first
     # Past the window (the store's timeout) it is asked again: it may have come back.
-    assert store._outage is not None
-    store._outage = (store._outage[0], time.monotonic() - 1)
-    store._fail_fast()
-    assert store._outage is None
+    assert store.outage.current() is not None
+    store.outage.open("expired", -1)
+    assert store.outage.current() is None

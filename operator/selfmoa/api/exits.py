@@ -19,6 +19,7 @@ again later".
 from __future__ import annotations
 
 import argparse
+import time
 from enum import IntEnum
 from typing import Final, NoReturn
 
@@ -85,3 +86,26 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(Exit.BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class OutageWindow:
+    """What a client remembers of an outage: once a call has waited out its timeout on a dead
+    server, later calls fail with the same cause at once for `seconds`, then try again (it may
+    have come back). So a failure path (writing the failure down, the next item) never waits on
+    the same dead server a second time. Used by the S3 store and the endpoint client."""
+
+    def __init__(self) -> None:
+        self._message: str | None = None
+        self._until = 0.0
+
+    def open(self, message: str, seconds: float) -> None:
+        self._message, self._until = message, time.monotonic() + seconds
+
+    def current(self) -> str | None:
+        """The outage's message while the window is open; None once it has closed."""
+        if self._message is not None and time.monotonic() >= self._until:
+            self._message = None
+        return self._message
+
+    def close(self) -> None:
+        self._message = None

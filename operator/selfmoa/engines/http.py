@@ -22,14 +22,13 @@ import asyncio
 import contextlib
 import random
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from selfmoa.api.exits import Unavailable
+from selfmoa.api.exits import OutageWindow, Unavailable
 from selfmoa.engines.base import EngineError
 
 T = TypeVar("T")
@@ -117,8 +116,8 @@ class RetryingClient:
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
-        #: The last outage and until when (monotonic) requests fail with it without trying.
-        self._outage: tuple[str, float] | None = None
+        #: After an outage, requests fail with it without trying for `timeout` seconds.
+        self.outage = OutageWindow()
 
     # ------------------------------------------------------------------ event loop plumbing
 
@@ -214,7 +213,9 @@ class RetryingClient:
     ) -> T:
         """POST until success; `parse(resp)` raises `Retryable` for a malformed reply."""
         url = self.base_url + path
-        self._fail_fast(f"POST {url}")
+        down = self.outage.current()
+        if down is not None:
+            raise EndpointUnavailable(f"POST {url}: not tried, the server is down ({down})")
         last = Attempt()
         retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
@@ -230,17 +231,9 @@ class RetryingClient:
             f"POST {url} failed after {tries} attempt{'s' if tries > 1 else ''}: {last.describe()}"
         )
         if last.outage:
-            self._outage = (message, time.monotonic() + self.timeout)
+            self.outage.open(message, self.timeout)
             raise EndpointUnavailable(message)
         raise EngineError(message)
-
-    def _fail_fast(self, what: str) -> None:
-        outage = self._outage
-        if outage is not None:
-            message, until = outage
-            if time.monotonic() < until:
-                raise EndpointUnavailable(f"{what}: not tried, the server is down ({message})")
-            self._outage = None
 
     def worst_case_seconds(self) -> float:
         """The longest one POST can wait on a server that stopped answering, retries included

@@ -23,11 +23,11 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from selfmoa.api.exits import OutageWindow
 from selfmoa.store.base import Store, StoreError, StoreUnavailable, check_key
 
 if TYPE_CHECKING:
@@ -161,8 +161,8 @@ class S3Store(Store):
         self._client: S3Client | None = None
         self._session: Any = None
         self._lock = threading.Lock()
-        #: The last outage and until when (monotonic) later operations fail with it at once.
-        self._outage: tuple[StoreUnavailable, float] | None = None
+        #: After an outage, later operations fail with it at once for `timeout` seconds.
+        self.outage = OutageWindow()
 
     # Connection ---------------------------------------------------------------------------
 
@@ -248,7 +248,9 @@ class S3Store(Store):
         )
 
         where = f"{self.uri}/{key}" if key is not None else self.uri
-        self._fail_fast()
+        down = self.outage.current()
+        if down is not None:
+            raise StoreUnavailable(down)
         try:
             yield
         except ReadTimeoutError:
@@ -302,17 +304,8 @@ class S3Store(Store):
 
     def _down(self, message: str) -> StoreUnavailable:
         """An outage that waited out its timeout: later operations get it at once for a while."""
-        err = StoreUnavailable(message)
-        self._outage = (err, time.monotonic() + self.timeout)
-        return err
-
-    def _fail_fast(self) -> None:
-        outage = self._outage
-        if outage is not None:
-            err, until = outage
-            if time.monotonic() < until:
-                raise StoreUnavailable(str(err))
-            self._outage = None
+        self.outage.open(message, self.timeout)
+        return StoreUnavailable(message)
 
     # Keys ---------------------------------------------------------------------------------
 
