@@ -30,13 +30,6 @@ from typing import Any
 
 from selfmoa.api.exits import Exit, Parser
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
-    Exit.OK,
-    Exit.FAILED,
-    Exit.BAD_INPUT,
-    Exit.INTERRUPTED,
-)
-
 #: Commands that parse their own flags (their --help must reach them): name -> (help, module
 #: with `main(argv) -> int`).
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -168,10 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "stage":
             return cmd_stage(args)
     except UsageError as e:
-        return _fail(str(e), EXIT_USAGE)
+        return _fail(str(e), Exit.BAD_INPUT)
     except KeyboardInterrupt:
         print("\nselfmoa: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     raise AssertionError(args.command)
 
 
@@ -212,7 +205,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"{args.file}: ok (AlignmentRun {run.namespace}/{run.name}, {run.spec.iterations} iteration(s))"
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -239,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StageFailed as e:
         return _fail(str(e), e.code)
     print_summary(run, result)
-    return EXIT_OK if result.status.phase.value == "Succeeded" else EXIT_FAILED
+    return Exit.OK if result.status.phase.value == "Succeeded" else Exit.FAILED
 
 
 def _store_uri(value: str) -> str:
@@ -353,12 +346,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
         traceback.print_exc()
         msg = f"stage {args.name} failed: {type(e).__name__}: {e}".splitlines()[0]
         contract.write_termination_message(msg)
-        return _fail(msg, EXIT_FAILED)
+        return _fail(msg, Exit.FAILED)
     state = "done" if ran else "already done (manifest exists), skipped"
     print(
         f"stage {args.name} of iteration {args.iteration}: {state} in {manifest.get('seconds', 0)}s"
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ from typing import Any
 
 from selfmoa.api.exits import Exit, Parser
 
-EXIT_USAGE = Exit.BAD_INPUT
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
@@ -53,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             "selfmoa operator: error: give --namespace NS (repeatable) or --all-namespaces",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return Exit.BAD_INPUT
     from selfmoa.controller.config import load_config
 
     try:
         config = load_config(args.config)
     except ValueError as e:
         print(f"selfmoa operator: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.BAD_INPUT
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -15,12 +15,6 @@ from collections.abc import Sequence
 from selfmoa.api.exits import Exit, Parser, exit_for
 from selfmoa.export.errors import ExportError, ExportFailed
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = (
-    Exit.OK,
-    Exit.FAILED,
-    Exit.BAD_INPUT,
-    Exit.INTERRUPTED,
-)
 PROG = "selfmoa export"
 
 
@@ -101,20 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             region=args.region,
             progress=None if args.quiet else _say,
         )
-    except ExportError as e:
-        return _fail(str(e), EXIT_USAGE)
-    except StoreError as e:
-        return _fail(str(e), exit_for(e))
-    except ExportFailed as e:
+    except (ExportError, ExportFailed, StoreError) as e:
+        # The class says the code (bad input 2, an outage in its cause 75, else 1).
         return _fail(str(e), exit_for(e))
     except OSError as e:
-        return _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), EXIT_FAILED)
+        return _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), Exit.FAILED)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; no finished export was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     what = "merged model" if result.merged else "LoRA adapter"
     print(f"exported iteration {result.iteration} ({what}) to {result.out}: {result.why}")
-    return EXIT_OK
+    return Exit.OK
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from selfmoa.api.exits import BadInput
 
-class ExportError(Exception):
+
+class ExportError(BadInput):
     """Bad input (no run there, an iteration that was never evaluated, a bad URI, an --out in
     the way): exit code 2."""
 

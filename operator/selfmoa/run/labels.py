@@ -22,10 +22,9 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from selfmoa.api.exits import Exit
+from selfmoa.api.exits import BadInput
 
 PROG = "selfmoa labels"
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = Exit.OK, Exit.BAD_INPUT, Exit.INTERRUPTED
 #: A score >= GOOD is "good" (safe / helpful): the rubric's midpoint, the ensembles' default.
 GOOD = 3.0
 KINDS = ("harmful", "legit", "benign")
@@ -38,7 +37,7 @@ ENSEMBLE, GOLD = "(ensemble)", "(gold)"
 Row = Mapping[str, Any]  # a JudgmentRecord as read back
 
 
-class LabelsError(Exception):
+class LabelsError(BadInput):
     """Bad input: one line on stderr, exit code 2."""
 
 

@@ -16,12 +16,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfmoa.api.exits import Parser, exit_for
+from selfmoa.api.exits import Exit, Parser, exit_for
 from selfmoa.run import layout
 from selfmoa.run.labels import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
     GOOD,
     INSTRUCTIONS,
     PROG,
@@ -82,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     key_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {len(rows)} rows ({len(prompts)} prompts x iterations {_ks(iters)}) to {out}")
     print(f"instructions for the labeller: {md}; key (not for the labeller): {key_path}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _ks(ks: Iterable[int]) -> str:
@@ -125,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
-    return EXIT_OK
+    return Exit.OK
 
 
 # ----------------------------------------------------------------------------- command line
@@ -198,12 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmd_export(args) if args.command == "export" else cmd_score(args)
     except (LabelsError, StoreError) as e:
-        message, code = str(e), exit_for(e) if isinstance(e, StoreError) else EXIT_USAGE
+        message, code = str(e), exit_for(e)
     except OSError as e:
-        message, code = f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), EXIT_USAGE
+        message, code = f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), Exit.BAD_INPUT
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return code
 

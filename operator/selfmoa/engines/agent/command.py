@@ -19,7 +19,6 @@ from typing import Any
 
 from selfmoa.api.exits import Exit, Parser, exit_for
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.BAD_INPUT
 PROG = "selfmoa adapter-agent"
 
 
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.check_ready:
         # A probe every few seconds: nothing heavier than this file test.
-        return EXIT_OK if (args.dir / SYNCED).is_file() else EXIT_FAILED
+        return Exit.OK if (args.dir / SYNCED).is_file() else Exit.FAILED
     missing = [f for f in ("run_uri", "replica_id") if not getattr(args, f)]
     if missing:
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
@@ -117,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     agent.run(stop)
-    return EXIT_OK
+    return Exit.OK
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> int:
+def _fail(message: str, code: int = Exit.BAD_INPUT) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
 
