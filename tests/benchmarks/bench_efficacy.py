@@ -240,7 +240,9 @@ class Outcome:
         return (self.help_after - self.help_before) / self.help_before if self.help_before else 0.0
 
 
-def read_run(root: Path, name: str, seed: int, target: float) -> Outcome | None:
+def finished_run(root: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]] | None:
+    """(status.json, metrics.json by iteration) of a run that succeeded with a result; None
+    for one that didn't (still running, failed, or never started)."""
     status_file = root / "status.json"
     if not status_file.exists():
         return None
@@ -250,7 +252,15 @@ def read_run(root: Path, name: str, seed: int, target: float) -> Outcome | None:
     metrics = {}
     for f in sorted(root.glob("iter-*/evaluate/metrics.json")):
         m = json.loads(f.read_text())
-        metrics[m["iteration"]] = m
+        metrics[int(m["iteration"])] = m
+    return status, metrics
+
+
+def read_run(root: Path, name: str, seed: int, target: float) -> Outcome | None:
+    found = finished_run(root)
+    if found is None:
+        return None
+    status, metrics = found
     accepted = {i["index"]: i.get("accepted") for i in status.get("iterations", [])}
     best = int(status["result"]["iteration"])
     base, after = metrics[0], metrics[best]

@@ -41,7 +41,15 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_efficacy import Overrides, apply_overrides, launch, overrides_tag, parse_set, t975
+from bench_efficacy import (
+    Overrides,
+    apply_overrides,
+    finished_run,
+    launch,
+    overrides_tag,
+    parse_set,
+    t975,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "manifests" / "examples" / "smollm2-cpu.yaml"
@@ -122,16 +130,10 @@ def figures(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_run(root: Path, seed: int) -> Outcome | None:
-    status_file = root / "status.json"
-    if not status_file.exists():
+    found = finished_run(root)
+    if found is None:
         return None
-    status = json.loads(status_file.read_text())
-    if status.get("phase") != "Succeeded" or not status.get("result"):
-        return None
-    metrics = {
-        int(f.parts[-3].removeprefix("iter-")): json.loads(f.read_text())
-        for f in sorted(root.glob("iter-*/evaluate/metrics.json"))
-    }
+    status, metrics = found
     result = int(status["result"]["iteration"])
     calibration = metrics[0].get("calibration") or []
     safety = next(
