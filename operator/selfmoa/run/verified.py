@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from selfmoa.run import layout
 from selfmoa.store import BadKeyError, Store, check_key
-from selfmoa.store.scratch import owner_token
+from selfmoa.store.scratch import filled_in_place
 
 
 class Unverified(RuntimeError):
@@ -104,15 +103,9 @@ def download(store: Store, key: str, dest: Path) -> Path:
     if (dest / "adapter_config.json").exists():
         return dest
     mkey, files = listing(store, key)
-    tmp = dest.parent / f".{dest.name}.partial-{owner_token()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with filled_in_place(dest) as tmp:
         for rel, data, _ in read_listed(store, key, mkey, files):
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.replace(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest

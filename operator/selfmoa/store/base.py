@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from selfmoa.api.exits import BadInput, Unavailable
-from selfmoa.store.scratch import OWNER_FILE, owner_token, sweep_stale
+from selfmoa.store.scratch import filled_in_place
 
 
 class StoreError(RuntimeError, BadInput):
@@ -106,25 +104,15 @@ class Store(ABC):
         keys = self.list(prefix)
         if not keys:
             raise FileNotFoundError(f"{self.uri}/{prefix}: nothing stored there")
-        # Into a sibling first, renamed into place when whole: callers take a folder holding
-        # its config file for a finished download, and keys arrive config first. Siblings left by
-        # a killed download are removed first (only those whose process is gone).
-        partial = f".{local.name}.partial-"
-        if local.parent.is_dir():
-            sweep_stale(local.parent, partial)
-        tmp = local.parent / f"{partial}{owner_token()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / OWNER_FILE).write_text(owner_token() + "\n")
-        for key in keys:
-            # A listed key comes from the backend, not from us: on S3 it may hold `..`.
-            rel = check_key(key[len(prefix) :])
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(self.read_bytes(key))
-        (tmp / OWNER_FILE).unlink(missing_ok=True)
-        shutil.rmtree(local, ignore_errors=True)
-        os.replace(tmp, local)
+        # Filled beside it, renamed into place when whole: callers take a folder holding its
+        # config file for a finished download, and keys arrive config first.
+        with filled_in_place(local) as tmp:
+            for key in keys:
+                # A listed key comes from the backend, not from us: on S3 it may hold `..`.
+                rel = check_key(key[len(prefix) :])
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(self.read_bytes(key))
         return local
 
     def local_path(self, key: str) -> Path | None:

@@ -119,6 +119,28 @@ def sweep_stale(
     return removed
 
 
+@contextlib.contextmanager
+def filled_in_place(local: Path) -> Iterator[Path]:
+    """A sibling directory of `local` to fill; renamed to `local` when the block ends, so a
+    reader never finds `local` half-filled. Siblings left by a killed fill are removed first
+    (only those whose process is gone); a fill that fails removes its own."""
+    partial = f".{local.name}.partial-"
+    if local.parent.is_dir():
+        sweep_stale(local.parent, partial)
+    tmp = local.parent / f"{partial}{owner_token()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / OWNER_FILE).write_text(owner_token() + "\n")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / OWNER_FILE).unlink(missing_ok=True)
+    shutil.rmtree(local, ignore_errors=True)
+    os.replace(tmp, local)
+
+
 def temp_name(name: str) -> tuple[str, str]:
     """(prefix, suffix) of a temp sibling of the file `name`, carrying our owner token."""
     # The name is cut so that the whole stays under the usual 255-byte limit.
