@@ -19,11 +19,9 @@ from selfmoa.api.spec import (
     AlignmentRun,
     AlignmentRunSpec,
     AlignmentRunStatus,
-    JudgeKind,
-    ServingEngine,
     SpecError,
 )
-from selfmoa.run import layout, outputs, planner
+from selfmoa.run import layout, outputs, planner, stage_models, stage_table
 from selfmoa.run import state as run_state
 from selfmoa.run.document import ensure_run_json
 from selfmoa.run.metrics import Metrics
@@ -94,15 +92,12 @@ def now() -> str:
 
 
 def prepared_models(spec: AlignmentRunSpec) -> list[str]:
-    """The models this machine builds or converts before the loop: the tiny one, and GGUF
-    files or package files of every model that runs in-process."""
-    judges = [*spec.judges, *spec.evaluation.judges]
-    in_process = [j.model for j in judges if j.kind in (JudgeKind.embedding, JudgeKind.classifier)]
-    served = spec.serving.engine in (ServingEngine.vllm, ServingEngine.openai)
-    models = [*([] if served else spec.models()), *[m for m in in_process if m]]
+    """The models this machine builds or converts before the loop: of those a stage loads
+    in-process (`run.stage_models`), the tiny one, GGUF files and package files."""
+    loaded = (m for stage in stage_table.NAMES for m in stage_models.in_process_models(spec, stage))
     return [
         m
-        for m in dict.fromkeys(models)
+        for m in dict.fromkeys(loaded)
         if m == TINY_MODEL or is_gguf_model(m) or m.startswith("pkg://")
     ]
 
