@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: help install install-run install-smollm2 run run-smollm2 test test-cluster lint format bench bench-gpu bench-efficacy bench-smollm2 crd manifests images e2e clean
+.PHONY: help install install-run install-smollm2 run run-smollm2 test test-cluster lint format bench bench-gpu bench-efficacy bench-smollm2 crd manifests images test-node e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -88,9 +88,17 @@ crd: install  ## regenerate manifests/crd.yaml and the chart copy from the pydan
 manifests: crd  ## regenerate manifests/install.yaml from the chart's defaults
 	$(PY) -m tests.chart.render
 
-images:  ## build the operator and worker images (needs Docker)
-	docker build -f images/operator/Dockerfile -t selfmoa/operator:dev .
-	docker build -f images/worker/Dockerfile -t selfmoa/worker:dev .
+images: install  ## build selfmoa/operator:dev and selfmoa/worker:dev (needs Docker; no registry needed: images/build.sh)
+	bash images/build.sh
+
+test-node: install  ## real node tier (tests/node): kubelet + Docker + CNI + kube-proxy in a netns, the images, the chart (root)
+	bash tests/node/node.sh deps
+	bash tests/cluster/controlplane.sh build-node
+	bash tests/node/node.sh dockerd
+	bash images/build.sh
+	bash tests/node/node.sh start || { bash tests/node/node.sh stop; exit 1; }
+	SELFMOA_NODE=1 bash tests/node/node.sh exec $(VENV)/bin/pytest tests/node -ra $(PYTEST_ARGS); \
+	  rc=$$?; bash tests/node/node.sh stop; exit $$rc
 
 e2e:  ## end to end on kind (needs Docker and kind)
 	bash tests/e2e/run_kind.sh

@@ -8,6 +8,8 @@
 #   controlplane.sh stop    stop what `start` started (by pid file) and remove the run dir
 #   controlplane.sh env     print `export KUBECONFIG=... PATH=...` for a shell (eval "$(... env)")
 #   controlplane.sh built   exit 0 when the cache holds every binary (no build, no network)
+#   controlplane.sh build-node  also build kubelet, kube-proxy and kube-scheduler (the node tier,
+#                          tests/node); one kube build for whatever of the five is missing
 #
 # Why build from source: no registry reachable from here ships kube-apiserver binaries; Debian
 # bookworm's `kubernetes` source package is the newest full upstream tree (with vendor/) that
@@ -19,6 +21,12 @@
 #   SELFMOA_CLUSTER_API_PORT, SELFMOA_CLUSTER_ETCD_PORT, SELFMOA_CLUSTER_ETCD_PEER_PORT
 #                          fixed ports; unset = free ports picked at start
 #   SELFMOA_CLUSTER_JOBS   parallel compile jobs (default: nproc)
+#   SELFMOA_CLUSTER_ADDRESS  an address of a network namespace the control plane runs in (the
+#                          node tier, tests/node/node.sh): the apiserver listens on every address
+#                          there and advertises this one, so the `kubernetes` Service has an
+#                          endpoint pods can reach. Unset: loopback only, no endpoint.
+#   SELFMOA_CLUSTER_EXTRA_TOKENS  a file of more static-token lines (token,user,uid,"groups"):
+#                          the node tier's kubelet, kube-proxy and kube-scheduler identities
 set -euo pipefail
 
 CACHE=${SELFMOA_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/selfmoa-cluster}
@@ -133,8 +141,8 @@ progress() {  # progress PID LOG GOCACHE
   done
 }
 
-make_kube() {  # make_kube GOROOT_PKG SRC LOG: the kube build, with a progress line every 30 s
-  local go=$1 src=$2 mlog=$3
+make_kube() {  # make_kube GOROOT_PKG SRC LOG WHAT: the kube build, with a progress line every 30 s
+  local go=$1 src=$2 mlog=$3 what=$4
   # GOPROXY=off: everything comes from vendor/ (1.20 builds in GOPATH mode). GOFLAGS must be unset:
   # its value leaks into kube's build tags. GOROOT points at the unpacked toolchain.
   (
@@ -143,7 +151,7 @@ make_kube() {  # make_kube GOROOT_PKG SRC LOG: the kube build, with a progress l
     export GOROOT=$go/usr/lib/go-1.15 PATH=$go/usr/lib/go-1.15/bin:$PATH
     export GOPROXY=off GO111MODULE=off CGO_ENABLED=0 KUBE_BUILD_PLATFORMS=linux/amd64
     export MAKEFLAGS="-j${SELFMOA_CLUSTER_JOBS:-$(nproc)}"
-    exec make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+    exec make WHAT="$what"
   ) >"$mlog" 2>&1 &
   local pid=$!
   progress "$pid" "$mlog" "$src/_output/local/go/cache" &
@@ -155,8 +163,9 @@ make_kube() {  # make_kube GOROOT_PKG SRC LOG: the kube build, with a progress l
   return "$rc"
 }
 
-build_kube() {
-  local B=$CACHE/build src go
+build_kube() {  # build_kube BINARY...: one kube build of the named cmd/ binaries
+  local B=$CACHE/build src go what="" b
+  for b in "$@"; do what+="${what:+ }cmd/$b"; done
   need_rsync
   rm -rf "$B" && mkdir -p "$B"
   log "build: unpacking Go 1.15 and the kubernetes $K8S_VERSION source (~35 MB) into $B"
@@ -167,15 +176,15 @@ build_kube() {
   tar -xzf "$DL/kubernetes_1.20.5+really1.20.2.orig.tar.gz" -C "$B"
   src=$B/kubernetes-$K8S_VERSION
   local mlog=$B/make.log rc=0
-  log "build: make WHAT=\"cmd/kube-apiserver cmd/kube-controller-manager\" (~8 min on 2 quiet cores; log: $mlog)"
-  make_kube "$go" "$src" "$mlog" || rc=$?
+  log "build: make WHAT=\"$what\" (~8 min for the control plane, ~4 for the node, on 2 quiet cores; log: $mlog)"
+  make_kube "$go" "$src" "$mlog" "$what" || rc=$?
   if ((rc != 0)); then
     # Kube 1.20's code generators (defaulter-gen: gengo's AddDirectoryTo) now and then segfault
     # on a cold tree under load; make is incremental, so one more pass finishes the build.
     tail -n 20 "$mlog" >&2
     log "build: make failed (rc=$rc); retrying once (log: $mlog.retry)"
     rc=0
-    make_kube "$go" "$src" "$mlog.retry" || rc=$?
+    make_kube "$go" "$src" "$mlog.retry" "$what" || rc=$?
     mlog=$mlog.retry
   fi
   if ((rc != 0)); then
@@ -184,7 +193,7 @@ build_kube() {
   fi
   local out=$src/_output/local/bin/linux/amd64
   mkdir -p "$BIN"
-  for b in kube-apiserver kube-controller-manager; do
+  for b in "$@"; do
     install -m 0755 "$out/$b" "$BIN/$b.tmp" && mv "$BIN/$b.tmp" "$BIN/$b"
   done
   # Only the binaries are kept: the tree, Go cache and toolchain are ~2.3 GB and rebuildable
@@ -192,7 +201,7 @@ build_kube() {
   # (a later build removes what an interrupted delete left).
   mv "$B" "$CACHE/.trash.$$"
   (rm -rf "$CACHE/.trash.$$" </dev/null >/dev/null 2>&1 &)
-  log "build: kube-apiserver and kube-controller-manager built"
+  log "build: $* built"
 }
 
 built() {
@@ -202,12 +211,17 @@ built() {
   done
 }
 
-build() {
+NODE_BINARIES=(kubelet kube-proxy kube-scheduler)
+
+build() {  # build [node]: the control plane, and with `node` the node's binaries too
+  local want=(kube-apiserver kube-controller-manager) missing=() b
+  [[ ${1:-} == node ]] && want+=("${NODE_BINARIES[@]}")
   mkdir -p "$CACHE"
   # One build at a time per cache (two test sessions may start together).
   exec 9>"$CACHE/.lock"
   flock 9
-  if built; then log "build: cached in $BIN"; return; fi
+  for b in "${want[@]}"; do [[ -x $BIN/$b ]] || missing+=("$b"); done
+  if built && ((${#missing[@]} == 0)); then log "build: cached in $BIN"; return; fi
   rm -rf "$CACHE"/.trash.*
   fetch
   mkdir -p "$BIN"
@@ -221,8 +235,8 @@ build() {
     ln -sfn ../kubectl/usr/bin/kubectl "$BIN/kubectl"
     log "build: kubectl unpacked"
   fi
-  if [[ ! -x $BIN/kube-apiserver || ! -x $BIN/kube-controller-manager ]]; then
-    build_kube
+  if ((${#missing[@]} > 0)); then
+    build_kube "${missing[@]}"
   fi
   log "build: done ($(du -sh --exclude=".trash.*" "$CACHE" | cut -f1) in $CACHE)"
 }
@@ -261,7 +275,8 @@ certs() {
     -keyout "$C/ca.key" -out "$C/ca.crt" 2>/dev/null
   openssl req "${ec[@]}" -subj "/CN=kube-apiserver" \
     -keyout "$C/apiserver.key" -out "$C/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' >"$C/san.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,%sDNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' \
+    "${ADDRESS:+IP:$ADDRESS,}" >"$C/san.ext"
   openssl x509 -req -in "$C/apiserver.csr" -CA "$C/ca.crt" -CAkey "$C/ca.key" -CAcreateserial \
     -days 30 -extfile "$C/san.ext" -out "$C/apiserver.crt" 2>/dev/null
   # Service-account token signing pair (ES256): the apiserver verifies, the controller-manager's
@@ -285,6 +300,7 @@ EOF
   # token-only kubeconfigs the same way for the admin and for ServiceAccounts.
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$C/admin.token"
   printf '%s,selfmoa-admin,selfmoa-admin,system:masters\n' "$(cat "$C/admin.token")" >"$C/tokens.csv"
+  if [[ -n ${SELFMOA_CLUSTER_EXTRA_TOKENS:-} ]]; then cat "$SELFMOA_CLUSTER_EXTRA_TOKENS" >>"$C/tokens.csv"; fi
 }
 
 kubeconfig() {  # kubeconfig FILE TOKEN: token-only kubeconfig (no client cert: a cert wins over a token)
@@ -309,6 +325,13 @@ EOF
 
 start() {
   [[ -x $BIN/kube-apiserver ]] || die "not built: run '$0 build' first"
+  ADDRESS=${SELFMOA_CLUSTER_ADDRESS:-}
+  # On loopback only, the apiserver would publish 127.0.0.1 as the `kubernetes` Service's endpoint,
+  # which endpoint validation rejects (127.0.0.0/8): no endpoint then. With an address of its own
+  # network namespace, it listens there too and publishes that one, as on a real control plane.
+  local listen=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+  # The node registers a hostname no DNS here knows: reach its kubelet (logs, exec) by address.
+  [[ -z $ADDRESS ]] || listen=(--bind-address 0.0.0.0 --advertise-address "$ADDRESS" --kubelet-preferred-address-types InternalIP)
   if alive apiserver; then log "already running (run dir $RUN)"; return; fi
   rm -rf "$RUN" && mkdir -p "$RUN"
   local api_port=${SELFMOA_CLUSTER_API_PORT:-$(free_port)}
@@ -333,17 +356,15 @@ start() {
 
   # Started together with etcd: the apiserver spends its first seconds registering APIs and
   # retries etcd until it answers.
-  # --endpoint-reconciler-type=none: the apiserver would publish its loopback address as the
-  # `kubernetes` Service endpoint, which endpoint validation rejects (127.0.0.0/8).
   spawn apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+    "${listen[@]}" --secure-port "$api_port" --insecure-port 0 \
     --tls-cert-file "$RUN/pki/apiserver.crt" --tls-private-key-file "$RUN/pki/apiserver.key" \
     --client-ca-file "$RUN/pki/ca.crt" --token-auth-file "$RUN/pki/tokens.csv" \
     --authorization-mode Node,RBAC --anonymous-auth=false \
     --service-account-key-file "$RUN/pki/sa.pub" --service-account-signing-key-file "$RUN/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
-    --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none --allow-privileged \
+    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged \
     --audit-policy-file "$RUN/audit-policy.yaml" --audit-log-path "$RUN/audit.log" \
     --cert-dir "$RUN/pki"
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
@@ -406,11 +427,12 @@ env_() {
 main() {
   case ${1:-} in
     build) build ;;
+    build-node) build node ;;
     start) start ;;
     stop) stop ;;
     env) env_ ;;
     built) built ;;
-    *) echo "usage: $0 build|start|stop|env|built" >&2; exit 2 ;;
+    *) echo "usage: $0 build|build-node|start|stop|env|built" >&2; exit 2 ;;
   esac
 }
 

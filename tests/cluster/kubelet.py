@@ -100,10 +100,24 @@ from urllib.parse import urlsplit
 log = logging.getLogger("kubelet-player")
 
 VLLM_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-#: vLLM flags `selfmoa serve` keeps (with their value); every other flag is dropped and logged.
-SERVE_KEEPS = ("--model", "--served-model-name", "--max-model-len")
-#: vLLM flags that take no value (so dropping them doesn't eat the next flag).
-VLLM_BOOL_FLAGS = frozenset({"--enable-lora", "--trust-remote-code", "--enforce-eager"})
+
+
+def _load_vllm_standin() -> Any:
+    """The node tier's vLLM stand-in (vLLM's args to `selfmoa serve`'s), loaded by path under
+    a name of its own: a package named `vllm` on sys.path would shadow a real one."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "node" / "vllm_standin" / "vllm" / "entrypoints"
+    spec = importlib.util.spec_from_file_location(
+        "selfmoa_vllm_standin", path / "openai" / "api_server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+VLLM_STANDIN = _load_vllm_standin()
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_MESSAGE = 4096
 FALLBACK_LINES = 80
@@ -428,25 +442,11 @@ class PodRunner:
 
     def _serve_command(self, args: list[str]) -> list[str]:
         """vLLM's command as `selfmoa serve` on the same port (see the module docstring)."""
-        port = "8000"  # vLLM's default
-        keep: list[str] = []
-        dropped: list[str] = []
-        i = 0
-        while i < len(args):
-            flag, _, inline = args[i].partition("=")
-            takes_value = flag not in VLLM_BOOL_FLAGS and not inline and i + 1 < len(args)
-            value = inline or (args[i + 1] if takes_value else "")
-            step = 2 if takes_value else 1
-            if flag in SERVE_KEEPS:
-                keep += [flag, self._map(value)]
-            elif flag == "--port":
-                port = value
-            elif flag != "--host":
-                dropped += args[i : i + step]
-            i += step
+        command, dropped = VLLM_STANDIN.serve_command(args, host=self.ip)
         if dropped:
             log.info("%s/%s: vLLM flags not used by selfmoa serve: %s", self.ns, self.name, dropped)
-        return ["selfmoa", "serve", *keep, "--host", self.ip, "--port", port]
+        # Values are paths of the Pod's filesystem (a model in a volume): mapped like any other.
+        return [self._map(x) for x in command]
 
     def _process_env(self, c: dict[str, Any]) -> dict[str, str]:
         # The Pod's own address is direct; everything else goes through the Service proxy.

@@ -80,8 +80,16 @@ class Cluster:
         input: str | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
-        """The cached kubectl 1.20 (never /usr/bin/kubectl: another version may live there)."""
-        cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig)]
+        """The cached kubectl 1.20 (never /usr/bin/kubectl: another version may live there),
+        with a discovery cache of this control plane's own (the node tier's is always on
+        127.0.0.1:6443: a shared cache would hold an earlier one's resources for 10 minutes)."""
+        cmd = [
+            str(self.bin_dir / "kubectl"),
+            "--kubeconfig",
+            str(kubeconfig or self.kubeconfig),
+            "--cache-dir",
+            str(self.run_dir / "kubectl-cache"),
+        ]
         proc = subprocess.run(
             [*cmd, *args], capture_output=True, text=True, input=input, timeout=timeout, check=False
         )
@@ -193,12 +201,12 @@ def stop_cluster(c: Cluster, logs: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def s3_server() -> Iterator[dict[str, str]]:
-    """moto's S3 server on 127.0.0.1 with the bucket `selfmoa`: endpoint, bucket, keys."""
+def s3_server(host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+    """moto's S3 server on `host` with the bucket `selfmoa`: endpoint, bucket, keys."""
     import boto3
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()

@@ -289,3 +289,38 @@ def test_entry_needs_a_scope() -> None:
     from selfmoa.controller.entry import main
 
     assert main(["--metrics-port", "0"]) == 2
+
+
+def test_stage_pods_run_as_the_worker_images_user() -> None:
+    # The image's HOME (HF_HOME, caches) belongs to its USER: any other uid can't write there.
+    dockerfile = (Path(__file__).parents[2] / "images" / "worker" / "Dockerfile").read_text()
+    user = next(ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER "))
+    assert user == f"{builders.WORKER_UID}:{builders.WORKER_UID}"
+    job = builders.stage_job(
+        run="r",
+        namespace="ml",
+        spec=_spec(),
+        iteration=1,
+        stage="redteam",
+        parent=0,
+        config=OperatorConfig(),
+    )
+    pod = job["spec"]["template"]["spec"]["securityContext"]
+    assert (pod["runAsUser"], pod["runAsGroup"]) == (builders.WORKER_UID, builders.WORKER_UID)
+
+
+def test_a_runs_memory_is_its_stages_request_and_limit() -> None:
+    # 16Gi requested under the default 8Gi stage limit would be a Pod the API server refuses.
+    spec = _spec(trainer={"resources": {"cpu": "2", "memory": "16Gi"}})
+    job = builders.stage_job(
+        run="r",
+        namespace="ml",
+        spec=spec,
+        iteration=1,
+        stage="pairs",
+        parent=0,
+        config=OperatorConfig(),
+    )
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["memory"] == res["limits"]["memory"] == "16Gi"
+    assert res["requests"]["cpu"] == "2"

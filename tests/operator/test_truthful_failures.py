@@ -18,6 +18,7 @@ from harness import (
     fail_job,
     job_finished,
     jobs,
+    patch_status,
     play_stand_ins,
     run_status,
     tiny_run,
@@ -144,3 +145,121 @@ async def test_a_fresh_start_deletes_the_earlier_runs_artifacts_first(
     await wait_for(lambda: "r-i0-evaluate" in jobs(cluster))
     assert store.exists(layout.manifest_key(0, "reset"))
     assert len(events(cluster, "StartedFresh")) == 1
+
+
+async def _stuck_first_stage(cluster: Cluster, tmp_path, waiting: dict[str, str]) -> str:
+    """Run "r"'s first Job, created a minute ago, whose Pod waits with `waiting`."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    await apply(cluster, tiny_run("r", tmp_path))
+    name = await wait_for(lambda: next(iter(jobs(cluster)), None))
+    old = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    async with cluster.patch(
+        f"{JOBS_PATH}/{name}",
+        data=json.dumps({"metadata": {"creationTimestamp": old}}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    ) as resp:
+        assert resp.status < 400, await resp.text()
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-p", "namespace": NS, "labels": {"job-name": name}},
+        "spec": {"containers": [{"name": "stage", "image": "selfmoa/worker:absent"}]},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [{"name": "stage", "state": {"waiting": waiting}}],
+        },
+    }
+    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
+        assert resp.status < 400, await resp.text()
+    await patch_status(cluster, f"{JOBS_PATH}/{name}", {"active": 1})
+    return str(name)
+
+
+async def test_a_stage_whose_image_is_missing_ends_the_run_naming_it_and_goes_on_when_fixed(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    never = 'Container image "selfmoa/worker:absent" is not present with pull policy of Never'
+    name = await _stuck_first_stage(
+        cluster, tmp_path, {"reason": "ErrImageNeverPull", "message": never}
+    )
+    await wait_for(lambda: run_status(cluster, "r").get("phase") == "Failed")
+    failed = condition(run_status(cluster, "r"), "Failed")
+    assert failed is not None and failed["reason"] == "StageCannotStart"
+    assert "can't start" in failed["message"] and never in failed["message"]
+    assert "delete the stage's Job" in failed["message"]
+    # Fixed (here: the Job deleted), the stage runs again and the run goes on.
+    async with cluster.delete(f"{JOBS_PATH}/{name}") as resp:
+        assert resp.status < 400
+    await wait_for(
+        lambda: name in jobs(cluster) and run_status(cluster, "r").get("phase") == "Running"
+    )
+
+
+async def test_a_stage_no_node_can_take_waits_saying_why(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    import json
+
+    name = await _stuck_first_stage(cluster, tmp_path, {"reason": "ContainerCreating"})
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient cpu.",
+    }
+    async with cluster.patch(
+        f"/api/v1/namespaces/{NS}/pods/{name}-p/status",
+        data=json.dumps({"status": {"conditions": [unschedulable]}}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    ) as resp:
+        assert resp.status < 400, await resp.text()
+    await patch_status(cluster, f"{JOBS_PATH}/{name}", {"active": 1, "startTime": None})
+    await wait_for(lambda: "Insufficient cpu" in run_status(cluster, "r").get("message", ""))
+    st = run_status(cluster, "r")
+    assert st["phase"] == "Running" and "waits for a node" in st["message"]
+
+
+async def test_a_stage_killed_at_its_memory_limit_says_so(
+    cluster: Cluster, operator: Operator, tmp_path
+) -> None:
+    await apply(cluster, tiny_run("r", tmp_path))
+    name = await wait_for(lambda: next(iter(jobs(cluster)), None))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-oom", "namespace": NS, "labels": {"job-name": name}},
+        "spec": {
+            "containers": [
+                {"name": "stage", "image": "worker", "resources": {"limits": {"memory": "64Mi"}}}
+            ]
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "stage",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 137,
+                            "reason": "OOMKilled",
+                            # FallbackToLogsOnError: the log's tail, cut off mid-work.
+                            "message": "loading the tiny policy",
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
+        assert resp.status < 400, await resp.text()
+    await patch_status(
+        cluster,
+        f"{JOBS_PATH}/{name}",
+        {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "x"}]},
+    )
+    await wait_for(lambda: run_status(cluster, "r").get("phase") == "Failed")
+    failed = condition(run_status(cluster, "r"), "Failed")
+    assert failed is not None and "OOMKilled" in failed["message"]
+    assert "memory limit of 64Mi" in failed["message"]

@@ -175,7 +175,9 @@ class ServingSpec(Model):
 
 class ResourcesSpec(Model):
     cpu: Quantity | None = Field(default=None, description="CPU request, e.g. '4' or '500m'.")
-    memory: Quantity | None = Field(default=None, description="Memory request, e.g. '16Gi'.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit, e.g. '16Gi'."
+    )
 
 
 class TrainerSpec(Model):

@@ -26,13 +26,22 @@ def job_key(job: Mapping[str, Any]) -> tuple[int, str] | None:
         return None
 
 
-def job_seconds(job: Mapping[str, Any]) -> float | None:
-    st = job.get("status") or {}
-    start, end = st.get("startTime"), st.get("completionTime")
+def _seconds(start: str | None, end: str | None) -> float | None:
+    """Seconds from one API timestamp (RFC 3339, `...Z`) to another; None if either is unset."""
     if not start or not end:
         return None
     parse = datetime.datetime.fromisoformat
     return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def job_seconds(job: Mapping[str, Any]) -> float | None:
+    st = job.get("status") or {}
+    return _seconds(st.get("startTime"), st.get("completionTime"))
+
+
+def age_seconds(obj: Mapping[str, Any], now: str) -> float | None:
+    """How long ago the object was created, `now` being an API timestamp."""
+    return _seconds((obj.get("metadata") or {}).get("creationTimestamp"), now)
 
 
 def queue_hold(job: Mapping[str, Any], key: tuple[int, str]) -> tuple[str, str] | None:
@@ -64,6 +73,7 @@ _STUCK = frozenset(
     {
         "ErrImagePull",
         "ImagePullBackOff",
+        "ErrImageNeverPull",
         "InvalidImageName",
         "CreateContainerConfigError",
         "CreateContainerError",
@@ -88,24 +98,64 @@ def _failure(term: Mapping[str, Any]) -> str:
     )
 
 
+def termination_text(pod: Mapping[str, Any], container: str, term: Mapping[str, Any]) -> str:
+    """What a stage container's end says: its termination message (what the stage wrote, or its
+    log's tail); for a container the kernel killed at its memory limit, that first (its log
+    ends mid-work and would blame the wrong thing)."""
+    msg = str(term.get("message") or term.get("reason") or "").strip()
+    if term.get("reason") != "OOMKilled":
+        return msg
+    containers = (pod.get("spec") or {}).get("containers") or []
+    spec: Mapping[str, Any] = next((c for c in containers if c.get("name") == container), {})
+    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+    return "OOMKilled: the container used more than its memory limit" + (
+        f" of {limit} (spec.trainer.resources.memory)" if limit else ""
+    )
+
+
+def _name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", "?"))
+
+
+def _stuck(pod: Mapping[str, Any]) -> str | None:
+    stuck = [
+        f"{what} {w['reason']}" + (f": {w['message']}".splitlines()[0] if w.get("message") else "")
+        for what, cs in _statuses(pod)
+        if (w := (cs.get("state") or {}).get("waiting") or {}).get("reason") in _STUCK
+    ]
+    return stuck[0] if stuck else None
+
+
 def pod_problem(pod: Mapping[str, Any]) -> str | None:
     """Why a serving Pod isn't serving, as its kubelet reports it: the newest failed (init)
     container's termination message (its last line) or reason, else a waiting reason that needs
     a person (image pull, bad config); None when nothing failed (it may just be starting)."""
-    name = (pod.get("metadata") or {}).get("name", "?")
     failed = [
         (str(term.get("finishedAt") or ""), f"{what} failed: {_failure(term)}")
         for what, cs in _statuses(pod)
         for term in ((cs.get(s) or {}).get("terminated") or {} for s in ("state", "lastState"))
         if term and term.get("exitCode", 0) != 0
     ]
-    stuck = [
-        f"{what} {w['reason']}" + (f": {w['message']}".splitlines()[0] if w.get("message") else "")
-        for what, cs in _statuses(pod)
-        if (w := (cs.get("state") or {}).get("waiting") or {}).get("reason") in _STUCK
-    ]
-    found = max(failed)[1] if failed else (stuck[0] if stuck else None)
-    return None if found is None else f"pod {name}: {found}"[:1000]
+    found = max(failed)[1] if failed else _stuck(pod)
+    return None if found is None else f"pod {_name(pod)}: {found}"[:1000]
+
+
+def pod_cannot_start(pod: Mapping[str, Any]) -> str | None:
+    """Why a stage Pod's container can't start, when no retry of the Job can fix it (an image
+    that isn't there, a Secret or ConfigMap that is missing); None otherwise. A container that
+    ran and failed is the Job's to retry, so it is not one of these."""
+    found = _stuck(pod)
+    return None if found is None else f"pod {_name(pod)}: {found}"[:1000]
+
+
+def pod_unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's word when no node can take the Pod (too little CPU, memory or GPUs, a
+    taint, a selector), else None. A wait, not a failure: an autoscaler may add the node."""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        scheduled = (c.get("type"), c.get("status"), c.get("reason"))
+        if scheduled == ("PodScheduled", "False", "Unschedulable"):
+            return f"pod {_name(pod)}: {c.get('message') or 'unschedulable'}"[:1000]
+    return None
 
 
 def rollout_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,11 +26,15 @@ from selfmoa.api.spec import (
 from selfmoa.controller import builders
 from selfmoa.controller.children import (
     _condition,
+    age_seconds,
     deployment_ready,
     job_key,
+    pod_cannot_start,
     pod_problem,
+    pod_unschedulable,
     queue_hold,
     rollout_patch,
+    termination_text,
 )
 from selfmoa.controller.kube import KubeError, collection
 from selfmoa.controller.plan import Served, ServingChange
@@ -40,8 +44,12 @@ from selfmoa.run import state as run_state
 from selfmoa.run.document import adopt, fixed_fields_changed
 from selfmoa.run.identity import TakeOver, take_over, wants_fresh_start
 from selfmoa.run.metrics import Metrics
-from selfmoa.run.planner import Observed, RunStage, StageFailure
+from selfmoa.run.planner import CANNOT_START, Observed, RunStage, StageFailure
 from selfmoa.store import Store, StoreError
+
+#: A stage Job's Pods are asked why it isn't running only after this long: a stage that starts
+#: normally costs no extra request, and the scheduler and kubelet have had time to say.
+POD_CHECK_AFTER_S = 15
 
 
 class TrainJobRejected(RuntimeError):
@@ -61,6 +69,9 @@ class Snapshot:
     serving: dict[str, Served] = field(default_factory=dict)
     wanted_hash: dict[str, str | None] = field(default_factory=dict)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Seconds until the running stage's Pods are worth asking about (see `_stage_pods`): the
+    #: next reconcile comes no later than that.
+    recheck_in: float | None = None
 
 
 class KubernetesExecutor:
@@ -160,6 +171,11 @@ class KubernetesExecutor:
             elif running is None:
                 running = key
                 held = queue_hold(job, key)
+        recheck_in: float | None = None
+        if running is not None and held is None and running not in trainjobs:
+            held, stuck, recheck_in = await self._stage_pods(jobs[running], running)
+            if stuck is not None and failure is None:
+                failure = StageFailure(*running, stuck, reason=CANNOT_START)
         observed = Observed(
             done=done,
             metrics=metrics,
@@ -168,7 +184,7 @@ class KubernetesExecutor:
             held=held,
             exported=exported,
         )
-        snap = Snapshot(observed=observed, jobs=jobs, attempts=attempts)
+        snap = Snapshot(observed=observed, jobs=jobs, attempts=attempts, recheck_in=recheck_in)
         if self.spec.serving.engine == ServingEngine.vllm:
             await self._observe_serving(snap)
         return snap
@@ -237,6 +253,28 @@ class KubernetesExecutor:
         self.rt.metrics_cache[key] = metrics
         return done, metrics, run_state.read_exported(store, done)
 
+    async def _stage_pods(
+        self, job: Mapping[str, Any], key: tuple[int, str]
+    ) -> tuple[tuple[str, str] | None, str | None, float | None]:
+        """For an active stage Job, what its Pods say: (a hold while no node can take it, why
+        its container can't start, seconds until they are worth asking). Pods are listed only
+        once the Job is past its first seconds, so a stage that starts normally costs no
+        request."""
+        if not int((job.get("status") or {}).get("active") or 0):
+            return None, None, None
+        age = age_seconds(job, self.rt.now())
+        if age is None:
+            return None, None, None
+        if age < POD_CHECK_AFTER_S:
+            return None, None, POD_CHECK_AFTER_S - age + 1
+        selector = {"job-name": job["metadata"]["name"]}
+        pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
+        stuck = next((p for p in map(pod_cannot_start, pods) if p), None)
+        waiting = next((p for p in map(pod_unschedulable, pods) if p), None)
+        what = f"stage {key[1]} of iteration {key[0]}"
+        held = ("Unschedulable", f"{what} waits for a node: {waiting}") if waiting else None
+        return held, stuck, None
+
     async def _failure_message(
         self, job: Mapping[str, Any], key: tuple[int, str], *, trainjob: bool = False
     ) -> tuple[str, int | None]:
@@ -255,7 +293,7 @@ class KubernetesExecutor:
                     "terminated"
                 )
                 if term and term.get("exitCode", 0) != 0:
-                    msg = str(term.get("message") or term.get("reason") or "").strip()
+                    msg = termination_text(pod, str(cs.get("name")), term)
                     when = str(term.get("finishedAt") or "")
                     if msg and (best is None or when >= best[0]):
                         best = (when, msg, int(term.get("exitCode") or 1))

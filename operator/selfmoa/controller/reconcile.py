@@ -29,6 +29,7 @@ from selfmoa.controller.failures import classify
 from selfmoa.controller.plan import Facts, plan
 from selfmoa.controller.runtime import Runtime
 from selfmoa.run.planner import (
+    CANNOT_START,
     Action,
     Finish,
     Observed,
@@ -51,15 +52,16 @@ TERMINAL = (Phase.succeeded, Phase.failed)
 PLACEHOLDER_SPEC = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
 
 
+#: Failed-condition reasons whose cause lies outside the run (an outage: a stage exited 75; a
+#: stage whose container can't start).
+RETRYABLE_REASONS = frozenset({exits.reason_for(exits.Exit.UNAVAILABLE), CANNOT_START})
+
+
 def retryable(st: AlignmentRunStatus) -> bool:
-    """A run that failed because the environment did (a stage exited 75) keeps being reconciled:
-    once the user deletes the failed Job, the stage runs again and the run goes on."""
+    """A run that failed because the environment did keeps being reconciled: once the user
+    deletes the failed (or stuck) Job, the stage runs again and the run goes on."""
     failed = next((c for c in st.conditions if c.type == "Failed"), None)
-    return (
-        st.phase == Phase.failed
-        and failed is not None
-        and failed.reason == exits.reason_for(exits.Exit.UNAVAILABLE)
-    )
+    return st.phase == Phase.failed and failed is not None and failed.reason in RETRYABLE_REASONS
 
 
 def effective_body(body: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
@@ -89,7 +91,9 @@ def _prune(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None:
+async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> float | None:
+    """One observe -> plan -> apply -> status pass. Returns how soon the run wants the next one
+    (seconds), when sooner than the resync matters (a new stage's Pods to look at), else None."""
     meta = body.get("metadata") or {}
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     key = (namespace, name)
@@ -97,7 +101,7 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
     prom.RECONCILES.inc()
     if meta.get("deletionTimestamp"):
         # Being deleted: the delete handler removes the children; starting more would race it.
-        return
+        return None
     prev_raw = _previous(rt, key, body)
     try:
         previous = AlignmentRunStatus.model_validate(prev_raw) if prev_raw else None
@@ -110,13 +114,13 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
         and not retryable(previous)
     ):
         rt.phases[key] = previous.phase.value
-        return
+        return None
 
     try:
         spec = validate(body, rt)
     except SpecError as e:
         await _invalid(body, rt, emit, previous, prev_raw, str(e))
-        return
+        return None
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
     # Observe, plan, apply.
@@ -153,6 +157,7 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> None
     _events(previous, new, snap, action, emit)
     await _write_status(ex, rt, new, prev_raw)
     await _write_outputs(ex, previous, new, snap.observed)
+    return snap.recheck_in
 
 
 async def _observe(
@@ -336,7 +341,9 @@ async def drive(
         trigger.clear()
         delay = rt.resync_seconds
         try:
-            await reconcile(body, rt, emit)
+            sooner = await reconcile(body, rt, emit)
+            if sooner is not None:
+                delay = min(delay, sooner)
             errors = 0
         except asyncio.CancelledError:
             raise

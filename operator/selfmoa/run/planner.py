@@ -46,6 +46,19 @@ class StageFailure:
     #: How the stage ended (`selfmoa.api.exits.Exit`): its Pod's exit code, or the class of the
     #: exception a local stage raised; None: unknown (read as a stage failure).
     exit_code: int | None = None
+    #: The condition reason when the stage never ran (CANNOT_START), instead of one from its
+    #: exit code.
+    reason: str | None = None
+
+
+#: The reason of a run whose stage's container can't start (its image, a missing Secret): a
+#: person fixes the cause and deletes the Job, and the run goes on.
+CANNOT_START = "StageCannotStart"
+#: What that reason tells the reader to do.
+CANNOT_START_ADVICE = (
+    "fix the cause (spec.trainer.image, the chart's config.workerImage, a missing Secret), then "
+    "delete the stage's Job and the run goes on"
+)
 
 
 @dataclass(frozen=True)
@@ -221,6 +234,13 @@ def next_action(spec: AlignmentRunSpec, observed: Observed) -> Action:
         return Finish(Phase.failed, "InvalidSpec", observed.invalid)
     if observed.failure is not None:
         f = observed.failure
+        if f.reason == CANNOT_START:
+            return Finish(
+                Phase.failed,
+                CANNOT_START,
+                f"stage {f.stage} of iteration {f.iteration} can't start: {f.message} "
+                f"({CANNOT_START_ADVICE})",
+            )
         advice = exits.ADVICE.get(f.exit_code or exits.Exit.FAILED)
         return Finish(
             Phase.failed,

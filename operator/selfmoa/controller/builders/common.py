@@ -81,6 +81,10 @@ def merge_resources(
     res: dict[str, Any] = copy.deepcopy(dict(base))
     if requests:
         res.setdefault("requests", {}).update(requests)
+    if requests.get("memory"):
+        # The run's memory is its limit too: a request above the operator's default limit would
+        # make a Pod the API server refuses, and a stage sized by its run is killed at that size.
+        res.setdefault("limits", {})["memory"] = requests["memory"]
     if gpus > 0:
         # Extended resources must have requests == limits.
         res.setdefault("requests", {})[GPU] = str(gpus)
@@ -88,12 +92,16 @@ def merge_resources(
     return res
 
 
+#: The worker image's user and group (`USER` in images/worker/Dockerfile, which owns its HOME).
+WORKER_UID = 10001
+
+
 def pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "fsGroup": 1000,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
