@@ -32,8 +32,8 @@ What a Pod gets, and how it maps onto this machine (everything per Pod lives und
   rewritten to the volume's local dir when it lies under a `volumeMount`, else into `rootfs/`.
   So `HOME=/work` becomes `.../volumes/work`, and two Pods never share a cache or a store path
   unless they declare a shared volume.
-- **Image environment.** `image_env` (the worker Dockerfile's ENV lines) is applied under the Pod's
-  env for containers of `worker_image`, then path-mapped like the rest. `TMPDIR` points at
+- **Image environment.** `image_env` (the worker Dockerfile's ENV lines but PATH) is applied under
+  the Pod's env for containers of `worker_image`, then path-mapped like the rest. `TMPDIR` points at
   `rootfs/tmp` (the image's private /tmp). Nothing of the test process' own environment leaks in
   except PATH's system part and LANG.
 - **Termination message.** `terminationMessagePath` maps to `termination-log` in the Pod dir;
@@ -371,7 +371,9 @@ class PodRunner:
         """The container's env, resolved from the real API, then mapped."""
         env: dict[str, str] = {}
         if c.get("image") == self.player.worker_image:
-            env.update(self.player.image_env)
+            # All but PATH: the image's names its virtualenv (/opt/selfmoa/bin), which the
+            # repository's virtualenv plays here, first on the PATH the player gives.
+            env.update({k: v for k, v in self.player.image_env.items() if k != "PATH"})
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             if "secretRef" in src:

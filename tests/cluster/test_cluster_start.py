@@ -1,7 +1,8 @@
 """What a run says before and while it starts, on the real control plane.
 
 - A store URI without a bucket (`s3:///prefix`) is refused by the API server at apply (the CRD's
-  schema); an unreachable store keeps the run retrying and says so; a missing credentials Secret
+  schema); an example applied unchanged on the chart's defaults (a file:// store, a directory
+  inside each Pod) fails at once naming the store; an unreachable store keeps the run retrying and says so; a missing credentials Secret
   is named while the run waits.
 - A run deleted and created again under the same name takes over the earlier run's finished
   stages and says so (an Event and the `StagesReused` condition naming the earlier uid).
@@ -82,6 +83,36 @@ def test_a_store_uri_without_a_bucket_is_refused_at_apply(
     got = cluster.kubectl("-n", RUN_NS, "get", "arun", name, check=False)
     assert got.returncode != 0 and "NotFound" in got.stderr, got.stdout + got.stderr
     assert children(cluster, "jobs", name) == []
+
+
+@pytest.mark.timeout(300)
+def test_an_example_on_the_charts_defaults_fails_at_once_naming_its_store(
+    cluster: Cluster, operator: OperatorProcess, run_namespace: str
+) -> None:
+    # The chart as installed here has no default store, so tiny-cpu.yaml (which names none)
+    # gets file://./runs: a directory inside each stage Pod. Said before any Job runs, not as a
+    # stage that "wrote no manifest".
+    from realcluster import ROOT
+
+    doc = yaml.safe_load((ROOT / "manifests" / "examples" / "tiny-cpu.yaml").read_text())
+    doc["metadata"]["namespace"] = RUN_NS
+    name = doc["metadata"]["name"] = "tiny-cpu-defaults"
+    _apply(cluster, doc)
+    try:
+        status = wait_until(
+            "the run to fail",
+            60,
+            lambda: (s := _status(cluster, name)).get("phase") == "Failed" and s,
+        )
+        failed = _condition(status, "Failed")
+        assert failed is not None and failed["reason"] == "InvalidSpec", status
+        assert failed["message"].startswith("spec.storage.uri: file://./runs is a directory"), (
+            failed
+        )
+        assert "config.storage" in failed["message"]
+        assert children(cluster, "jobs", name) == []
+    finally:
+        _delete(cluster, name)
 
 
 @pytest.mark.timeout(300)

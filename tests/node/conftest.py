@@ -8,8 +8,8 @@ SELFMOA_NODE=1 every test here is skipped.
 Session fixtures:
 - `node`: a handle on the node's control plane (the Cluster type of tests/cluster);
 - `s3`: moto's S3 server on the node's address, which the Pods reach through their gateway;
-- `chart`: the chart installed as a user would, with the local images (pullPolicy Never), the
-  S3 store as the default storage, and the S3 keys given to the operator as `extraEnv`.
+- `chart`: the chart installed as a user would, with the local images (pullPolicy Never) and
+  the S3 store as the default storage (its keys in the run namespace's Secret).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from realcluster import (  # noqa: E402
     MEASURED,
     OPERATOR_NS,
     RELEASE,
-    S3_KEYS,
     Cluster,
     Installed,
     install_chart,
@@ -88,11 +87,6 @@ def s3() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def chart(node: Cluster, s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    node.kubectl("create", "namespace", OPERATOR_NS, check=False)
-    node.kubectl(
-        "-n", OPERATOR_NS, "create", "secret", "generic", "s3-credentials",
-        *(f"--from-literal={k}={s3[k]}" for k in S3_KEYS),
-    )  # fmt: skip
     t = time.monotonic()
     installed = install_chart(node, chart_values(s3), tmp_path_factory.mktemp("chart"))
     node.kubectl(

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from realcluster import S3_KEYS, Cluster, wait_until
+from realcluster import Cluster, wait_until
 
 NODE_RUN = Path(os.environ.get("SELFMOA_NODE_RUN", f"/tmp/selfmoa-node-{os.getuid()}"))
 #: The node's address inside its network namespace (tests/node/node.sh).
@@ -22,16 +22,13 @@ SERVING_IMAGE = f"selfmoa/vllm-standin:{TAG}"
 
 
 def chart_values(s3: dict[str, str]) -> dict[str, Any]:
-    """What a user of this node sets: the local images, never pulled; the shared store; the
-    S3 keys for the operator (it reads stage manifests); CPU requests sized for a 2-core node
-    (a stage Job, a server with its init container and the operator fit at once)."""
+    """What a user of this node sets: the local images, never pulled; the shared store (its
+    keys: the Secret `secretRef` names in the run's namespace, which the operator reads too);
+    CPU requests sized for a 2-core node (a stage Job, a server with its init container and the
+    operator fit at once)."""
     repo, tag = OPERATOR_IMAGE.split(":")
     return {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "extraEnv": [
-            {"name": k, "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": k}}}
-            for k in S3_KEYS
-        ],
         "config": {
             "workerImage": WORKER_IMAGE,
             "servingImage": SERVING_IMAGE,

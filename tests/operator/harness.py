@@ -124,7 +124,10 @@ class Operator:
         self, cluster: Cluster, config: OperatorConfig | None = None, resync: float = 30.0
     ) -> None:
         self.cluster = cluster
-        self.config = config or OperatorConfig(job_ttl_seconds_after_finished=None)
+        # The harness plays every Pod on this filesystem: a file:// store is shared here.
+        self.config = config or OperatorConfig(
+            job_ttl_seconds_after_finished=None, shared_file_storage=True
+        )
         self.resync = resync
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()

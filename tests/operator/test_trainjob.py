@@ -292,7 +292,7 @@ class FakeKube:
 
 
 def _runtime(kube: FakeKube) -> Runtime:
-    return Runtime(config=OperatorConfig(), kube=cast(Any, kube))
+    return Runtime(config=OperatorConfig(shared_file_storage=True), kube=cast(Any, kube))
 
 
 def _local_spec(tmp_path: Path, **trainer: Any) -> AlignmentRunSpec:

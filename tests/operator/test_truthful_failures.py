@@ -263,3 +263,20 @@ async def test_a_stage_killed_at_its_memory_limit_says_so(
     failed = condition(run_status(cluster, "r"), "Failed")
     assert failed is not None and "OOMKilled" in failed["message"]
     assert "memory limit of 64Mi" in failed["message"]
+
+
+async def test_a_file_store_no_pod_shares_fails_the_run_at_once_naming_it(tmp_path) -> None:
+    # On a cluster a file:// path is a directory inside each Pod: said before any stage runs.
+    from selfmoa.api.spec import AlignmentRunSpec
+    from selfmoa.controller.config import OperatorConfig
+    from selfmoa.controller.reconcile import unshared_store
+
+    spec = AlignmentRunSpec.model_validate({"policy": {"model": "selfmoa/tiny"}})
+    problem = unshared_store(spec, OperatorConfig())
+    assert problem is not None and problem.startswith("spec.storage.uri: file://./runs")
+    assert "s3://" in problem and "config.storage" in problem
+    assert unshared_store(spec, OperatorConfig(shared_file_storage=True)) is None
+    s3 = AlignmentRunSpec.model_validate(
+        {"policy": {"model": "selfmoa/tiny"}, "storage": {"uri": "s3://bkt/runs"}}
+    )
+    assert unshared_store(s3, OperatorConfig()) is None

@@ -58,6 +58,14 @@ class OperatorConfig(BaseModel):
     storage: StorageSpec | None = Field(
         default=None, description="Storage for runs that leave spec.storage unset."
     )
+    shared_file_storage: bool = Field(
+        default=False,
+        description=(
+            "Whether a file:// store is one directory every stage Pod sees (only where Pods "
+            "share the operator's filesystem, as a test harness's do). Off: a run whose store is "
+            "file:// fails at once, since each Pod would write into its own container."
+        ),
+    )
     training_runtime: str = Field(
         default=DEFAULT_TRAINING_RUNTIME,
         min_length=1,

@@ -24,6 +24,7 @@ from selfmoa.api import SpecError, exits, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
 from selfmoa.controller.children import job_seconds
+from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.executor import KubernetesExecutor, Snapshot, TrainJobRejected
 from selfmoa.controller.failures import classify
 from selfmoa.controller.plan import Facts, plan
@@ -79,7 +80,25 @@ def effective_body(body: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
 
 def validate(body: Mapping[str, Any], rt: Runtime) -> AlignmentRunSpec:
     """The typed spec; `SpecError` (one line naming the field) when it can't be used."""
-    return parse_run(effective_body(body, rt)).spec
+    spec = parse_run(effective_body(body, rt)).spec
+    problem = unshared_store(spec, rt.config)
+    if problem is not None:
+        raise SpecError(problem)
+    return spec
+
+
+def unshared_store(spec: AlignmentRunSpec, config: OperatorConfig) -> str | None:
+    """Why the run's store can't work on a cluster: a file:// path is a directory inside each
+    stage Pod, which no other Pod (nor the operator) sees. Said before any stage runs, instead
+    of a stage that "wrote no manifest"."""
+    uri = spec.storage.uri
+    if not uri.startswith("file://") or config.shared_file_storage:
+        return None
+    return (
+        f"spec.storage.uri: {uri} is a directory inside each stage Pod, which no other Pod "
+        "sees: give the run an s3:// store (spec.storage, or the chart's config.storage for "
+        "every run)"
+    )
 
 
 def _previous(rt: Runtime, key: tuple[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
