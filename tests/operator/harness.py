@@ -302,30 +302,36 @@ async def complete_job(cluster: Cluster, name: str) -> None:
     )
 
 
+async def post_stage_pod(
+    cluster: Cluster,
+    name: str,
+    job: str,
+    phase: str,
+    state: dict[str, Any],
+    resources: dict[str, Any] | None = None,
+) -> None:
+    """A Pod of stage Job `job` as its kubelet reports it: one `stage` container in `state`."""
+    container: dict[str, Any] = {"name": "stage", "image": "worker"}
+    if resources is not None:
+        container["resources"] = resources
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"job-name": job}},
+        "spec": {"containers": [container]},
+        "status": {"phase": phase, "containerStatuses": [{"name": "stage", "state": state}]},
+    }
+    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
+        assert resp.status < 400, await resp.text()
+
+
 async def fail_job(
     cluster: Cluster, name: str, message: str, attempts: int, exit_code: int = 1
 ) -> None:
     """What the Job controller shows once backoffLimit is exhausted, plus the failed Pod."""
     t = now()
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{name}-x{attempts}", "namespace": NS, "labels": {"job-name": name}},
-        "spec": {"containers": [{"name": "stage", "image": "worker"}]},
-        "status": {
-            "phase": "Failed",
-            "containerStatuses": [
-                {
-                    "name": "stage",
-                    "state": {
-                        "terminated": {"exitCode": exit_code, "message": message, "finishedAt": t}
-                    },
-                }
-            ],
-        },
-    }
-    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
-        assert resp.status < 400, await resp.text()
+    terminated = {"exitCode": exit_code, "message": message, "finishedAt": t}
+    await post_stage_pod(cluster, f"{name}-x{attempts}", name, "Failed", {"terminated": terminated})
     await patch_status(
         cluster,
         f"{JOBS_PATH}/{name}",

@@ -20,6 +20,7 @@ from harness import (
     jobs,
     patch_status,
     play_stand_ins,
+    post_stage_pod,
     run_status,
     tiny_run,
     wait_for,
@@ -161,18 +162,7 @@ async def _stuck_first_stage(cluster: Cluster, tmp_path, waiting: dict[str, str]
         headers={"Content-Type": "application/merge-patch+json"},
     ) as resp:
         assert resp.status < 400, await resp.text()
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{name}-p", "namespace": NS, "labels": {"job-name": name}},
-        "spec": {"containers": [{"name": "stage", "image": "selfmoa/worker:absent"}]},
-        "status": {
-            "phase": "Pending",
-            "containerStatuses": [{"name": "stage", "state": {"waiting": waiting}}],
-        },
-    }
-    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
-        assert resp.status < 400, await resp.text()
+    await post_stage_pod(cluster, f"{name}-p", name, "Pending", {"waiting": waiting})
     await patch_status(cluster, f"{JOBS_PATH}/{name}", {"active": 1})
     return str(name)
 
@@ -226,34 +216,12 @@ async def test_a_stage_killed_at_its_memory_limit_says_so(
 ) -> None:
     await apply(cluster, tiny_run("r", tmp_path))
     name = await wait_for(lambda: next(iter(jobs(cluster)), None))
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{name}-oom", "namespace": NS, "labels": {"job-name": name}},
-        "spec": {
-            "containers": [
-                {"name": "stage", "image": "worker", "resources": {"limits": {"memory": "64Mi"}}}
-            ]
-        },
-        "status": {
-            "phase": "Failed",
-            "containerStatuses": [
-                {
-                    "name": "stage",
-                    "state": {
-                        "terminated": {
-                            "exitCode": 137,
-                            "reason": "OOMKilled",
-                            # FallbackToLogsOnError: the log's tail, cut off mid-work.
-                            "message": "loading the tiny policy",
-                        }
-                    },
-                }
-            ],
-        },
-    }
-    async with cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod) as resp:
-        assert resp.status < 400, await resp.text()
+    # FallbackToLogsOnError: the message is the log's tail, cut off mid-work.
+    terminated = {"exitCode": 137, "reason": "OOMKilled", "message": "loading the tiny policy"}
+    await post_stage_pod(
+        cluster, f"{name}-oom", name, "Failed", {"terminated": terminated},
+        resources={"limits": {"memory": "64Mi"}},
+    )  # fmt: skip
     await patch_status(
         cluster,
         f"{JOBS_PATH}/{name}",
