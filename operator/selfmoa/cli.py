@@ -69,14 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    r = sub.add_parser(
-        "run",
-        help="run (or resume) the whole loop on this machine",
-        description=(
-            "Run the Self-MOA loop of an AlignmentRun file on this machine. Running the same command "
-            "again resumes at the first unfinished stage."
-        ),
+    _run_arguments(
+        sub.add_parser(
+            "run",
+            help="run (or resume) the whole loop on this machine",
+            description=(
+                "Run the Self-MOA loop of an AlignmentRun file on this machine. Running the same "
+                "command again resumes at the first unfinished stage."
+            ),
+        )
     )
+    v = sub.add_parser(
+        "validate",
+        help="check a run file",
+        description="Validate an AlignmentRun file against the spec.",
+    )
+    v.add_argument("file")
+    _stage_arguments(
+        sub.add_parser(
+            "stage",
+            help="run one stage (used by the operator's Jobs)",
+            formatter_class=argparse.RawTextHelpFormatter,
+            description=(
+                "Run one stage of one iteration against the run's artifact store. The spec comes "
+                f"from\n--spec, the {contract.SPEC_ENV} environment variable (JSON), or the run's "
+                "run.json."
+            ),
+        )
+    )
+    for name, (helptext, _) in DELEGATED.items():
+        d = sub.add_parser(name, help=helptext, add_help=False)
+        d.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _run_arguments(r: argparse.ArgumentParser) -> None:
+    """The flags of `selfmoa run`."""
     r.add_argument("file", help="AlignmentRun YAML file")
     r.add_argument(
         "--store",
@@ -99,22 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
 
-    v = sub.add_parser(
-        "validate",
-        help="check a run file",
-        description="Validate an AlignmentRun file against the spec.",
-    )
-    v.add_argument("file")
 
-    s = sub.add_parser(
-        "stage",
-        help="run one stage (used by the operator's Jobs)",
-        formatter_class=argparse.RawTextHelpFormatter,
-        description=(
-            "Run one stage of one iteration against the run's artifact store. The spec comes from\n"
-            f"--spec, the {contract.SPEC_ENV} environment variable (JSON), or the run's run.json."
-        ),
-    )
+def _stage_arguments(s: argparse.ArgumentParser) -> None:
+    """The flags of `selfmoa stage`."""
     s.add_argument("name", metavar="NAME", help="the stage; one of:\n" + _stage_lines())
     s.add_argument("--run-uri", required=True, help="the run's root: <storage>/<namespace>/<run>")
     s.add_argument(
@@ -126,11 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="iteration whose adapter to start from (default: from the metrics so far)",
     )
     s.add_argument("--spec", help="AlignmentRun or spec file (YAML/JSON)")
-
-    for name, (helptext, _) in DELEGATED.items():
-        d = sub.add_parser(name, help=helptext, add_help=False)
-        d.add_argument("args", nargs=argparse.REMAINDER)
-    return p
 
 
 def _stage_lines() -> str:
@@ -295,12 +305,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from selfmoa.api import contract
     from selfmoa.api.errors import SpecError
     from selfmoa.api.exits import Unavailable, exit_for
-    from selfmoa.local.console import LogProgress
-    from selfmoa.run import planner, stage_table
-    from selfmoa.run import state as run_state
+    from selfmoa.run import stage_table
     from selfmoa.stages import StageError
-    from selfmoa.stages.runner import open_runner
-    from selfmoa.store import StoreError, open_store, open_store_for
+    from selfmoa.store import StoreError
 
     if args.name not in stage_table.NAMES:
         raise UsageError(f"unknown stage '{args.name}' (one of: {', '.join(stage_table.NAMES)})")
@@ -308,31 +315,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise UsageError("--iteration: must be 0 or more")
     given = _given_run(args)
     try:
-        store = (
-            open_store_for(args.run_uri, given.spec.storage)
-            if given is not None
-            else open_store(args.run_uri)
-        )
-        spec = _stage_spec(args, given, store)
-        if args.iteration > spec.iterations:
-            raise UsageError(
-                f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})"
-            )
-        if (args.iteration, args.name) not in stage_table.run_stages(
-            spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
-        ):
-            raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")
-        parent = args.parent
-        if parent is None:
-            done = run_state.finished_stages(store, spec)
-            parent = planner.parent_of(spec, run_state.read_metrics(store, done), args.iteration)
-        with open_runner(spec, store) as runner:
-            manifest, ran = runner.run(
-                args.name,
-                args.iteration,
-                parent=parent,
-                progress=LogProgress(f"iter {args.iteration} {args.name}"),
-            )
+        manifest, ran = _run_stage(args, given)
     except UsageError as e:
         # In a Pod the operator reads the termination message: bad input is said there too.
         contract.write_termination_message(str(e))
@@ -352,6 +335,42 @@ def cmd_stage(args: argparse.Namespace) -> int:
         f"stage {args.name} of iteration {args.iteration}: {state} in {manifest.get('seconds', 0)}s"
     )
     return Exit.OK
+
+
+def _run_stage(args: argparse.Namespace, given: Any) -> tuple[dict[str, Any], bool]:
+    """Run the stage `args` name against the run's store: its manifest, and whether it ran
+    (False: it was done already)."""
+    from selfmoa.local.console import LogProgress
+    from selfmoa.run import planner, stage_table
+    from selfmoa.run import state as run_state
+    from selfmoa.stages.runner import open_runner
+    from selfmoa.store import open_store, open_store_for
+
+    store = (
+        open_store_for(args.run_uri, given.spec.storage)
+        if given is not None
+        else open_store(args.run_uri)
+    )
+    spec = _stage_spec(args, given, store)
+    if args.iteration > spec.iterations:
+        raise UsageError(
+            f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})"
+        )
+    if (args.iteration, args.name) not in stage_table.run_stages(
+        spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
+    ):
+        raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")
+    parent = args.parent
+    if parent is None:
+        done = run_state.finished_stages(store, spec)
+        parent = planner.parent_of(spec, run_state.read_metrics(store, done), args.iteration)
+    with open_runner(spec, store) as runner:
+        return runner.run(
+            args.name,
+            args.iteration,
+            parent=parent,
+            progress=LogProgress(f"iter {args.iteration} {args.name}"),
+        )
 
 
 if __name__ == "__main__":

@@ -58,6 +58,16 @@ def public_sets(source: str) -> list[str] | None:
     return names
 
 
+def check_public(source: str, kinds: tuple[str, ...] | None = None) -> str:
+    """A `public:` source names known sets (of the kinds a field takes); other sources pass."""
+    names = public_sets(source)
+    if names is not None and kinds is not None:
+        wrong = [n for n in names if PUBLIC_SETS[n] not in kinds]
+        if wrong:
+            raise ValueError(f"{source!r}: {wrong} hold no {' or '.join(kinds)} prompts")
+    return source
+
+
 DEFAULT_CATEGORIES = [
     "violence",
     "weapons",

@@ -81,9 +81,31 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def _structural(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[str, Any]:
     """Convert one pydantic JSON Schema node (recursively) to a structural OpenAPI v3 node."""
     node = _resolve(node, defs)
+    optional = _unwrap_optional(node, defs, where)
+    if optional is not None:
+        return _structural(optional, defs, where)
 
-    # Optional[X] -> X + nullable. Any other anyOf/oneOf would need a structural "skeleton"
-    # that the models don't have today: refuse rather than emit an invalid CRD.
+    out = _keywords(node, where)
+    kind = out.get("type")
+    if kind is None:
+        if node.get("properties") is not None:
+            kind = out["type"] = "object"
+        else:
+            # An untyped node (Any) may hold anything: say so the way Kubernetes allows.
+            out["x-kubernetes-preserve-unknown-fields"] = True
+            return out
+    if isinstance(kind, list):
+        raise CRDError(f"{where}: a list of types is not structural")
+    _add_children(out, node, kind, defs, where)
+    return out
+
+
+def _unwrap_optional(
+    node: dict[str, Any], defs: dict[str, Any], where: str
+) -> dict[str, Any] | None:
+    """Optional[X] as X + nullable (None: the node is no anyOf/oneOf)."""
+    # Any other anyOf/oneOf would need a structural "skeleton" that the models don't have
+    # today: refuse rather than emit an invalid CRD.
     for key in ("anyOf", "oneOf"):
         if key in node:
             branches = [_resolve(b, defs) for b in node[key]]
@@ -91,9 +113,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[
             if len(non_null) != 1 or len(branches) != 2:
                 raise CRDError(f"{where}: {key} other than Optional[X] is not structural")
             inner = {k: v for k, v in node.items() if k != key}
-            merged = {**non_null[0], **inner, "nullable": True}
-            return _structural(merged, defs, where)
+            return {**non_null[0], **inner, "nullable": True}
+    return None
 
+
+def _keywords(node: dict[str, Any], where: str) -> dict[str, Any]:
+    """The node's own keywords in OpenAPI v3 form: kept ones, bounds, const, enum type, default."""
     out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in node.items() if k in _KEEP}
 
     # draft 2020-12 numeric exclusive bounds -> OpenAPI 3.0 boolean form.
@@ -118,18 +143,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[
     # create/update (allowed in v1 structural schemas as long as it validates and is pruned).
     if node.get("default") is not None:
         out["default"] = copy.deepcopy(node["default"])
+    return out
 
-    kind = out.get("type")
-    if kind is None:
-        if node.get("properties") is not None:
-            kind = out["type"] = "object"
-        else:
-            # An untyped node (Any) may hold anything: say so the way Kubernetes allows.
-            out["x-kubernetes-preserve-unknown-fields"] = True
-            return out
-    if isinstance(kind, list):
-        raise CRDError(f"{where}: a list of types is not structural")
 
+def _add_children(
+    out: dict[str, Any], node: dict[str, Any], kind: str, defs: dict[str, Any], where: str
+) -> None:
+    """An object's properties (or map values) and an array's items, converted in turn."""
     if kind == "object":
         props = node.get("properties")
         if props:
@@ -150,7 +170,6 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[
         if not isinstance(items, dict):
             raise CRDError(f"{where}: arrays need an items schema")
         out["items"] = _structural(items, defs, f"{where}[]")
-    return out
 
 
 # Key order of emitted nodes, so the committed YAML reads type-first and diffs stay small.

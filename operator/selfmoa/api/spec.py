@@ -5,8 +5,8 @@ input on a laptop and the object a user applies to a cluster; `selfmoa crd` turn
 CustomResourceDefinition. Field names are camelCase on the wire (Kubernetes convention) and
 snake_case in Python.
 
-The sections live in their own modules (`base`, `loop`, `judging`, `optimization`, `infra`,
-`status`); this module holds the top-level models and re-exports every name, so
+The sections live in their own modules (`base`, `loop`, `evaluation`, `judging`,
+`optimization`, `infra`, `status`); this module holds the top-level models and re-exports every name, so
 `from selfmoa.api.spec import X` works for all of them.
 """
 
@@ -30,6 +30,7 @@ from selfmoa.api.base import (
     SpecError,
     public_sets,
 )
+from selfmoa.api.evaluation import EvaluationSpec, StopWhenSpec
 from selfmoa.api.infra import (
     Device,
     ModelCacheSpec,
@@ -51,7 +52,6 @@ from selfmoa.api.judging import (
     PreferencesSpec,
 )
 from selfmoa.api.loop import (
-    EvaluationSpec,
     HelpfulnessSpec,
     ModelRef,
     PolicySpec,
@@ -59,7 +59,6 @@ from selfmoa.api.loop import (
     SafetyResetSpec,
     SamplingSpec,
     SelfDeclineSpec,
-    StopWhenSpec,
 )
 from selfmoa.api.names import namespace_problem, run_name_problem
 from selfmoa.api.optimization import (
@@ -149,6 +148,34 @@ class AlignmentRunSpec(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> AlignmentRunSpec:
+        self._check_judges()
+        if self.serving.engine == ServingEngine.openai:
+            missing = sorted(m for m in self.models() if m not in self.serving.endpoints)
+            if missing:
+                raise ValueError(f"serving.endpoints: no endpoint for model(s) {missing}")
+        if self.red_team.min_chars >= self.red_team.max_chars:
+            raise ValueError("redTeam.minChars: must be below redTeam.maxChars")
+        self._check_served_adapter()
+        if self.training.loss == LossKind.modpo and self.preferences.weights.get("safety", 0) <= 0:
+            # MODPO divides by the weight of the objective it trains (safety).
+            raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
+        problem = self._token_budget_problem()
+        if problem:
+            raise ValueError(problem)
+        reset = self.safety_reset
+        if reset.enabled and reset.data is None and self.policy.model != TINY_MODEL:
+            # The reset stage would fail at run time, after the serving pods started.
+            raise ValueError(
+                "safetyReset.data: required when the policy is not the built-in tiny model (a "
+                "JSONL of {prompt, response} compliance examples); or set safetyReset.enabled: "
+                "false"
+            )
+        self._check_capability_measure()
+        return self
+
+    def _check_judges(self) -> None:
+        """Training judges: distinct names, none also an evaluation judge, a non-gold judge per
+        objective; the gold judge (and the ceiling it trains) only where it exists."""
         names = [j.name for j in self.judges]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -166,12 +193,9 @@ class AlignmentRunSpec(Model):
             raise ValueError("judges: the gold judge exists only for the tiny policy")
         if self.evaluation.ceiling and not self.evaluation.gold_judge:
             raise ValueError("evaluation.ceiling: needs evaluation.goldJudge")
-        if self.serving.engine == ServingEngine.openai:
-            missing = sorted(m for m in self.models() if m not in self.serving.endpoints)
-            if missing:
-                raise ValueError(f"serving.endpoints: no endpoint for model(s) {missing}")
-        if self.red_team.min_chars >= self.red_team.max_chars:
-            raise ValueError("redTeam.minChars: must be below redTeam.maxChars")
+
+    def _check_served_adapter(self) -> None:
+        """A served policy starts from an adapter the server can load itself."""
         served = self.serving.engine in (ServingEngine.vllm, ServingEngine.openai)
         adapter = self.policy.adapter or ""
         if served and adapter.startswith("s3://") and not self.safety_reset.enabled:
@@ -182,37 +206,24 @@ class AlignmentRunSpec(Model):
                 "id, enable safetyReset (its adapter is served from the run's store), or use "
                 "serving.engine: transformers"
             )
-        if self.training.loss == LossKind.modpo and self.preferences.weights.get("safety", 0) <= 0:
-            # MODPO divides by the weight of the objective it trains (safety).
-            raise ValueError("training.loss modpo: needs preferences.weights.safety > 0")
-        problem = self._token_budget_problem()
-        if problem:
-            raise ValueError(problem)
-        reset = self.safety_reset
-        if reset.enabled and reset.data is None and self.policy.model != TINY_MODEL:
-            # The reset stage would fail at run time, after the serving pods started.
+
+    def _check_capability_measure(self) -> None:
+        """`stopWhen.maxCapabilityDrop` needs something to measure capability on."""
+        if self.stop_when.max_capability_drop is None or self.evaluation.lm_eval is not None:
+            return
+        references = "benign-qa" in (public_sets(self.evaluation.validation) or [])
+        if self.policy.model != TINY_MODEL and not references:
             raise ValueError(
-                "safetyReset.data: required when the policy is not the built-in tiny model (a "
-                "JSONL of {prompt, response} compliance examples); or set safetyReset.enabled: "
-                "false"
+                "stopWhen.maxCapabilityDrop: needs a capability measure: evaluation.lmEval, "
+                "or reference answers on the validation split (evaluation.validation naming "
+                "public:benign-qa); only the tiny policy has one built in"
             )
-        if self.stop_when.max_capability_drop is not None and self.evaluation.lm_eval is None:
-            references = "benign-qa" in (public_sets(self.evaluation.validation) or [])
-            if self.policy.model != TINY_MODEL and not references:
-                raise ValueError(
-                    "stopWhen.maxCapabilityDrop: needs a capability measure: evaluation.lmEval, "
-                    "or reference answers on the validation split (evaluation.validation naming "
-                    "public:benign-qa); only the tiny policy has one built in"
-                )
-            if references:
-                return self
-            if self.evaluation.validation not in ("builtin", "none"):
-                # The gate decides on the validation file, which has no reference answers.
-                raise ValueError(
-                    "stopWhen.maxCapabilityDrop: needs evaluation.validation builtin or none "
-                    "(a validation file has no reference answers to measure capability on)"
-                )
-        return self
+        if not references and self.evaluation.validation not in ("builtin", "none"):
+            # The gate decides on the validation file, which has no reference answers.
+            raise ValueError(
+                "stopWhen.maxCapabilityDrop: needs evaluation.validation builtin or none "
+                "(a validation file has no reference answers to measure capability on)"
+            )
 
     def _token_budget_problem(self) -> str | None:
         """Why a request the stages will send can't fit vLLM's `--max-model-len` (vLLM would

@@ -230,9 +230,27 @@ def model_card(
     adapter_sha256: Mapping[str, str],
 ) -> str:
     """README.md of the exported model."""
+    meta = _metadata(src, choice, merged=merged, license_meta=license_meta)
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    parts = [f"---\n{front}---\n", *_introduction(src, choice, merged=merged)]
+    parts += _sections(src, choice, merged=merged)
+    if adapter_sha256:
+        parts.append("## Provenance\n")
+        parts.append(
+            f"Adapter `{choice.adapter_key}` of the run, verified against its stage manifest:\n\n"
+            + "\n".join(f"- `{n}`: sha256 `{s}`" for n, s in sorted(adapter_sha256.items()))
+            + "\n"
+        )
+    return "\n".join(parts)
+
+
+def _metadata(
+    src: RunSource, choice: Choice, *, merged: bool, license_meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The card's Hugging Face YAML metadata: base model, library, license, tags and the run's
+    own block (`selfmoa`, with the evaluation rows)."""
     spec = src.spec
     model = spec.policy.model
-    has_adapter = choice.stage is not None
     meta: dict[str, Any] = {}
     if is_hub_id(model) or model == TINY_MODEL:
         meta["base_model"] = model
@@ -257,15 +275,19 @@ def model_card(
         "adapter": choice.adapter_key,
         "evaluation": evaluation_rows(src),
     }
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    return meta
 
+
+def _introduction(src: RunSource, choice: Choice, *, merged: bool) -> list[str]:
+    """The title, what was exported, and which iteration it is and why."""
+    has_adapter = choice.stage is not None
     m = src.metrics[choice.iteration]
     what = "merged model" if merged else "LoRA adapter"
     if not has_adapter:
         what = "base model (unchanged)"
+    model = src.spec.policy.model
     title = f"{src.run.name}: {model}, safety-aligned with Self-MOA (iteration {choice.iteration})"
     parts = [
-        f"---\n{front}---\n",
         f"# {title}\n",
         (
             f"The {what} of iteration {choice.iteration} of the Self-MOA run "
@@ -287,7 +309,13 @@ def model_card(
             "Iteration 0 is the starting point before any training: this is the base model "
             "itself, nothing of the run is in it.\n"
         )
-    parts += [
+    return parts
+
+
+def _sections(src: RunSource, choice: Choice, *, merged: bool) -> list[str]:
+    """The evaluation per iteration, the judges, the training settings and the usage."""
+    spec = src.spec
+    return [
         "## Evaluation per iteration\n",
         (
             "Held-out prompts scored by the weak-judge ensemble (ASR: attack success rate; "
@@ -305,14 +333,6 @@ def model_card(
         "## Usage\n",
         _usage(spec, merged=merged),
     ]
-    if adapter_sha256:
-        parts.append("## Provenance\n")
-        parts.append(
-            f"Adapter `{choice.adapter_key}` of the run, verified against its stage manifest:\n\n"
-            + "\n".join(f"- `{n}`: sha256 `{s}`" for n, s in sorted(adapter_sha256.items()))
-            + "\n"
-        )
-    return "\n".join(parts)
 
 
 def _capability_bound(spec: AlignmentRunSpec) -> str:

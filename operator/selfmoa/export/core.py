@@ -15,7 +15,7 @@ from pathlib import Path
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec
 from selfmoa.export.card import base_license, model_card
 from selfmoa.export.errors import ExportError, ExportFailed
-from selfmoa.export.source import Say, choose, fetch_adapter, open_run
+from selfmoa.export.source import Choice, RunSource, Say, choose, fetch_adapter, open_run
 from selfmoa.export.write import (
     discard,
     open_target,
@@ -112,40 +112,9 @@ def export_run(
             adapter_dir = scratch / "adapter"
             shas = fetch_adapter(src, choice, adapter_dir, say)
         staging = target.staging(scratch)
-        base_dir = _local_base(spec)
-        if merge:
-            base_dir = _base_dir(spec, say)
-            write_merged(base_dir, adapter_dir, staging, say=say, revision=spec.policy.revision)
-        else:
-            assert adapter_dir is not None
-            say("writing the adapter")
-            write_adapter(
-                adapter_dir,
-                staging,
-                base_model=spec.policy.model,
-                revision=spec.policy.revision,
-            )
-        license_meta = base_license(
-            spec.policy.model,
-            base_dir if base_dir is not None and base_dir.is_dir() else None,
-            spec.policy.revision,
-        )
-        card = model_card(src, choice, merged=merge, license_meta=license_meta, adapter_sha256=shas)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        adapter_uri = f"{src.uri}/{choice.adapter_key}" if choice.adapter_key else None
-        write_manifest(
-            staging,
-            {
-                "kind": "selfmoa-export",
-                "run": src.uri,
-                "iteration": choice.iteration,
-                "merged": merge,
-                "why": choice.why,
-                "base_model": spec.policy.model,
-                "adapter": adapter_uri,
-                "adapter_sha256": shas,
-            },
-        )
+        base_dir = _write_model(spec, adapter_dir, staging, merge=merge, say=say)
+        _write_card(src, choice, staging, base_dir, shas, merge=merge)
+        adapter_uri = _write_export_manifest(src, choice, staging, shas, merge=merge)
         target.commit(staging, say)
         staging = None
     finally:
@@ -158,3 +127,65 @@ def export_run(
         why=choice.why,
         adapter=adapter_uri,
     )
+
+
+def _write_model(
+    spec: AlignmentRunSpec, adapter_dir: Path | None, staging: Path, *, merge: bool, say: Say
+) -> Path | None:
+    """Write the merged model or the adapter into `staging`; the base's folder on this machine,
+    if any (where its license is read)."""
+    base_dir = _local_base(spec)
+    if merge:
+        base_dir = _base_dir(spec, say)
+        write_merged(base_dir, adapter_dir, staging, say=say, revision=spec.policy.revision)
+    else:
+        assert adapter_dir is not None
+        say("writing the adapter")
+        write_adapter(
+            adapter_dir,
+            staging,
+            base_model=spec.policy.model,
+            revision=spec.policy.revision,
+        )
+    return base_dir
+
+
+def _write_card(
+    src: RunSource,
+    choice: Choice,
+    staging: Path,
+    base_dir: Path | None,
+    shas: dict[str, str],
+    *,
+    merge: bool,
+) -> None:
+    """The model card (README.md), with the base's license when its card is on this machine."""
+    spec = src.spec
+    license_meta = base_license(
+        spec.policy.model,
+        base_dir if base_dir is not None and base_dir.is_dir() else None,
+        spec.policy.revision,
+    )
+    card = model_card(src, choice, merged=merge, license_meta=license_meta, adapter_sha256=shas)
+    (staging / "README.md").write_text(card, encoding="utf-8")
+
+
+def _write_export_manifest(
+    src: RunSource, choice: Choice, staging: Path, shas: dict[str, str], *, merge: bool
+) -> str | None:
+    """The export's `_manifest.json`; the adapter's URI in the run's store (None: no adapter)."""
+    adapter_uri = f"{src.uri}/{choice.adapter_key}" if choice.adapter_key else None
+    write_manifest(
+        staging,
+        {
+            "kind": "selfmoa-export",
+            "run": src.uri,
+            "iteration": choice.iteration,
+            "merged": merge,
+            "why": choice.why,
+            "base_model": src.spec.policy.model,
+            "adapter": adapter_uri,
+            "adapter_sha256": shas,
+        },
+    )
+    return adapter_uri

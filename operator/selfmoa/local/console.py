@@ -183,6 +183,25 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
     if not console.is_terminal:
         # Logs and pipes get the whole table, not one cut to 80 columns.
         console = Console(width=160)
+    console.print(_summary_table(run, result))
+    for line in calibration_lines(result.metrics.get(0)):
+        console.print(line)
+    console.print(_stage_times_line(result))
+    if result.status.message:
+        console.print(f"{result.status.phase.value}: {result.status.message}")
+    console.print(f"artifacts: {result.run_uri}/  report: {result.run_uri}/{layout.REPORT}")
+    r = result.status.result
+    if r is not None:
+        what = r.adapter or "the base model (no adapter)"
+        console.print(
+            f"result: iteration {r.iteration} ({r.why}): {what}\n"
+            f"  export it: selfmoa export {result.run_uri} --out DIR [--merge]"
+        )
+
+
+def _summary_table(run: AlignmentRun, result: RunResult) -> Table:
+    """One row per evaluated iteration: the gate's figures, the held-out ones, the reference
+    judge's, and whether the iteration was kept."""
     g = planner.gate(run.spec, result.metrics)
     table = Table(title=f"AlignmentRun {run.namespace}/{run.name}: {result.status.phase.value}")
     # Held-out figures report; "val ASR" is what the gate decided on. Outcome shares are of the
@@ -209,54 +228,51 @@ def print_summary(run: AlignmentRun, result: RunResult) -> None:
     ):
         table.add_column(col, justify="right")
     for k, m in sorted(result.metrics.items()):
-        secs = sum(
-            v
-            for key, v in result.stage_seconds.items()
-            if key.startswith(layout.iteration_dir(k) + "/")
-        )
         kept = "base" if k == 0 else ("yes" if g.accepted.get(k) else "rolled back")
-        o = m.outcomes
-        ref_m = m.gold or m.evaluator
-        table.add_row(
-            str(k),
-            fmt(m.validation.attack_success_rate, True) if m.validation else "-",
-            fmt(m.attack_success_rate, True),
-            fmt(m.helpfulness),
-            fmt(m.over_refusal, True),
-            fmt(ref_m.attack_success_rate, True) if ref_m else "-",
-            fmt(o.declined if o else None, True),
-            fmt(o.deflection if o else None, True),
-            fmt(o.garbled if o else None, True),
-            fmt(ref_m.helpfulness) if ref_m else "-",
-            *([fmt(ref_m.over_refusal, True) if ref_m else "-"] if ref == "eval" else []),
-            _capability_cell(m),
-            str(m.pairs),
-            fmt(m.pgr),
-            kept,
-            f"{secs:.1f}s",
-        )
-    console.print(table)
-    for line in calibration_lines(result.metrics.get(0)):
-        console.print(line)
+        table.add_row(*_summary_row(k, m, result, kept=kept, ref=ref))
+    return table
+
+
+def _summary_row(k: int, m: Metrics, result: RunResult, *, kept: str, ref: str) -> list[str]:
+    """The cells of iteration `k`'s row of the summary table."""
+    secs = sum(
+        v
+        for key, v in result.stage_seconds.items()
+        if key.startswith(layout.iteration_dir(k) + "/")
+    )
+    o = m.outcomes
+    ref_m = m.gold or m.evaluator
+    return [
+        str(k),
+        fmt(m.validation.attack_success_rate, True) if m.validation else "-",
+        fmt(m.attack_success_rate, True),
+        fmt(m.helpfulness),
+        fmt(m.over_refusal, True),
+        fmt(ref_m.attack_success_rate, True) if ref_m else "-",
+        fmt(o.declined if o else None, True),
+        fmt(o.deflection if o else None, True),
+        fmt(o.garbled if o else None, True),
+        fmt(ref_m.helpfulness) if ref_m else "-",
+        *([fmt(ref_m.over_refusal, True) if ref_m else "-"] if ref == "eval" else []),
+        _capability_cell(m),
+        str(m.pairs),
+        fmt(m.pgr),
+        kept,
+        f"{secs:.1f}s",
+    ]
+
+
+def _stage_times_line(result: RunResult) -> str:
+    """Wall time summed per stage over the iterations, and the total."""
     stages: dict[str, float] = {}
     for key, v in result.stage_seconds.items():
         stage = key.split("/")[1]
         stages[stage] = stages.get(stage, 0.0) + v
-    console.print(
+    return (
         "wall time per stage: "
         + ", ".join(f"{s} {v:.1f}s" for s, v in stages.items())
         + f"  (total {sum(stages.values()):.1f}s)"
     )
-    if result.status.message:
-        console.print(f"{result.status.phase.value}: {result.status.message}")
-    console.print(f"artifacts: {result.run_uri}/  report: {result.run_uri}/{layout.REPORT}")
-    r = result.status.result
-    if r is not None:
-        what = r.adapter or "the base model (no adapter)"
-        console.print(
-            f"result: iteration {r.iteration} ({r.why}): {what}\n"
-            f"  export it: selfmoa export {result.run_uri} --out DIR [--merge]"
-        )
 
 
 def calibration_lines(m: Metrics | None) -> list[str]:

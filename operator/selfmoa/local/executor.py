@@ -24,6 +24,7 @@ from selfmoa.api.spec import (
 from selfmoa.run import layout, outputs, planner, stage_models, stage_table
 from selfmoa.run import state as run_state
 from selfmoa.run.document import ensure_run_json
+from selfmoa.run.identity import TakeOver
 from selfmoa.run.metrics import Metrics
 from selfmoa.stages.base import Progress, no_progress
 from selfmoa.stages.runner import StageRunner, open_runner
@@ -118,46 +119,9 @@ def run_local(
     taken = ensure_run_json(store, run, fresh=fresh, now=now())
     if taken.message:
         display.notice(taken.message)
-    observed: planner.Observed | None = None
-    status: AlignmentRunStatus | None = None
     with open_runner(spec, store) as runner:
         _prepare(runner, spec, display)
-        while True:
-            observed = observe(
-                store,
-                spec,
-                known=dict(observed.metrics) if observed else None,
-                reused=taken.reuse,
-            )
-            if taken.decision == "resume" and status is None and observed.done:
-                display.notice(
-                    f"resuming the run at {store.uri}: {len(observed.done)} stage(s) done"
-                )
-            action = planner.next_action(spec, observed)
-            if not isinstance(action, planner.RunStage):
-                # Locally nothing runs in the background: a Wait means suspended.
-                status = _finish(spec, observed, store, status)
-                break
-            status = planner.status(
-                spec, observed, action, now=now(), previous=status, artifacts=store.uri
-            )
-            outputs.write_status(store, status)
-            progress = display.stage_started(StageEvent(action.iteration, action.stage))
-            try:
-                manifest, ran = runner.run(
-                    action.stage, action.iteration, parent=action.parent, progress=progress
-                )
-            except Exception as e:
-                raise _stage_failed(e, action, spec, observed, store, status) from e
-            display.stage_finished(
-                StageEvent(
-                    action.iteration,
-                    action.stage,
-                    seconds=float(manifest.get("seconds", 0.0)),
-                    skipped=not ran,
-                    summary=manifest.get("summary", {}),
-                )
-            )
+        status = _run_stages(runner, spec, store, display, taken)
     done = run_state.finished_stages(store, spec)
     result = RunResult(
         status=status,
@@ -168,6 +132,61 @@ def run_local(
     if report is not None:
         report(store, spec, result)
     return result
+
+
+def _run_stages(
+    runner: StageRunner, spec: AlignmentRunSpec, store: Store, display: Display, taken: TakeOver
+) -> AlignmentRunStatus:
+    """Run the planner's next stage until it says the run is over (or suspended); the run's
+    final status."""
+    observed: planner.Observed | None = None
+    status: AlignmentRunStatus | None = None
+    while True:
+        observed = observe(
+            store,
+            spec,
+            known=dict(observed.metrics) if observed else None,
+            reused=taken.reuse,
+        )
+        if taken.decision == "resume" and status is None and observed.done:
+            display.notice(f"resuming the run at {store.uri}: {len(observed.done)} stage(s) done")
+        action = planner.next_action(spec, observed)
+        if not isinstance(action, planner.RunStage):
+            # Locally nothing runs in the background: a Wait means suspended.
+            return _finish(spec, observed, store, status)
+        status = planner.status(
+            spec, observed, action, now=now(), previous=status, artifacts=store.uri
+        )
+        outputs.write_status(store, status)
+        _run_stage(runner, action, spec, observed, store, status, display)
+
+
+def _run_stage(
+    runner: StageRunner,
+    action: planner.RunStage,
+    spec: AlignmentRunSpec,
+    observed: planner.Observed,
+    store: Store,
+    status: AlignmentRunStatus,
+    display: Display,
+) -> None:
+    """Run one stage in this process, telling the display when it starts and ends."""
+    progress = display.stage_started(StageEvent(action.iteration, action.stage))
+    try:
+        manifest, ran = runner.run(
+            action.stage, action.iteration, parent=action.parent, progress=progress
+        )
+    except Exception as e:
+        raise _stage_failed(e, action, spec, observed, store, status) from e
+    display.stage_finished(
+        StageEvent(
+            action.iteration,
+            action.stage,
+            seconds=float(manifest.get("seconds", 0.0)),
+            skipped=not ran,
+            summary=manifest.get("summary", {}),
+        )
+    )
 
 
 def _prepare(runner: StageRunner, spec: AlignmentRunSpec, display: Display) -> None:

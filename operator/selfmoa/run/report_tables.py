@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from selfmoa.run.metrics import Metrics, ObjectiveMetrics
 from selfmoa.run.report_format import MINUS, NA, e
@@ -25,61 +25,69 @@ def _gold_cells(g: ObjectiveMetrics | None) -> list[str]:
     return [_num(g.safety), _num(g.helpfulness), _pct(g.attack_success_rate), _pct(g.over_refusal)]
 
 
+def _validation_cells(m: Metrics) -> list[str]:
+    v = m.validation
+    return [_pct(v.attack_success_rate), _num(v.helpfulness)] if v else [NA, NA]
+
+
+def _outcome_cells(m: Metrics) -> list[str]:
+    o = m.outcomes
+    return [_pct(o.declined), _pct(o.deflection), _pct(o.garbled)] if o else [NA] * 3
+
+
+def _capability_cells(m: Metrics) -> list[str]:
+    c = m.capability
+    return [_num(c.perplexity, 2), _pct(c.next_token_accuracy)] if c else [NA, NA]
+
+
+class _Columns(NamedTuple):
+    """Columns of the metrics table shown only when some iteration has their figures."""
+
+    head: tuple[str, ...]
+    shown: Callable[[Metrics], bool]
+    cells: Callable[[Metrics], list[str]]
+
+
+#: The optional column groups, in the table's order.
+_OPTIONAL_COLUMNS = (
+    _Columns(
+        ("validation ASR", "validation helpful."),
+        lambda m: m.validation is not None,
+        _validation_cells,
+    ),
+    _Columns(
+        ("gold safety", "gold helpful.", "gold ASR", "gold over-ref."),
+        lambda m: m.gold is not None,
+        lambda m: _gold_cells(m.gold),
+    ),
+    _Columns(
+        ("declined", "deflected", "garbled"), lambda m: m.outcomes is not None, _outcome_cells
+    ),
+    _Columns(
+        ("perplexity", "next-token acc."),
+        lambda m: bool(m.capability and m.capability.perplexity is not None),
+        _capability_cells,
+    ),
+    _Columns(
+        ("lm-eval score",),
+        lambda m: bool(m.capability and m.capability.tasks),
+        lambda m: [_num(m.capability.task_score if m.capability else None)],
+    ),
+    _Columns(("PGR",), lambda m: m.pgr is not None, lambda m: [_num(m.pgr, 2)]),
+)
+
+
 def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) -> str:
     """(4) One row per iteration; gold columns and PGR only when some iteration has them."""
-    ks = sorted(metrics)
-    has_gold = any(m.gold is not None for m in metrics.values())
-    has_pgr = any(m.pgr is not None for m in metrics.values())
-    has_val = any(m.validation is not None for m in metrics.values())
-    has_out = any(m.outcomes is not None for m in metrics.values())
-    has_cap = any(m.capability and m.capability.perplexity is not None for m in metrics.values())
-    has_tasks = any(m.capability and m.capability.tasks for m in metrics.values())
+    groups = [g for g in _OPTIONAL_COLUMNS if any(g.shown(m) for m in metrics.values())]
     head = ["iteration", "decision", "from", "safety", "helpfulness", "ASR", "over-refusal"]
     head += ["pairs", "prompts", "tokens"]
-    if has_val:
-        head += ["validation ASR", "validation helpful."]
-    if has_gold:
-        head += ["gold safety", "gold helpful.", "gold ASR", "gold over-ref."]
-    if has_out:
-        head += ["declined", "deflected", "garbled"]
-    if has_cap:
-        head += ["perplexity", "next-token acc."]
-    if has_tasks:
-        head.append("lm-eval score")
-    if has_pgr:
-        head.append("PGR")
+    head += [h for g in groups for h in g.head]
     rows = []
-    for k in ks:
+    for k in sorted(metrics):
         m = metrics[k]
-        decision = {True: "accepted", False: "rolled back", None: NA}[accepted.get(k)]
-        cls = {True: "ok", False: "bad", None: ""}[accepted.get(k)]
-        cells = [
-            e(_label(k)),
-            f'<span class="{cls}">{e(decision)}</span>',
-            e(NA if m.parent is None else _label(m.parent)),
-            _num(m.safety),
-            _num(m.helpfulness),
-            _pct(m.attack_success_rate),
-            _pct(m.over_refusal),
-            str(m.pairs),
-            str(m.prompts),
-            f"{m.tokens:,}",
-        ]
-        if has_val:
-            v = m.validation
-            cells += [_pct(v.attack_success_rate), _num(v.helpfulness)] if v else [NA, NA]
-        if has_gold:
-            cells += _gold_cells(m.gold)
-        if has_out:
-            o = m.outcomes
-            cells += [_pct(o.declined), _pct(o.deflection), _pct(o.garbled)] if o else [NA] * 3
-        if has_cap:
-            c = m.capability
-            cells += [_num(c.perplexity, 2), _pct(c.next_token_accuracy)] if c else [NA, NA]
-        if has_tasks:
-            cells.append(_num(m.capability.task_score if m.capability else None))
-        if has_pgr:
-            cells.append(_num(m.pgr, 2))
+        cells = _metrics_cells(k, m, accepted.get(k))
+        cells += [c for g in groups for c in g.cells(m)]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (
         '<table id="metrics" class="data"><thead><tr>'
@@ -88,6 +96,24 @@ def metrics_table(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) 
         + "".join(rows)
         + "</tbody></table>"
     )
+
+
+def _metrics_cells(k: int, m: Metrics, accepted: bool | None) -> list[str]:
+    """The cells every row has: iteration, gate decision, parent and the weak judges' figures."""
+    decision = {True: "accepted", False: "rolled back", None: NA}[accepted]
+    cls = {True: "ok", False: "bad", None: ""}[accepted]
+    return [
+        e(_label(k)),
+        f'<span class="{cls}">{e(decision)}</span>',
+        e(NA if m.parent is None else _label(m.parent)),
+        _num(m.safety),
+        _num(m.helpfulness),
+        _pct(m.attack_success_rate),
+        _pct(m.over_refusal),
+        str(m.pairs),
+        str(m.prompts),
+        f"{m.tokens:,}",
+    ]
 
 
 def _stage_grid(stage_seconds: Mapping[str, float], parsed: Mapping[str, re.Match[str]]) -> str:

@@ -45,7 +45,7 @@ def _failed(message: str, code: int = Exit.FAILED) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> Parser:
     p = Parser(
         prog="selfmoa fetch",
         description=__doc__,
@@ -61,13 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --hub: only check that the model is in the cache at DEST",
     )
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return p
+
+
+def _check_flags(p: Parser, args: argparse.Namespace) -> None:
+    """The flags that go together (a usage error, exit code 2, otherwise)."""
     if bool(args.hub) == bool(args.source):
         p.error("give s3://SOURCE DEST, or --hub REPO [--run-uri URI | --check] DEST")
     if args.check and args.run_uri:
         p.error("--check reads the model cache at DEST: it takes no --run-uri")
     if not args.hub and (args.check or args.run_uri or args.revision):
         p.error("--check, --run-uri and --revision go with --hub")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    _check_flags(p, args)
     from selfmoa.api import contract
     from selfmoa.store import Store, StoreError, open_store
     from selfmoa.store.model_cache import (

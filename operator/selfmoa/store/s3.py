@@ -31,6 +31,7 @@ from selfmoa.api.exits import OutageWindow
 from selfmoa.store.base import Store, StoreError, StoreUnavailable, check_key
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from mypy_boto3_s3 import S3Client
 
 #: Payloads above this go through a multipart upload (S3 caps a single PUT at 5 GiB; smaller
@@ -269,29 +270,7 @@ class S3Store(Store):
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or role)"
             ) from None
         except ClientError as exc:
-            err: dict[str, Any] = dict(exc.response.get("Error", {}))
-            code = str(err.get("Code", ""))
-            if code in _MISSING_BUCKET_CODES or (key is None and code in _MISSING_KEY_CODES):
-                raise StoreError(
-                    f"bucket {self.bucket} does not exist (store {self.uri}, endpoint "
-                    f"{self.endpoint_url})"
-                ) from None
-            if code in _MISSING_KEY_CODES:
-                raise FileNotFoundError(f"{where}: not found") from None
-            if code in _BAD_CREDENTIAL_CODES:
-                raise StoreError(
-                    f"S3 rejected the credentials for {where} ({code}): check AWS_ACCESS_KEY_ID "
-                    "and AWS_SECRET_ACCESS_KEY"
-                ) from None
-            if code in _DENIED_CODES:
-                raise StoreError(
-                    f"access denied to {where} ({code}): check the credentials "
-                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy"
-                ) from None
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            if code in _OUTAGE_CODES or status >= 500:
-                raise StoreUnavailable(f"S3 error on {where}: {_one_line(exc)}") from None
-            raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
+            raise self._client_error(exc, key, where) from None
         except ParamValidationError as exc:
             raise StoreError(f"S3 refused the request for {where}: {_one_line(exc)}") from None
         except HTTPClientError as exc:
@@ -301,6 +280,33 @@ class S3Store(Store):
             # Anything else botocore or s3transfer raise (SSL, a failed multipart upload): still
             # one line naming the store.
             raise StoreError(f"S3 error on {where}: {_one_line(exc)}") from None
+
+    def _client_error(self, exc: ClientError, key: str | None, where: str) -> Exception:
+        """The error to raise for an error answer of S3: a missing bucket or key, rejected
+        credentials, access denied, an outage, or any other refusal."""
+        err: dict[str, Any] = dict(exc.response.get("Error", {}))
+        code = str(err.get("Code", ""))
+        if code in _MISSING_BUCKET_CODES or (key is None and code in _MISSING_KEY_CODES):
+            return StoreError(
+                f"bucket {self.bucket} does not exist (store {self.uri}, endpoint "
+                f"{self.endpoint_url})"
+            )
+        if code in _MISSING_KEY_CODES:
+            return FileNotFoundError(f"{where}: not found")
+        if code in _BAD_CREDENTIAL_CODES:
+            return StoreError(
+                f"S3 rejected the credentials for {where} ({code}): check AWS_ACCESS_KEY_ID "
+                "and AWS_SECRET_ACCESS_KEY"
+            )
+        if code in _DENIED_CODES:
+            return StoreError(
+                f"access denied to {where} ({code}): check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy"
+            )
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _OUTAGE_CODES or status >= 500:
+            return StoreUnavailable(f"S3 error on {where}: {_one_line(exc)}")
+        return StoreError(f"S3 error on {where}: {_one_line(exc)}")
 
     def _down(self, message: str) -> StoreUnavailable:
         """An outage that waited out its timeout: later operations get it at once for a while."""

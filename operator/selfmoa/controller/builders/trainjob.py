@@ -13,8 +13,9 @@ pkg/apis/trainer/v1alpha1/trainjob_types.go: TrainJobSuspended, TrainJobComplete
 Job's condition types, and suspension (Kueue's hold) is `spec.suspend` as on a Job, so the
 executor reads both kinds alike.
 
-It is built with the typed models of `kubeflow-trainer-api`, imported inside `train_job`: the
-package loads some 400 modules, which the operator's import (and `--help`) must not pay for.
+It is built with the typed models of `kubeflow-trainer-api`, imported inside the functions that
+build it: the package loads some 400 modules, which the operator's import (and `--help`) must not
+pay for.
 """
 
 from __future__ import annotations
@@ -115,16 +116,55 @@ def train_job(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )
     container = _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
-    gpus = spec.trainer.gpus
+    volumes, mounts = _volumes_and_mounts(spec, stage, container)
+    patch = _runtime_patch(run, iteration, stage, _pod_patch(config, volumes, mounts))
+    job = m.TrainerV1alpha1TrainJob(
+        api_version=TRAINER_API_VERSION,
+        kind=TRAINJOB_KIND,
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=trainjob_name(run, iteration, stage),
+            namespace=namespace,
+            labels=labels,
+            annotations={"selfmoa.dev/parent": str(parent)},
+        ),
+        spec=m.TrainerV1alpha1TrainJobSpec(
+            runtime_ref=m.TrainerV1alpha1RuntimeRef(
+                name=runtime, api_group=TRAINER_GROUP, kind="ClusterTrainingRuntime"
+            ),
+            trainer=_trainer(spec, container),
+            active_deadline_seconds=spec.trainer.active_deadline_seconds,
+            runtime_patches=[patch],
+        ),
+    )
+    # `to_dict` is model_dump(by_alias=True, exclude_none=True) plus the generated models' own
+    # handling of Kubernetes quantities (a oneOf model that a plain model_dump leaves nested).
+    wire: dict[str, Any] = job.to_dict()
+    return adopt(wire, owner)
+
+
+def _volumes_and_mounts(
+    spec: AlignmentRunSpec, stage: str, container: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The stage's volumes and the container's mounts, with a /dev/shm volume on GPU nodes."""
     volumes = stage_volumes(spec, stage)
     mounts: list[dict[str, Any]] = list(container.get("volumeMounts") or [])
+    gpus = spec.trainer.gpus
     if gpus > 0 and all(v.get("mountPath") != _SHM_PATH for v in mounts):
         # NCCL moves data between a node's GPUs through /dev/shm.
         shm = shm_volume(gpus)
         volumes.append(shm)
         mounts.append({"name": shm["name"], "mountPath": _SHM_PATH})
+    return volumes, mounts
+
+
+def _pod_patch(
+    config: OperatorConfig, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]
+) -> Any:
+    """The runtime patch of each node's pod: the Job's pod security, volumes and placement."""
+    from kubeflow_trainer_api import models as m
+
     place = placement(config)
-    pod_spec = m.TrainerV1alpha1PodSpecPatch(
+    return m.TrainerV1alpha1PodSpecPatch(
         security_context=m.IoK8sApiCoreV1PodSecurityContext.from_dict(pod_security()),
         volumes=[m.IoK8sApiCoreV1Volume.from_dict(v) for v in volumes],
         containers=[
@@ -140,6 +180,12 @@ def train_job(
         else None,
         service_account_name=place.get("serviceAccountName"),
     )
+
+
+def _runtime_patch(run: str, iteration: int, stage: str, pod_spec: Any) -> Any:
+    """Our patch of the runtime's `node` replicated job: the stage's labels and `pod_spec`."""
+    from kubeflow_trainer_api import models as m
+
     node = m.TrainerV1alpha1ReplicatedJobPatch(
         name=RUNTIME_NODE,
         template=m.TrainerV1alpha1JobTemplatePatch(
@@ -155,7 +201,7 @@ def train_job(
             ),
         ),
     )
-    patch = m.TrainerV1alpha1RuntimePatch(
+    return m.TrainerV1alpha1RuntimePatch(
         manager=PATCH_MANAGER,
         training_runtime_spec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(
             template=m.TrainerV1alpha1JobSetTemplatePatch(
@@ -163,7 +209,15 @@ def train_job(
             )
         ),
     )
-    trainer = m.TrainerV1alpha1Trainer(
+
+
+def _trainer(spec: AlignmentRunSpec, container: Mapping[str, Any]) -> Any:
+    """The TrainJob's trainer: the stage container's image, argv, environment and resources,
+    launched by torchrun on every node."""
+    from kubeflow_trainer_api import models as m
+
+    gpus = spec.trainer.gpus
+    return m.TrainerV1alpha1Trainer(
         image=container["image"],
         # The launcher part of the argv; the stage's arguments follow as `args`.
         command=contract.launch_command([], nproc=max(1, gpus), nnodes=spec.trainer.nodes),
@@ -173,25 +227,3 @@ def train_job(
         num_proc_per_node=max(1, gpus),
         resources_per_node=m.IoK8sApiCoreV1ResourceRequirements.from_dict(container["resources"]),
     )
-    job = m.TrainerV1alpha1TrainJob(
-        api_version=TRAINER_API_VERSION,
-        kind=TRAINJOB_KIND,
-        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
-            name=trainjob_name(run, iteration, stage),
-            namespace=namespace,
-            labels=labels,
-            annotations={"selfmoa.dev/parent": str(parent)},
-        ),
-        spec=m.TrainerV1alpha1TrainJobSpec(
-            runtime_ref=m.TrainerV1alpha1RuntimeRef(
-                name=runtime, api_group=TRAINER_GROUP, kind="ClusterTrainingRuntime"
-            ),
-            trainer=trainer,
-            active_deadline_seconds=spec.trainer.active_deadline_seconds,
-            runtime_patches=[patch],
-        ),
-    )
-    # `to_dict` is model_dump(by_alias=True, exclude_none=True) plus the generated models' own
-    # handling of Kubernetes quantities (a oneOf model that a plain model_dump leaves nested).
-    wire: dict[str, Any] = job.to_dict()
-    return adopt(wire, owner)
