@@ -6,12 +6,15 @@ from __future__ import annotations
 import copy
 import datetime
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from selfmoa.controller import builders
+from selfmoa.run import layout
 
 
-def _condition(obj: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+def true_condition(obj: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    """The object's condition of type `ctype` when its status is True, else None."""
     for c in (obj.get("status") or {}).get("conditions") or []:
         if c.get("type") == ctype and c.get("status") == "True":
             return dict(c)
@@ -24,6 +27,68 @@ def job_key(job: Mapping[str, Any]) -> tuple[int, str] | None:
         return int(labels[builders.LABEL_ITERATION]), str(labels[builders.LABEL_STAGE])
     except (KeyError, ValueError):
         return None
+
+
+def stage_jobs(
+    jobs: list[dict[str, Any]], trainjobs: list[dict[str, Any]]
+) -> tuple[dict[tuple[int, str], dict[str, Any]], set[tuple[int, str]]]:
+    """The run's stage Jobs and TrainJobs by (iteration, stage), and which of them are
+    TrainJobs. A Job of the same stage as a TrainJob (made before trainer.nodes changed) is
+    the one that counts."""
+    by_key: dict[tuple[int, str], dict[str, Any]] = {}
+    for job in jobs:
+        key = job_key(job)
+        if key is not None and builders.LABEL_COMPONENT in job["metadata"].get("labels", {}):
+            by_key[key] = job
+    trained: set[tuple[int, str]] = set()
+    for tj in trainjobs:
+        key = job_key(tj)
+        labels = tj["metadata"].get("labels", {})
+        if key is not None and builders.LABEL_COMPONENT in labels and key not in by_key:
+            by_key[key] = tj
+            trained.add(key)
+    return by_key, trained
+
+
+@dataclass(frozen=True)
+class JobsReading:
+    """What the stage Jobs of a run say, read in stage order (`read_jobs`)."""
+
+    #: The first unfinished stage whose Job ended anyway: failed, or complete without the
+    #: stage's manifest.
+    ended: tuple[tuple[int, str], Literal["Failed", "Complete"]] | None = None
+    #: The first stage whose Job is still on, and why it doesn't run yet (a queue's hold).
+    running: tuple[int, str] | None = None
+    held: tuple[str, str] | None = None
+    #: Failed attempts per stage (`iter-NNN/stage`), finished stages included.
+    attempts: dict[str, int] = field(default_factory=dict)
+
+
+def read_jobs(
+    jobs: Mapping[tuple[int, str], Mapping[str, Any]],
+    done: frozenset[tuple[int, str]],
+    order: Mapping[tuple[int, str], int],
+) -> JobsReading:
+    """Read the stage Jobs (TrainJobs alike: their Complete and Failed conditions are a Job's,
+    see builders.trainjob) of the stages in `order` that aren't `done`."""
+    ended: tuple[tuple[int, str], Literal["Failed", "Complete"]] | None = None
+    running: tuple[int, str] | None = None
+    held: tuple[str, str] | None = None
+    attempts: dict[str, int] = {}
+    for key in sorted(jobs, key=lambda k: order.get(k, 1 << 30)):
+        job = jobs[key]
+        failed = int((job.get("status") or {}).get("failed") or 0)
+        if failed:
+            attempts[f"{layout.iteration_dir(key[0])}/{key[1]}"] = failed
+        if key in done or key not in order:
+            continue
+        if true_condition(job, "Failed") is not None:
+            ended = ended or (key, "Failed")
+        elif true_condition(job, "Complete") is not None:
+            ended = ended or (key, "Complete")
+        elif running is None:
+            running, held = key, queue_hold(job, key)
+    return JobsReading(ended=ended, running=running, held=held, attempts=attempts)
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -132,7 +197,7 @@ def failure_of(
     if best is not None:
         # Logs as the fallback message can be long: the last line is the error line.
         return best[1].splitlines()[-1][:1000], best[2]
-    cond = _condition(job, "Failed") or {}
+    cond = true_condition(job, "Failed") or {}
     what = "the TrainJob failed" if trainjob else "the Job failed"
     return str(cond.get("message") or cond.get("reason") or what), None
 

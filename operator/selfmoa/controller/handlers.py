@@ -21,6 +21,7 @@ from selfmoa.api.spec import GROUP, KIND, PLURAL, VERSION
 from selfmoa.controller import builders, reconcile
 from selfmoa.controller.executor import KubernetesExecutor
 from selfmoa.controller.kube import REQUEST_TIMEOUT_S
+from selfmoa.controller.plan import PLACEHOLDER_SPEC
 from selfmoa.controller.runtime import Runtime
 
 LoginFn = Callable[..., "kopf.ConnectionInfo | Awaitable[kopf.ConnectionInfo | None] | None"]
@@ -138,7 +139,7 @@ async def delete_children(body: Mapping[str, Any], rt: Runtime) -> int:
         rt,
         name=str(meta["name"]),
         namespace=str(meta.get("namespace") or "default"),
-        spec=reconcile.PLACEHOLDER_SPEC,
+        spec=PLACEHOLDER_SPEC,
         owner=None,
     )
     return await ex.cleanup()

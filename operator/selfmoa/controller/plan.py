@@ -3,31 +3,58 @@
 The executor observes (the store, the Jobs, the serving Deployments, whether the cluster serves
 TrainJobs, what the store path holds) into `Facts`; `plan` decides everything from them: the one
 action (the planner's, or a Wait / Finish that overrides it, each with its reason), the serving
-changes with a reason each, and the Events to post. The executor then only applies the plan.
-No I/O, no clock: every decision is a row in a table test (tests/operator/test_plan.py).
+changes with a reason each, the Events to post, and the status to write (phase, conditions,
+metrics per iteration, result: `selfmoa.run.conditions.status`, the rule the local executor
+uses too). The executor then only applies the plan. No I/O, no clock: every decision is a row
+in a table test (tests/operator/test_plan.py, tests/operator/test_plan_status.py).
 
 What only applying can tell (Kubeflow Trainer's webhook refusing a TrainJob) still ends the run
-after the fact, in `reconcile`.
+after the fact: `overruled` is the plan with that ending. A run that can't be planned at all has
+its plan here too: `invalid` (its spec can't be used) and `blocked` (its reconcile raised); and
+`settled` says when there is nothing left to decide.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from selfmoa.api import exits
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import builders
+from selfmoa.controller.failures import Blocked
 from selfmoa.controller.serving_plan import hold_for_serving, serving_replicas
 from selfmoa.run import stage_table
 from selfmoa.run.identity import TakeOver
-from selfmoa.run.planner import Action, Finish, Observed, RunStage, Wait, next_action
+from selfmoa.run.planner import (
+    CANNOT_START,
+    Action,
+    Finish,
+    Observed,
+    RunStage,
+    Wait,
+    next_action,
+    status,
+)
 
 #: (Event type Normal|Warning, reason, message).
 Event = tuple[str, str, str]
 
 #: The Event a run posts when it takes over an earlier run's stages, or deletes them.
 REUSE_EVENTS = {"reuse": "StagesReused", "fresh": "StartedFresh"}
+
+#: Phases a run doesn't leave by itself.
+TERMINAL = (Phase.succeeded, Phase.failed)
+
+#: Failed-condition reasons whose cause lies outside the run (an outage: a stage exited 75; a
+#: stage whose container can't start).
+RETRYABLE_REASONS = frozenset({exits.reason_for(exits.Exit.UNAVAILABLE), CANNOT_START})
+
+#: Stands in for a spec that failed validation: `status` and the executor need one only for the
+#: gate over metrics and the status path, and an invalid run has neither metrics nor children.
+PLACEHOLDER_SPEC = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,14 @@ class Facts:
     serving: Mapping[str, Served] = field(default_factory=dict)
     #: Served model -> the spec hash of the Deployment the spec asks for.
     wanted_hash: Mapping[str, str | None] = field(default_factory=dict)
+    #: When the reconcile observed (an API timestamp): a condition that changes says so.
+    now: str = ""
+    #: The run's metadata.generation (every condition's and the status's observedGeneration).
+    generation: int | None = None
+    #: Where the run's artifacts are (status.artifacts).
+    artifacts: str | None = None
+    #: Failed attempts per stage (`iter-NNN/stage`), as its Jobs say.
+    attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,8 @@ class Plan:
     action: Action
     serving: tuple[ServingChange, ...] = ()
     events: tuple[Event, ...] = ()
+    #: The status that goes with the action (the whole of it: a merge patch replaces its lists).
+    status: AlignmentRunStatus = field(default_factory=AlignmentRunStatus)
 
 
 def plan(spec: AlignmentRunSpec, previous: AlignmentRunStatus | None, facts: Facts) -> Plan:
@@ -96,7 +133,105 @@ def plan(spec: AlignmentRunSpec, previous: AlignmentRunStatus | None, facts: Fac
             replicas, facts.serving, facts.wanted_hash, idle=idle
         )
         action = hold_for_serving(spec, action, ready, problems)
-    return Plan(action=action, serving=tuple(changes), events=tuple(events))
+    return Plan(
+        action=action,
+        serving=tuple(changes),
+        events=tuple(events),
+        status=status_of(spec, previous, facts, action),
+    )
+
+
+def status_of(
+    spec: AlignmentRunSpec, previous: AlignmentRunStatus | None, facts: Facts, action: Action
+) -> AlignmentRunStatus:
+    """The status that goes with `action` over these facts."""
+    new = status(
+        spec,
+        facts.observed,
+        action,
+        now=facts.now,
+        previous=previous,
+        artifacts=facts.artifacts,
+        generation=facts.generation,
+    )
+    new.attempts = dict(facts.attempts)
+    return new
+
+
+def overruled(
+    spec: AlignmentRunSpec,
+    previous: AlignmentRunStatus | None,
+    facts: Facts,
+    planned: Plan,
+    action: Finish,
+) -> Plan:
+    """`planned` once applying it told what planning couldn't (Kubeflow Trainer's webhook
+    refused the TrainJob): the run ends with `action`, and its status says so."""
+    return dataclasses.replace(
+        planned, action=action, status=status_of(spec, previous, facts, action)
+    )
+
+
+def settled(previous: AlignmentRunStatus | None, generation: int | None) -> bool:
+    """Nothing to decide: the run ended at this generation, and not because the environment
+    failed it (such a run keeps being reconciled: once the user deletes the failed or stuck
+    Job, the stage runs again and the run goes on)."""
+    return (
+        previous is not None
+        and previous.phase in TERMINAL
+        and previous.observed_generation == generation
+        and not retryable(previous)
+    )
+
+
+def retryable(st: AlignmentRunStatus) -> bool:
+    """The run failed because the environment did (`RETRYABLE_REASONS`)."""
+    failed = next((c for c in st.conditions if c.type == "Failed"), None)
+    return st.phase == Phase.failed and failed is not None and failed.reason in RETRYABLE_REASONS
+
+
+def invalid(
+    previous: AlignmentRunStatus | None, message: str, *, now: str, generation: int | None
+) -> Plan:
+    """A run whose spec can't be used: Failed, naming the field (`message`); the InvalidSpec
+    Event once, not on every reconcile of the failed run."""
+    observed = Observed(invalid=message)
+    action = next_action(PLACEHOLDER_SPEC, observed)  # Finish(Failed, InvalidSpec, message)
+    new = status(
+        PLACEHOLDER_SPEC, observed, action, now=now, previous=previous, generation=generation
+    )
+    first = previous is None or previous.phase != Phase.failed
+    events: tuple[Event, ...] = (("Warning", "InvalidSpec", message),) if first else ()
+    return Plan(action=action, events=events, status=new)
+
+
+def blocked(
+    spec: AlignmentRunSpec,
+    previous: AlignmentRunStatus | None,
+    cause: Blocked,
+    *,
+    attempt: int,
+    delay: float,
+    now: str,
+    generation: int | None,
+) -> Plan:
+    """A run whose reconcile raised (`cause`, classified): Failed when retrying can't help, else
+    a wait naming the cause and the next retry. What was already observed (metrics per
+    iteration, attempts) stays visible; one Event per cause, not one per retry."""
+    action: Action
+    if cause.permanent:
+        action = Finish(Phase.failed, cause.reason, cause.message)
+    else:
+        action = Wait(
+            cause.reason, f"{cause.message}; retrying in {delay:.0f}s (attempt {attempt})"
+        )
+    new = status(spec, Observed(), action, now=now, previous=previous, generation=generation)
+    if previous is not None:
+        new.iterations, new.attempts = previous.iterations, previous.attempts
+        new.safety, new.helpfulness = previous.safety, previous.helpfulness
+    again = previous is not None and (previous.message or "").startswith(cause.message)
+    events: tuple[Event, ...] = () if again else (("Warning", cause.reason, cause.message),)
+    return Plan(action=action, events=events, status=new)
 
 
 def trainer_missing(

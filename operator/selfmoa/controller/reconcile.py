@@ -1,7 +1,7 @@
 """One reconcile of one AlignmentRun: observe -> plan -> apply -> status. And the loop that drives it.
 
-The decisions are `controller.plan.plan`, a pure function of what was observed; this module only
-observes, applies the plan and writes the status.
+The decisions, the status included, are `controller.plan`'s, pure functions of what was
+observed; this module only observes, applies the plan and writes the status it carries.
 
 The loop (one per run, a Kopf daemon) reconciles when kicked (the run changed, one of its Jobs
 or Deployments changed) and otherwise every `resync_seconds` as a safety net. Everything it
@@ -20,49 +20,31 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from selfmoa.api import SpecError, exits, parse_run
+from selfmoa.api import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
 from selfmoa.controller.children import job_seconds
 from selfmoa.controller.config import OperatorConfig
-from selfmoa.controller.executor import KubernetesExecutor, Snapshot, TrainJobRejected
+from selfmoa.controller.executor import KubernetesExecutor
 from selfmoa.controller.failures import classify
-from selfmoa.controller.plan import Facts, plan
-from selfmoa.controller.runtime import Runtime
-from selfmoa.run.planner import (
-    CANNOT_START,
-    Action,
-    Finish,
-    Observed,
-    RunStage,
-    Wait,
-    next_action,
-    status,
+from selfmoa.controller.observe import Snapshot, TrainJobRejected
+from selfmoa.controller.plan import (
+    PLACEHOLDER_SPEC,
+    Facts,
+    Plan,
+    blocked,
+    invalid,
+    overruled,
+    plan,
+    settled,
 )
+from selfmoa.controller.runtime import Runtime
+from selfmoa.run.planner import Action, Finish, Observed, RunStage
 
 log = logging.getLogger("selfmoa.controller")
 
 #: Posts a Kubernetes Event about the run: (type Normal|Warning, reason, message).
 EventFn = Callable[[str, str, str], None]
-
-TERMINAL = (Phase.succeeded, Phase.failed)
-
-
-#: Stands in for a spec that failed validation: `status` and the executor need one only for the
-#: gate over metrics and the status path, and an invalid run has neither metrics nor children.
-PLACEHOLDER_SPEC = AlignmentRunSpec.model_validate({"policy": {"model": "invalid"}})
-
-
-#: Failed-condition reasons whose cause lies outside the run (an outage: a stage exited 75; a
-#: stage whose container can't start).
-RETRYABLE_REASONS = frozenset({exits.reason_for(exits.Exit.UNAVAILABLE), CANNOT_START})
-
-
-def retryable(st: AlignmentRunStatus) -> bool:
-    """A run that failed because the environment did keeps being reconciled: once the user
-    deletes the failed (or stuck) Job, the stage runs again and the run goes on."""
-    failed = next((c for c in st.conditions if c.type == "Failed"), None)
-    return st.phase == Phase.failed and failed is not None and failed.reason in RETRYABLE_REASONS
 
 
 def effective_body(body: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
@@ -110,31 +92,28 @@ def _prune(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _parse_status(raw: Mapping[str, Any]) -> AlignmentRunStatus | None:
+    try:
+        return AlignmentRunStatus.model_validate(raw) if raw else None
+    except ValidationError:
+        return None  # a status someone else wrote badly is rebuilt, not trusted
+
+
 async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> float | None:
     """One observe -> plan -> apply -> status pass. Returns how soon the run wants the next one
     (seconds), when sooner than the resync matters (a new stage's Pods to look at), else None."""
     meta = body.get("metadata") or {}
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
-    key = (namespace, name)
     generation = meta.get("generation")
     prom.RECONCILES.inc()
     if meta.get("deletionTimestamp"):
         # Being deleted: the delete handler removes the children; starting more would race it.
         return None
-    prev_raw = _previous(rt, key, body)
-    try:
-        previous = AlignmentRunStatus.model_validate(prev_raw) if prev_raw else None
-    except ValidationError:
-        previous = None  # a status someone else wrote badly is rebuilt, not trusted
-    if (
-        previous is not None
-        and previous.phase in TERMINAL
-        and previous.observed_generation == generation
-        and not retryable(previous)
-    ):
-        rt.phases[key] = previous.phase.value
+    prev_raw = _previous(rt, (namespace, name), body)
+    previous = _parse_status(prev_raw)
+    if previous is not None and settled(previous, generation):
+        rt.phases[(namespace, name)] = previous.phase.value
         return None
-
     try:
         spec = validate(body, rt)
     except SpecError as e:
@@ -142,45 +121,16 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> floa
         return None
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
-    # Observe, plan, apply.
-    snap, facts = await _observe(ex, previous)
-    planned = plan(spec, previous, facts)
-    for event in planned.events:
-        emit(*event)
-    await ex.apply_serving(planned.serving, snap)
-    action = planned.action
-    if isinstance(action, RunStage):
-        start = action
-        try:
-            if await ex.start_stage(start):
-                prom.JOBS_CREATED.labels(stage=start.stage).inc()
-                emit(
-                    "Normal",
-                    "StageStarted",
-                    f"stage {start.stage} of iteration {start.iteration} started",
-                )
-        except TrainJobRejected as e:
-            # What only applying can tell: Trainer's webhook refused the TrainJob.
-            action = Finish(Phase.failed, "TrainJobRejected", str(e)[:1000])
-
-    new = status(
-        spec,
-        snap.observed,
-        action,
-        now=rt.now(),
-        previous=previous,
-        artifacts=ex.run_uri,
-        generation=generation,
-    )
-    new.attempts = dict(snap.attempts)
-    _events(previous, new, snap, action, emit)
-    await _write_status(ex, rt, new, prev_raw)
-    await _write_outputs(ex, previous, new, snap.observed)
+    snap, facts = await _observe(ex, previous, generation)
+    planned = await _apply(ex, previous, facts, plan(spec, previous, facts), snap, emit)
+    _events(previous, planned.status, snap, planned.action, emit)
+    await _write_status(ex, rt, planned.status, prev_raw)
+    await _write_outputs(ex, previous, planned.status, snap.observed)
     return snap.recheck_in
 
 
 async def _observe(
-    ex: KubernetesExecutor, previous: AlignmentRunStatus | None
+    ex: KubernetesExecutor, previous: AlignmentRunStatus | None, generation: int | None
 ) -> tuple[Snapshot, Facts]:
     """Everything the plan decides from: what the store path holds (whose run, finished
     stages), the Jobs, the serving Deployments, whether TrainJobs are served."""
@@ -196,8 +146,42 @@ async def _observe(
         training_runtime=ex.rt.config.training_runtime,
         serving=snap.serving,
         wanted_hash=snap.wanted_hash,
+        now=ex.rt.now(),
+        generation=generation,
+        artifacts=ex.run_uri,
+        attempts=snap.attempts,
     )
     return snap, facts
+
+
+async def _apply(
+    ex: KubernetesExecutor,
+    previous: AlignmentRunStatus | None,
+    facts: Facts,
+    planned: Plan,
+    snap: Snapshot,
+    emit: EventFn,
+) -> Plan:
+    """Post the plan's Events, change the servers, start the stage. Returns the plan, or the
+    plan overruled by what only applying tells (Trainer's webhook refused the TrainJob)."""
+    for event in planned.events:
+        emit(*event)
+    await ex.apply_serving(planned.serving, snap)
+    start = planned.action
+    if not isinstance(start, RunStage):
+        return planned
+    try:
+        if await ex.start_stage(start):
+            prom.JOBS_CREATED.labels(stage=start.stage).inc()
+            emit(
+                "Normal",
+                "StageStarted",
+                f"stage {start.stage} of iteration {start.iteration} started",
+            )
+    except TrainJobRejected as e:
+        ended = Finish(Phase.failed, "TrainJobRejected", str(e)[:1000])
+        return overruled(ex.spec, previous, facts, planned, ended)
+    return planned
 
 
 async def _write_outputs(
@@ -242,8 +226,8 @@ async def _write_status(
 def _events(
     previous: AlignmentRunStatus | None,
     new: AlignmentRunStatus,
-    snap: Any,
-    action: Any,
+    snap: Snapshot,
+    action: Action,
     emit: EventFn,
 ) -> None:
     """Stage end / run end Events, each once (on the transition, not on every reconcile)."""
@@ -272,20 +256,11 @@ async def _invalid(
 ) -> None:
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
-    observed = Observed(invalid=message)
-    action = next_action(PLACEHOLDER_SPEC, observed)  # Finish(Failed, InvalidSpec, message)
-    new = status(
-        PLACEHOLDER_SPEC,
-        observed,
-        action,
-        now=rt.now(),
-        previous=previous,
-        generation=meta.get("generation"),
-    )
+    planned = invalid(previous, message, now=rt.now(), generation=meta.get("generation"))
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=PLACEHOLDER_SPEC, owner=body)
-    await _write_status(ex, rt, new, prev_raw)
-    if previous is None or previous.phase != Phase.failed:
-        emit("Warning", "InvalidSpec", message)
+    await _write_status(ex, rt, planned.status, prev_raw)
+    for event in planned.events:
+        emit(*event)
 
 
 async def _blocked(
@@ -296,53 +271,43 @@ async def _blocked(
     attempt: int,
     delay: float,
 ) -> None:
-    """Say in the run's status why its reconcile failed: Failed when retrying can't help, else a
-    waiting condition naming the cause and the next retry. Logged with the run's name."""
+    """Say in the run's status why its reconcile failed (`plan.blocked`). Logged with the run's
+    name."""
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
-    blocked = classify(e)
-    prom.RECONCILE_ERRORS.labels(reason=blocked.reason).inc()
-    level = logging.ERROR if blocked.permanent or attempt >= 3 else logging.WARNING
+    cause = classify(e)
+    prom.RECONCILE_ERRORS.labels(reason=cause.reason).inc()
+    level = logging.ERROR if cause.permanent or attempt >= 3 else logging.WARNING
     log.log(
         level,
         "run %s/%s: %s: %s (attempt %d)",
         namespace,
         name,
-        blocked.reason,
-        blocked.message,
+        cause.reason,
+        cause.message,
         attempt,
-        exc_info=blocked.reason == "ReconcileError",
+        exc_info=cause.reason == "ReconcileError",
     )
-    key = (namespace, name)
-    prev_raw = _previous(rt, key, body)
-    try:
-        previous = AlignmentRunStatus.model_validate(prev_raw) if prev_raw else None
-    except ValidationError:
-        previous = None
+    prev_raw = _previous(rt, (namespace, name), body)
+    previous = _parse_status(prev_raw)
     try:
         spec = validate(body, rt)
     except SpecError:
         spec = PLACEHOLDER_SPEC
-    action: Action
-    if blocked.permanent:
-        action = Finish(Phase.failed, blocked.reason, blocked.message)
-    else:
-        action = Wait(
-            blocked.reason, f"{blocked.message}; retrying in {delay:.0f}s (attempt {attempt})"
-        )
-    new = status(
-        spec, Observed(), action, now=rt.now(), previous=previous, generation=meta.get("generation")
+    planned = blocked(
+        spec,
+        previous,
+        cause,
+        attempt=attempt,
+        delay=delay,
+        now=rt.now(),
+        generation=meta.get("generation"),
     )
-    if previous is not None:
-        # What was already observed (metrics per iteration, attempts) stays visible.
-        new.iterations, new.attempts = previous.iterations, previous.attempts
-        new.safety, new.helpfulness = previous.safety, previous.helpfulness
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
-    # One Event per cause, not one per retry.
-    if previous is None or not (previous.message or "").startswith(blocked.message):
-        emit("Warning", blocked.reason, blocked.message)
+    for event in planned.events:
+        emit(*event)
     with contextlib.suppress(Exception):  # the API itself may be what is failing
-        await _write_status(ex, rt, new, prev_raw)
+        await _write_status(ex, rt, planned.status, prev_raw)
 
 
 async def drive(

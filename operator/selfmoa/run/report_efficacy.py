@@ -16,7 +16,7 @@ from selfmoa.run.report_format import coord as _f
 from selfmoa.run.report_format import label as _label
 from selfmoa.run.report_format import num as _num
 from selfmoa.run.report_format import pct as _pct
-from selfmoa.run.report_svg import H, _Axes, _legend, _svg
+from selfmoa.run.report_svg import Axes, H, chart_svg, draw_legend
 
 #: Outcome classes in the order they stack, with their colours (Okabe-Ito; good ones first).
 CLASS_COLOURS: dict[str, str] = {
@@ -42,7 +42,7 @@ def outcome_chart(metrics: Mapping[int, Metrics]) -> str:
     ks = [k for k in sorted(metrics) if metrics[k].outcomes is not None]
     outs = [metrics[k].outcomes for k in ks]
     classes = _classes([o for o in outs if o is not None], "harmful")
-    axes = _Axes(0, max(len(ks), 1), 0.0, 1.0)
+    axes = Axes(0, max(len(ks), 1), 0.0, 1.0)
     body = axes.y_grid([0, 0.25, 0.5, 0.75, 1.0], lambda t: f"{round(100 * t):d}%")
     body += axes.frame("iteration", "share of answers to harmful prompts")
     slot = (axes.right - axes.left) / max(len(ks), 1)
@@ -69,8 +69,8 @@ def outcome_chart(metrics: Mapping[int, Metrics]) -> str:
             f'text-anchor="middle">{e(_label(k))}</text>'
         )
     legend = [(c, CLASS_COLOURS.get(c, "#444"), False) for c in reversed(classes)]
-    body += _legend(legend, axes.right + 18, axes.top + 10)
-    return _svg("chart-outcomes", "Outcome classes of answers to harmful prompts", body)
+    body += draw_legend(legend, axes.right + 18, axes.top + 10)
+    return chart_svg("chart-outcomes", "Outcome classes of answers to harmful prompts", body)
 
 
 def outcome_table(metrics: Mapping[int, Metrics]) -> str:
@@ -164,7 +164,7 @@ def efficiency_chart(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool
         assert g is not None
         points.append((spent, g.attack_success_rate))
     top = max([p for p, _ in points] + [1])
-    axes = _Axes(0, top, 0.0, 1.0, height=H)
+    axes = Axes(0, top, 0.0, 1.0, height=H)
     body = axes.y_grid([0, 0.25, 0.5, 0.75, 1.0], lambda t: f"{round(100 * t):d}%")
     body += axes.frame("preference pairs trained on (cumulative)", "gold attack success rate")
     for p, _ in points:
@@ -186,7 +186,7 @@ def efficiency_chart(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool
             f'stroke="#D55E00" stroke-width="2"><title>{e(_label(k))}: {p} pairs, gold ASR '
             f"{e(_pct(v))}</title></circle>"
         )
-    return _svg("chart-efficiency", "Gold attack success rate per pairs spent", body)
+    return chart_svg("chart-efficiency", "Gold attack success rate per pairs spent", body)
 
 
 def calibration_table(metrics: Mapping[int, Metrics]) -> str:

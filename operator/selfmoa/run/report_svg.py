@@ -54,7 +54,7 @@ def _nice_ceil(v: float) -> float:
 
 
 @dataclass(frozen=True)
-class _Axes:
+class Axes:
     """A plot area mapping data (x0..x1, y0..y1) to pixels."""
 
     x0: float
@@ -115,7 +115,7 @@ class _Axes:
         ]
 
 
-def _svg(chart_id: str, title: str, body: Sequence[str], height: int = H) -> str:
+def chart_svg(chart_id: str, title: str, body: Sequence[str], height: int = H) -> str:
     return (
         f'<svg id="{e(chart_id)}" class="chart" role="img" aria-label="{e(title)}" '
         f'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {height}" width="{W}" '
@@ -123,7 +123,7 @@ def _svg(chart_id: str, title: str, body: Sequence[str], height: int = H) -> str
     )
 
 
-def _legend(items: Sequence[tuple[str, str, bool]], x: float, y: float) -> list[str]:
+def draw_legend(items: Sequence[tuple[str, str, bool]], x: float, y: float) -> list[str]:
     """(label, colour, dashed) entries stacked at (x, y)."""
     out = []
     for i, (label, colour, dashed) in enumerate(items):
@@ -139,7 +139,7 @@ def _legend(items: Sequence[tuple[str, str, bool]], x: float, y: float) -> list[
 
 
 def _series_lines(
-    axes: _Axes,
+    axes: Axes,
     points: Sequence[tuple[int, float]],
     name: str,
     label: str,
@@ -174,7 +174,7 @@ def _series_lines(
 def trend_chart(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) -> str:
     """(1) Every objective per iteration; dashed: the gold judge's view when there is one."""
     ks = sorted(metrics)
-    axes = _Axes(ks[0], ks[-1], 0.0, 1.0)
+    axes = Axes(ks[0], ks[-1], 0.0, 1.0)
     body = axes.y_grid([0, 0.25, 0.5, 0.75, 1.0], lambda t: f"{t:.2f}")
     for k in ks:
         body.append(
@@ -197,8 +197,8 @@ def trend_chart(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) ->
                 point_class="pt-gold", accepted=accepted,
             )  # fmt: skip
             legend.append((label, colour, True))
-    body += _legend(legend, axes.right + 18, axes.top + 10)
-    return _svg("chart-trend", "Objectives per iteration", body)
+    body += draw_legend(legend, axes.right + 18, axes.top + 10)
+    return chart_svg("chart-trend", "Objectives per iteration", body)
 
 
 def category_chart(metrics: Mapping[int, Metrics]) -> str:
@@ -206,7 +206,7 @@ def category_chart(metrics: Mapping[int, Metrics]) -> str:
     ks = sorted(metrics)
     cats = sorted({c for m in metrics.values() for c in m.per_category})
     top = _nice_ceil(max([v for m in metrics.values() for v in m.per_category.values()] or [0.0]))
-    axes = _Axes(0, max(len(cats), 1), 0.0, top, height=H + 30)
+    axes = Axes(0, max(len(cats), 1), 0.0, top, height=H + 30)
     ticks = [top * i / 4 for i in range(5)]
     body = axes.y_grid(ticks, lambda t: f"{round(100 * t, 1):g}%")
     body += axes.frame("", "attack success rate")
@@ -237,17 +237,17 @@ def category_chart(metrics: Mapping[int, Metrics]) -> str:
             f'y="{_f((axes.top + axes.bottom) / 2)}" text-anchor="middle">'
             "no per-category results</text>"
         )
-    body += _legend(
+    body += draw_legend(
         [(_label(k), colours[i], False) for i, k in enumerate(ks)], axes.right + 18, axes.top + 10
     )
-    return _svg("chart-categories", "Attack success rate per harm category", body, H + 30)
+    return chart_svg("chart-categories", "Attack success rate per harm category", body, H + 30)
 
 
-def _plane_axes(metrics: Mapping[int, Metrics], ks: Sequence[int]) -> tuple[_Axes, list[str]]:
+def _plane_axes(metrics: Mapping[int, Metrics], ks: Sequence[int]) -> tuple[Axes, list[str]]:
     """Axes fitted to the iterations' (helpfulness, safety) points, with grid and frame."""
     xt = _nice_ticks([metrics[k].helpfulness for k in ks])
     yt = _nice_ticks([metrics[k].safety for k in ks])
-    axes = _Axes(xt[0], xt[-1], yt[0], yt[-1])
+    axes = Axes(xt[0], xt[-1], yt[0], yt[-1])
     body = axes.y_grid(yt, lambda t: f"{t:.2f}")
     for t in xt:
         body.append(
@@ -259,7 +259,7 @@ def _plane_axes(metrics: Mapping[int, Metrics], ks: Sequence[int]) -> tuple[_Axe
     return axes, body
 
 
-def _plane_arrows(axes: _Axes, metrics: Mapping[int, Metrics], ks: Sequence[int]) -> list[str]:
+def _plane_arrows(axes: Axes, metrics: Mapping[int, Metrics], ks: Sequence[int]) -> list[str]:
     body = [
         '<defs><marker id="arrowhead" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
@@ -303,12 +303,12 @@ def plane_chart(metrics: Mapping[int, Metrics], accepted: Mapping[int, bool]) ->
             f"{_num(m.helpfulness)}{e(note)}</title></circle>"
             f'<text class="pt-label" x="{_f(cx + 9)}" y="{_f(cy - 8)}">{e(_label(k))}</text>'
         )
-    body += _legend(
+    body += draw_legend(
         [("later = darker", colours[-1], False), ("rolled back", ROLLED_BACK, False)],
         axes.right + 18,
         axes.top + 10,
     )
-    return _svg("chart-plane", "Safety vs helpfulness, iteration by iteration", body)
+    return chart_svg("chart-plane", "Safety vs helpfulness, iteration by iteration", body)
 
 
 def iteration_colours(n: int) -> list[str]:
