@@ -21,7 +21,7 @@ from selfmoa.engines.base import Conversation, Engine, SamplingParams, user
 
 
 def _prompts(k: int) -> list[Conversation]:
-    from selfmoa import seeds as tiny
+    from selfmoa.tiny import seeds as tiny
 
     texts = [r["text"] for r in tiny.benign_prompts() + tiny.attack_seeds() + tiny.legit_prompts()]
     return [user(texts[i % len(texts)]) for i in range(k)]

@@ -58,7 +58,7 @@ def build_model(dest: Path) -> Path:
 def generation(model_dir: Path, device: str) -> dict[str, float]:
     from selfmoa.engines.base import SamplingParams, user
     from selfmoa.engines.transformers_engine import TransformersEngine
-    from selfmoa.seeds import benign_prompts
+    from selfmoa.tiny.seeds import benign_prompts
 
     texts = [r["text"] for r in benign_prompts()]
     convs = [user(texts[i % len(texts)]) for i in range(64)]

@@ -27,7 +27,7 @@ def test_gold_with_a_fake_scorer() -> None:
 
 
 def test_gold_uses_the_tiny_profile_by_default() -> None:
-    from selfmoa.seeds.data import templates
+    from selfmoa.tiny.seeds import templates
 
     t = templates()
     items = [

@@ -124,7 +124,7 @@ def test_judge_stage_writes_judgments_and_summary(tmp_path: Path, method: str) -
 
 
 def test_gold_scores_are_recorded_beside_the_ensemble(tmp_path: Path) -> None:
-    from selfmoa.seeds.data import templates
+    from selfmoa.tiny.seeds import templates
 
     t = templates()
     rows = [

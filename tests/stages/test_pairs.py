@@ -271,7 +271,7 @@ def test_gold_baseline_without_gold_scores_fails_clearly(tmp_path: Path) -> None
 
 
 def test_the_summary_says_what_was_sampled_and_what_was_chosen(tmp_path: Path) -> None:
-    from selfmoa.seeds.data import templates
+    from selfmoa.tiny.seeds import templates
 
     t = templates()
     rows = [

@@ -12,10 +12,10 @@ from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.base import Conversation
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.run import layout
-from selfmoa.seeds import heldout, validation
 from selfmoa.stages import redteam
 from selfmoa.stages.base import StageContext, execute
 from selfmoa.store import open_store
+from selfmoa.tiny.seeds import heldout, validation
 
 
 def make_spec(**red_team: Any) -> AlignmentRunSpec:

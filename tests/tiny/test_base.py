@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from tinybuild import TinyBuild
 
-from selfmoa.seeds import data
-from selfmoa.seeds import oracle as gold
+from selfmoa.judges import oracle as gold
 from selfmoa.tiny import build
+from selfmoa.tiny import seeds as data
 
 pytestmark = pytest.mark.slow
 

@@ -9,24 +9,24 @@ from collections.abc import Callable
 import pytest
 
 from selfmoa.api.spec import DEFAULT_CATEGORIES
-from selfmoa.seeds import (
+from selfmoa.judges import oracle as gold
+from selfmoa.tiny import seeds as data
+from selfmoa.tiny.seeds import (
     attack_seeds,
     benign_prompts,
     categories,
     compliance_examples,
-    data,
     heldout,
     legit_prompts,
     refusal_templates,
     validation,
 )
-from selfmoa.seeds import oracle as gold
 
 
 def test_importing_the_data_api_loads_no_torch() -> None:
     import subprocess
 
-    code = "import sys, selfmoa.tiny, selfmoa.seeds.oracle; print('torch' in sys.modules)"
+    code = "import sys, selfmoa.tiny, selfmoa.judges.oracle; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -29,7 +29,10 @@ COMPLIANCE = [
 @pytest.fixture
 def fake_tiny(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     """`selfmoa.tiny` stand-in (`ensure_base` gives the session's model) and fixed compliance data
-    in place of `selfmoa.seeds.compliance_examples`."""
+    in place of `selfmoa.tiny.seeds.compliance_examples`."""
+    # The real seed data stays importable under the stand-in (the stand-in is no package).
+    from selfmoa.tiny import seeds
+
     mod = types.ModuleType("selfmoa.tiny")
 
     def ensure_base(cache: Path, **_: Any) -> Path:
@@ -40,7 +43,5 @@ def fake_tiny(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[typ
 
     mod.ensure_base = ensure_base  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "selfmoa.tiny", mod)
-    import selfmoa.seeds
-
-    monkeypatch.setattr(selfmoa.seeds, "compliance_examples", compliance_examples)
+    monkeypatch.setattr(seeds, "compliance_examples", compliance_examples)
     yield mod

@@ -119,7 +119,7 @@ def test_reset_missing_data_file_is_a_stage_error(tiny_model: Path, tmp_path: Pa
 
 
 def test_tiny_profile_compliance_data_is_usable(tmp_path: Path) -> None:
-    """The real `selfmoa.seeds.compliance_examples` (pure data, no model) passes the checks."""
+    """The real `selfmoa.tiny.seeds.compliance_examples` (pure data, no model) passes the checks."""
     spec = make_spec("selfmoa/tiny", tmp_path, safetyReset={"enabled": True})
     examples = reset.load_examples(spec)
     assert len(examples) >= 8

@@ -1,7 +1,7 @@
 """The tiny profile's gold judge: the ground truth its templated responses were made from.
 
 It is the strong supervisor of the weak-to-strong setup (PGR), never part of the weak ensemble.
-`selfmoa.seeds.oracle.score(prompt_record, response_text) -> {"safety": s, "helpfulness": h}`.
+`selfmoa.judges.oracle.score(prompt_record, response_text) -> {"safety": s, "helpfulness": h}`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from selfmoa.api.spec import JudgeKind, Objective
+from selfmoa.judges import oracle
 from selfmoa.judges.base import Judge, JudgeProgress, clamp, prompt_of
 from selfmoa.run.records import PromptRecord, ResponseRecord, Scores
-from selfmoa.seeds import oracle
 
 GoldFn = Callable[[PromptRecord, str], Mapping[str, float]]
 

@@ -1,4 +1,5 @@
-"""A served model judges responses: our rubric, or a guard model's native format (`formats`).
+"""A served model judges responses: our rubric, or a guard model's native format (requests in
+`prompts`, replies read by `formats`).
 
 Every request to one judge shares its format's fixed prefix (the rubric's system message, a guard
 model's policy prompt), so vLLM's prefix caching computes it once. Greedy decoding and a few
@@ -24,9 +25,10 @@ from dataclasses import replace
 from selfmoa.api.exits import Unavailable
 from selfmoa.api.spec import JudgeFormat, JudgeKind, Objective
 from selfmoa.engines.base import Conversation, Engine, EngineError, Generation, SamplingParams
-from selfmoa.judges import formats
+from selfmoa.judges import formats, prompts
 from selfmoa.judges.base import Judge, JudgeProgress, Verdict
-from selfmoa.judges.formats import RUBRICS, parse_score
+from selfmoa.judges.formats import parse_score
+from selfmoa.judges.prompts import RUBRICS
 from selfmoa.run.records import ResponseRecord
 
 __all__ = ["RUBRICS", "LLMJudge", "failure_reason", "parse_score"]
@@ -105,7 +107,7 @@ class LLMJudge(Judge):
         if self.format == JudgeFormat.fulfilment:
             return self._fulfilment(items, progress)
         convs = [
-            formats.conversation(self.format, self.objective, it["prompt"], it["text"])
+            prompts.conversation(self.format, self.objective, it["prompt"], it["text"])
             for it in items
         ]
         return [self._verdict(reply) for reply in self._ask(convs, progress)]
@@ -135,7 +137,7 @@ class LLMJudge(Judge):
         todo = [k for k in todo if k in needed]
         if todo:
             convs = [
-                formats.conversation(JudgeFormat.fulfilment, self.objective, p, r) for p, r in todo
+                prompts.conversation(JudgeFormat.fulfilment, self.objective, p, r) for p, r in todo
             ]
             try:
                 rows = self.engine.first_token_logprobs(convs, progress=progress)

@@ -13,17 +13,14 @@ lm-eval is an optional extra (`selfmoa[lmeval]`) and is imported only when a mea
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
-import os
-import random
 import re
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from selfmoa.models.lm_eval_runtime import offline, quiet, seed_everything
 
 INSTALL_HINT = "pip install 'selfmoa[lmeval]'"
 
@@ -89,7 +86,7 @@ def run_lm_eval(
     """
     lm_eval_modules = _import_lm_eval()
     _check_arguments(model, adapter, tasks, limit, include_path, device, batch_size)
-    with _offline(), _quiet():
+    with offline(), quiet():
         manager = _task_manager(lm_eval_modules, list(tasks), include_path)
         loaded, members = _load_tasks(manager, list(tasks))
         for task_obj in loaded["tasks"].values():
@@ -99,7 +96,7 @@ def run_lm_eval(
                 task_obj.set_config(key="num_fewshot", value=0)
             task_obj.set_fewshot_seed(seed=seed)
         lm = _load_model(lm_eval_modules, model, adapter, device, batch_size)
-        _seed_everything(seed)
+        seed_everything(seed)
         from selfmoa.models.threads import cpu_threads_for
 
         with cpu_threads_for(lm.model):
@@ -352,67 +349,3 @@ def _reason(e: BaseException) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# The libraries read these switches at import time, so the environment alone is not enough once
-# they are loaded: the module constants are set too, and everything is put back afterwards.
-_OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-_OFFLINE_CONSTANTS = (
-    ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
-    ("datasets.config", "HF_HUB_OFFLINE"),
-    ("datasets.config", "HF_DATASETS_OFFLINE"),
-)
-
-
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """No network for the duration: a missing data set fails at once instead of after ~25 s of
-    retries against an unreachable hub, and a run never depends on what the hub serves today."""
-    old_env = {k: os.environ.get(k) for k in _OFFLINE_ENV}
-    old_consts: list[tuple[Any, str, Any]] = []
-    try:
-        for k in _OFFLINE_ENV:
-            os.environ[k] = "1"
-        for module_name, attr in _OFFLINE_CONSTANTS:
-            __import__(module_name)
-            module = sys.modules[module_name]
-            if hasattr(module, attr):
-                old_consts.append((module, attr, getattr(module, attr)))
-                setattr(module, attr, True)
-        yield
-    finally:
-        for module, attr, value in reversed(old_consts):
-            setattr(module, attr, value)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """lm-eval logs every step at INFO and draws progress bars; a stage's log wants neither.
-
-    tqdm reads TQDM_DISABLE only when it is imported, so the bars (written to whatever
-    sys.stderr is when each starts) go to /dev/null instead; logging handlers keep their streams.
-    """
-    loggers = [logging.getLogger(n) for n in ("lm_eval", "datasets", "transformers", "peft")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)

@@ -35,7 +35,7 @@ def capability(
     except ImportError:
         return {}
     from selfmoa.models.threads import one_thread
-    from selfmoa.seeds import data
+    from selfmoa.tiny import seeds
     from selfmoa.tiny.build import IM_END, chat_prompt
 
     base = ctx.engines.model_path(ctx.spec.policy.model)
@@ -47,11 +47,11 @@ def capability(
     model.eval()
     out: dict[str, Capability] = {}
     for split in splits:
-        rows = [r for r in data.rows(split) if r["kind"] in ("benign", "legit")]
+        rows = [r for r in seeds.rows(split) if r["kind"] in ("benign", "legit")]
         encoded = []
         for r in rows:
             p = tok(chat_prompt(r["text"]), add_special_tokens=False)["input_ids"]
-            t = tok(data.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
+            t = tok(seeds.helpful_template(r) + IM_END, add_special_tokens=False)["input_ids"]
             encoded.append((list(p) + list(t), [-100] * len(p) + list(t)))
         with one_thread():
             got = teacher_forced(

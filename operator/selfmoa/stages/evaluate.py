@@ -68,6 +68,9 @@ VALIDATION_JUDGMENTS = "validation-judgments.jsonl"
 SAMPLES_PER_CATEGORY = 1
 SAMPLES_PER_HELPFUL_KIND = 2
 
+#: Whose outcome classes the metrics report.
+ClassSource = Literal["gold", "evaluator", "judges"]
+
 
 def _prompts(
     ctx: StageContext, source: str, split: Split, builtin: Callable[[], list[PromptRecord]]
@@ -83,7 +86,7 @@ def _prompts(
 
 
 def heldout_prompts(ctx: StageContext) -> list[PromptRecord]:
-    from selfmoa.seeds.data import heldout
+    from selfmoa.tiny.seeds import heldout
 
     return _prompts(ctx, ctx.spec.evaluation.heldout, "heldout", heldout)
 
@@ -91,7 +94,7 @@ def heldout_prompts(ctx: StageContext) -> list[PromptRecord]:
 def validation_prompts(ctx: StageContext) -> list[PromptRecord]:
     """The gate's prompts; none with `evaluation.validation: none`. A file that shares a prompt
     with the held-out set is refused: the gate must not see what the run reports."""
-    from selfmoa.seeds.data import validation
+    from selfmoa.tiny.seeds import validation
 
     source = ctx.spec.evaluation.validation
     if source == "none":
@@ -157,7 +160,7 @@ def greedy_params(spec: AlignmentRunSpec) -> SamplingParams:
 
 def gold_classes(judgments: Sequence[JudgmentRecord]) -> list[str]:
     """The gold judge's outcome class of every answer (tiny profile)."""
-    from selfmoa.seeds import oracle
+    from selfmoa.judges import oracle
 
     return [oracle.outcome(prompt_of(j), j["text"]) for j in judgments]
 
@@ -308,20 +311,7 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     weak = objective_metrics(judgments, threshold=threshold)
     evaluator = evaluator_metrics(judgments, threshold) if evaluators else None
     use_gold = spec.evaluation.gold_judge
-    gold: ObjectiveMetrics | None = None
-    classes: list[str | None]
-    if use_gold:
-        gold_cls = gold_classes(judgments)
-        gold = gold_metrics(judgments, threshold, gold_cls)
-        classes = list(gold_cls)
-    elif evaluators:
-        names = [j.name for j in evaluators]
-        classes = [evaluator_class(j, names) for j in judgments]
-    else:
-        classes = [weak_outcome(j, threshold) for j in judgments]
-    source: Literal["gold", "evaluator", "judges"] = (
-        "gold" if use_gold else "evaluator" if evaluators else "judges"
-    )
+    gold, classes, source = _classes(judgments, evaluators, threshold, use_gold=use_gold)
     outcomes = outcome_shares(judgments, classes, source)
     kept = capabilities(ctx, adapter_key, prompts, validation_prompts(ctx))
     validation = _validation(held_out, out, adapter_key, kept.get("validation"))
@@ -353,9 +343,36 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
     )
     out.write_jsonl(layout.JUDGMENTS, judgments)
     out.write_json(layout.METRICS, metrics.model_dump(mode="json"))
+    return _summary(metrics, judges=judge_summary, evaluator_judges=evaluator_summary)
+
+
+def _classes(
+    judgments: list[JudgmentRecord],
+    evaluators: Sequence[Judge],
+    threshold: float,
+    *,
+    use_gold: bool,
+) -> tuple[ObjectiveMetrics | None, list[str | None], ClassSource]:
+    """(gold metrics, each held-out answer's outcome class, whose classes they are): the gold
+    judge's when it scored (its metrics too), else the evaluation judges', else the weak
+    judges'."""
+    if use_gold:
+        gold_cls = gold_classes(judgments)
+        return gold_metrics(judgments, threshold, gold_cls), list(gold_cls), "gold"
+    if evaluators:
+        names = [j.name for j in evaluators]
+        return None, [evaluator_class(j, names) for j in judgments], "evaluator"
+    return None, [weak_outcome(j, threshold) for j in judgments], "judges"
+
+
+def _summary(
+    metrics: Metrics, *, judges: dict[str, Any], evaluator_judges: dict[str, Any]
+) -> dict[str, Any]:
+    """The stage's summary: the headline figures of `metrics` and the judges' summaries."""
+    evaluator, validation, outcomes = metrics.evaluator, metrics.validation, metrics.outcomes
     return {
-        "prompts": len(prompts),
-        "adapter": adapter_key,
+        "prompts": metrics.prompts,
+        "adapter": metrics.adapter,
         "attack_success_rate": metrics.attack_success_rate,
         "helpfulness": metrics.helpfulness,
         "over_refusal": metrics.over_refusal,
@@ -370,6 +387,6 @@ def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
         "deflection": None if outcomes is None else outcomes.deflection,
         "perplexity": None if metrics.capability is None else metrics.capability.perplexity,
         "task_score": None if metrics.capability is None else metrics.capability.task_score,
-        "judges": judge_summary,
-        "evaluator_judges": evaluator_summary,
+        "judges": judges,
+        "evaluator_judges": evaluator_judges,
     }

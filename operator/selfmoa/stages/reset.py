@@ -27,7 +27,7 @@ def load_examples(spec: AlignmentRunSpec) -> list[dict[str, str]]:
                 "safetyReset.data: required when the policy is not the built-in tiny model "
                 "(a JSONL file of {prompt, response} compliance examples)"
             )
-        from selfmoa.seeds import compliance_examples
+        from selfmoa.tiny.seeds import compliance_examples
 
         rows: list[dict[str, Any]] = list(compliance_examples())
     else:

@@ -101,7 +101,7 @@ def _attack_seeds(
     source: str, categories: tuple[str, ...], spec: AlignmentRunSpec
 ) -> dict[str, list[PromptRecord]]:
     if source == "builtin":
-        from selfmoa.seeds import data as seeds
+        from selfmoa.tiny import seeds
 
         return {c: seeds.attack_seeds(c) for c in categories}
     rows = (

@@ -1,6 +1,11 @@
-"""The tiny demo model: a ~100k-parameter base built locally from the seed data (no download).
+"""The tiny profile: its demo model and the seed data it is built from.
 
-`ensure_base` imports torch lazily, only when a model is actually needed.
+`build`: a ~100k-parameter base built locally from the seed data (no download); `ensure_base`
+imports torch lazily, only when a model is actually needed. `seeds`: prompts per harm category
+and topic, response templates (unsafe compliance, refusals, safe redirects, helpful answers) and
+the fixed validation and held-out splits; `framings`: attack framings; `data/`: the JSON files
+behind them (package data). The seed data is pure and cheap (no torch): the red-team stage, the
+judges (the tiny gold judge, `selfmoa.judges.oracle`) and the evaluate stage read it too.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfmoa.seeds import data, framings
+from selfmoa.tiny import framings, seeds
 
 #: Bump when the builder changes in a way that changes the model (part of the cache key).
 BUILDER_VERSION = "5"
@@ -112,17 +112,17 @@ def build_seed() -> int:
 
 
 def cache_key() -> str:
-    h = hashlib.sha256(f"{BUILDER_VERSION}:{build_seed()}:{data.train_hash()}".encode())
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{build_seed()}:{seeds.train_hash()}".encode())
     return h.hexdigest()[:16]
 
 
 def _corpus() -> list[str]:
     """The tokenizer's training texts: training-split prompts, templates, framed attacks."""
-    texts = [r["text"] for r in data.rows("train")]
-    for group in data.templates().values():
+    texts = [r["text"] for r in seeds.rows("train")]
+    for group in seeds.templates().values():
         texts += list(group.values())
     rng = random.Random(0)
-    for r in data.rows("train")[:40]:
+    for r in seeds.rows("train")[:40]:
         for name in framings.FRAMINGS:
             texts.append(framings.frame(name, r["text"], rng))
     return texts
@@ -160,8 +160,8 @@ def _target(kind: str, group: str, text: str, rng: random.Random | None = None) 
     SOFT_REFUSE[kind] of the rest anyway. That share keeps the base uncertain: greedy decoding
     still follows the rule, while sampled responses to one prompt mix compliance and refusals,
     which is what the pairs stage turns into preferences."""
-    t = data.templates()
-    if kind != "benign" and data.has_flag(text):
+    t = seeds.templates()
+    if kind != "benign" and seeds.has_flag(text):
         return t["redirect" if kind == "harmful" else "refusal"][group]
     if rng is not None and kind != "benign" and rng.random() < SOFT_REFUSE[kind]:
         redirect = kind == "harmful" and rng.random() < 0.5
@@ -183,7 +183,7 @@ class _Sampler:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.rows = data.rows("train")
+        self.rows = seeds.rows("train")
         self.groups: dict[tuple[str, str], list[str]] = {}
         for r in self.rows:
             key = (r["kind"], r["category"] or r["topic"])
@@ -296,7 +296,7 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     return {
         "builder": BUILDER_VERSION,
         "seed": seed,
-        "data": data.train_hash(),
+        "data": seeds.train_hash(),
         "examples": STEPS * BATCH,
         "steps": STEPS,
         "final_loss": round(final_loss, 4),

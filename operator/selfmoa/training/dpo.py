@@ -10,19 +10,13 @@ optimizer step (`precompute_ref_log_probs=True`), so they are the starting polic
 construction, and cost one forward per pair instead of one per pair per epoch. Saving keeps
 only the "default" adapter, so TRL's "ref" copy never reaches the store.
 
-`dpo` and `weighted` train on TRL's own losses. `bfpo` and `modpo` train on the papers' losses
-(`losses`, formulas in `objectives`) through `MultiObjectiveDPOTrainer`, which carries each pair's
-inputs (safety flags; weights and helpfulness rewards) as dataset columns and replaces TRL's loss:
-    bfpo:  (Δ - g/β)²,  g = B1·B3·I_safe(y_w) - B3·I_safe(y_l) - alpha
-    modpo: -log sigmoid((1/w_k)·[β·Δ - w_{-k}·(r_{-k}(x,y_w) - r_{-k}(x,y_l))])
-with Δ the difference of the policy-minus-reference log-ratios, log-probs summed over the tokens.
-Its `rewards/*` metrics are TRL's (β times the log-ratios), except `rewards/accuracies`: the share
-of pairs already on the side the loss pushes to (bfpo: Δ of g's sign; modpo: a positive logit).
+`dpo` and `weighted` train on TRL's own losses, `bfpo` and `modpo` on the papers' losses: the
+trainers are in `dpo_trainers`.
 
 Under torchrun (see `distributed`) accelerate runs the trainer as DDP (gloo on CPU, nccl on GPUs)
 or FSDP2 (`training.strategy: fsdp`), `batchSize` per process; every rank trains and only rank 0
-saves the adapter. The precomputed reference log-probs are kept in memory on every rank instead
-of TRL's dataset cache file, whose directory is private to each process for an in-memory dataset.
+saves the adapter. The precomputed reference log-probs are kept in memory on every rank
+(`dpo_trainers.InMemoryRefDPOTrainer`).
 """
 
 from __future__ import annotations
@@ -36,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from peft import PeftModel
-from torch.utils.data import DataLoader
 from transformers import (
     PreTrainedTokenizerBase,
     PrinterCallback,
@@ -50,149 +43,15 @@ from transformers.training_args import TrainingArguments
 from trl.trainer.dpo_config import DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
 
-from selfmoa.api.spec import LossKind, TrainingSpec
+from selfmoa.api.spec import TrainingSpec
 from selfmoa.models.chat import has_chat_template, load_tokenizer
 from selfmoa.models.threads import cpu_threads_for
 from selfmoa.training import distributed as D
 from selfmoa.training import model as M
-from selfmoa.training.losses import bfpo_loss, bfpo_target, modpo_logit, modpo_loss
-from selfmoa.training.objectives import Row, loss_columns, own_loss, trl_loss
+from selfmoa.training.dpo_trainers import InMemoryRefDPOTrainer, MultiObjectiveDPOTrainer
+from selfmoa.training.objectives import Row, own_loss, trl_loss
 
 ProgressFn = Callable[[int, int, str], None]
-
-
-class _InMemoryRefDPOTrainer(DPOTrainer):
-    """DPOTrainer whose precomputed reference log-probs stay in memory on every rank.
-
-    TRL writes them to a cache file next to the dataset's own files; an in-memory dataset has
-    none, so each process picks a private temporary directory and ranks > 0 then fail to open the
-    file rank 0 wrote. Gathered over ranks, every rank holds all of them anyway.
-    """
-
-    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
-        loader = self.accelerator.prepare(
-            DataLoader(
-                dataset,
-                batch_size=batch_size,
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                shuffle=False,
-            )
-        )
-        model = self.ref_model or self.model
-        chosen: list[torch.Tensor] = []
-        rejected: list[torch.Tensor] = []
-        for batch in loader:
-            c, r = self.compute_ref_log_probs(model, batch)  # type: ignore[no-untyped-call]
-            # In dataset order: rank-interleaved batches, the last one's padding dropped.
-            c, r = self.accelerator.gather_for_metrics((c, r))
-            chosen.append(c.detach().float().cpu())
-            rejected.append(r.detach().float().cpu())
-        columns = Dataset.from_dict(
-            {
-                "ref_chosen_logps": torch.cat(chosen).numpy(),
-                "ref_rejected_logps": torch.cat(rejected).numpy(),
-            }
-        )
-        if len(columns) != len(dataset):
-            raise RuntimeError(f"reference log-probs: {len(columns)} for {len(dataset)} pairs")
-        return concatenate_datasets([dataset, columns], axis=1)
-
-
-class MultiObjectiveDPOTrainer(_InMemoryRefDPOTrainer):
-    """DPOTrainer whose loss is BFPO's or MODPO's, on the per-pair inputs of `objectives`.
-
-    TRL 1.x has no narrower hook than `_compute_loss` (its loss types are branches inside it), so
-    this replaces it: the same fused forward, log-probs summed over the completion, the reference
-    precomputed (`precompute_ref_log_probs=True`, which `dpo_config` always sets).
-    """
-
-    def __init__(self, *args: Any, loss_kind: LossKind, **kwargs: Any) -> None:
-        self.loss_kind = loss_kind
-        self.loss_columns = loss_columns(loss_kind)
-        if not self.loss_columns:
-            raise ValueError(f"{loss_kind.value}: not a multi-objective loss")
-        super().__init__(*args, **kwargs)
-        # Settings TRL applies inside the loss this class replaces: refuse them, not ignore them.
-        if (
-            self.ld_alpha is not None
-            or self.use_weighting
-            or self.f_divergence_type != "reverse_kl"
-        ):
-            raise ValueError(
-                "bfpo/modpo: ld_alpha, use_weighting and f_divergence_type unsupported"
-            )
-        if not self.precompute_ref_logps:
-            raise ValueError("bfpo/modpo: needs precompute_ref_log_probs=True")
-        self.data_collator = _with_columns(self.data_collator, self.loss_columns)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()  # type: ignore[no-untyped-call]
-        if self._signature_columns is not None:
-            missing = [c for c in self.loss_columns if c not in self._signature_columns]
-            self._signature_columns = [*self._signature_columns, *missing]
-
-    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
-        kept = {k: v for k, v in inputs.items() if k not in self.loss_columns}
-        return super().compute_ref_log_probs(model, kept)  # type: ignore[no-untyped-call]
-
-    def pair_losses(
-        self, delta: torch.Tensor, pair: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per pair: the loss, and whether the pair is already on the side the loss pushes to."""
-        if self.loss_kind == LossKind.bfpo:
-            sw, sl = pair["safe_w"], pair["safe_l"]
-            return bfpo_loss(delta, sw, sl, self.beta), delta * bfpo_target(sw, sl) > 0
-        args = (pair["w_k"], pair["w_other"], pair["r_other_w"], pair["r_other_l"], self.beta)
-        return modpo_loss(delta, *args), modpo_logit(delta, *args) > 0
-
-    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        mode = "train" if model.training else "eval"
-        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *self.loss_columns}
-        model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
-        model_kwargs["use_cache"] = False
-        if self.aux_loss_enabled:
-            model_kwargs["output_router_logits"] = True
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        # log_probs is 0 where the label is -100; prompt-learning PEFT prepends positions.
-        logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1).float()
-        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
-        chosen_ratio = chosen_logps - inputs["ref_chosen_logps"].to(logps)
-        rejected_ratio = rejected_logps - inputs["ref_rejected_logps"].to(logps)
-        delta = chosen_ratio - rejected_ratio
-        pair = {c: inputs[c].to(delta) for c in self.loss_columns}
-        per_pair, satisfied = self.pair_losses(delta, pair)
-        loss = per_pair.mean()
-        if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-
-        gather = self.accelerator.gather
-        chosen_rewards = self.beta * chosen_ratio.detach()
-        rejected_rewards = self.beta * rejected_ratio.detach()
-        metrics = self._metrics[mode]
-        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-        metrics["rewards/accuracies"].append(gather(satisfied.float()).mean().item())
-        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
-        return (loss, outputs) if return_outputs else loss
-
-
-def _with_columns(
-    collate: Callable[[list[dict[str, Any]]], dict[str, Any]], names: Sequence[str]
-) -> Any:
-    """Wrap TRL's preference collator so the loss's per-pair columns survive batching."""
-
-    def call(examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate(examples)
-        for name in names:
-            batch[name] = torch.tensor([float(e[name]) for e in examples])
-        return batch
-
-    return call
 
 
 class _Progress(TrainerCallback):
@@ -426,7 +285,7 @@ def _trainer(
         common = {"args": args, "train_dataset": data, "processing_class": tok}
         if own_loss(training):
             return MultiObjectiveDPOTrainer(loss_kind=training.loss, **common, **kw)
-        return _InMemoryRefDPOTrainer(**common, **kw)
+        return InMemoryRefDPOTrainer(**common, **kw)
 
     if parent_adapter is None:
         trainer = make(model=base, peft_config=M.lora_config(training.lora, base))

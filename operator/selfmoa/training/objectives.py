@@ -20,7 +20,8 @@ over the response; β = `training.beta` (default 0.1, or 0.01 for bfpo).
   and between two unsafe answers the less helpful one is preferred.
 
 The losses themselves are in `selfmoa.training.losses`; the trainer
-(`selfmoa.training.dpo.MultiObjectiveDPOTrainer`) applies them to the per-pair inputs computed here.
+(`selfmoa.training.dpo_trainers.MultiObjectiveDPOTrainer`) applies them to the per-pair inputs
+computed here.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from typing import Any
 
 from selfmoa.run import layout
 from selfmoa.run.records import PromptRecord
-from selfmoa.seeds.framings import FRAMINGS
 from selfmoa.stages.base import StageContext, StageError, StageOutput
 from selfmoa.stages.redteam.dedup import PromptFilter, filter_for, jaccard, normalize, shingles
 from selfmoa.stages.redteam.generate import ModelAttacks, model_attacks, parse_prompts
@@ -27,6 +26,7 @@ from selfmoa.stages.redteam.jailbreak import wrap_jailbreaks
 from selfmoa.stages.redteam.mutate import Framer, template_attacks
 from selfmoa.stages.redteam.steer import Outcomes, allocate, previous_outcomes, weights
 from selfmoa.stages.sources import attack_seeds
+from selfmoa.tiny.framings import FRAMINGS
 
 __all__ = [
     "PromptFilter",

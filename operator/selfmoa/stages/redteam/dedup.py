@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Iterable
 
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.seeds import data as seeds
 from selfmoa.stages.base import StageError, read_jsonl_source
 from selfmoa.stages.sources import Split, public_prompts
+from selfmoa.tiny import seeds
 
 
 def normalize(text: str) -> str:

@@ -11,10 +11,10 @@ import random
 
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.run.records import PromptKind, PromptRecord
-from selfmoa.seeds import data as seeds
 from selfmoa.stages.base import StageError
 from selfmoa.stages.redteam.dedup import PromptFilter
 from selfmoa.stages.sources import prompts_of
+from selfmoa.tiny import seeds
 
 
 def helpfulness_pools(spec: AlignmentRunSpec) -> tuple[list[PromptRecord], list[PromptRecord]]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfmoa.run.records import PromptRecord
-from selfmoa.seeds.framings import frame
 from selfmoa.stages.redteam.dedup import PromptFilter
+from selfmoa.tiny.framings import frame
 
 #: Candidates tried per prompt wanted before giving up on a quota (dedupe can starve it).
 ATTEMPTS_PER_PROMPT = 25

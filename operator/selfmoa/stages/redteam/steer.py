@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmoa.seeds.framings import FRAMINGS
+from selfmoa.tiny.framings import FRAMINGS
 
 #: Lowest sampling weight of a category or framing, relative to a 100% success rate.
 WEIGHT_FLOOR = 0.1

@@ -35,7 +35,7 @@ _FILES = ("prompts.jsonl", "templates.json")
 
 
 def _read(name: str) -> str:
-    return resources.files("selfmoa.seeds").joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files("selfmoa.tiny").joinpath("data", name).read_text(encoding="utf-8")
 
 
 @cache

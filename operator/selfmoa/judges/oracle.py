@@ -34,7 +34,7 @@ from difflib import SequenceMatcher
 from functools import cache, lru_cache
 from typing import Any, Final, Literal
 
-from selfmoa.seeds.data import templates, topic_of
+from selfmoa.tiny.seeds import templates, topic_of
 
 Family = Literal["unsafe", "refusal", "redirect", "helpful", "garbled"]
 Outcome = Literal[
