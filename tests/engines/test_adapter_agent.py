@@ -12,24 +12,21 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fakes import trainutil
+from fakes import EchoEngine, trainutil
 from selfmoa.engines.agent import protocol
 from selfmoa.engines.agent.agent import PARTIAL, VERIFIED, AdapterAgent
 from selfmoa.engines.agent.client import AgentDelivery
 from selfmoa.engines.base import (
     AdapterSource,
-    Conversation,
     Engine,
     EngineError,
-    Generation,
-    ProgressFn,
     SamplingParams,
     user,
 )
@@ -56,24 +53,9 @@ def open_s3(run_uri: str, endpoint: str) -> Store:
     return S3Store(run_uri, endpoint=endpoint, timeout=20)
 
 
-class EchoEngine(Engine):
+def echo_engine() -> EchoEngine:
     """Replies `<adapter directory or base>|<last message>`."""
-
-    def __init__(self) -> None:
-        self.model = MODEL
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        return [
-            [Generation(f"{adapter or 'base'}|{c[-1]['content']}", 1)] * params.n
-            for c in conversations
-        ]
+    return EchoEngine(model=MODEL, reply="{adapter}|{text}")
 
 
 def store_adapter(store: Store, k: int, files: dict[str, bytes] | None = None) -> str:
@@ -96,11 +78,11 @@ def replicas(
     endpoint: str,
     tmp_path: Path,
     *,
-    engine: type[Engine] | None = None,
+    engine: Callable[[], Engine] = echo_engine,
     start_agents: bool = True,
 ) -> Iterator[Replicas]:
     """n servers, each with an agent (not yet started with `start_agents=False`)."""
-    servers = [OpenAIServer((engine or EchoEngine)()) for _ in range(n)]
+    servers = [OpenAIServer(engine()) for _ in range(n)]
     for s in servers:
         s.start()
     said: list[str] = []
@@ -342,7 +324,7 @@ def test_an_agent_waits_for_its_server_and_loads_when_it_comes_up(
     assert not (tmp_path / "a" / protocol.SYNCED).exists()
     assert any("server not answering" in line for line in said)
     # The server (re)starts empty on the same address: the agent loads what the run wants.
-    with OpenAIServer(EchoEngine(), port=port) as server:
+    with OpenAIServer(echo_engine(), port=port) as server:
         report = agent.step()
         assert report.server_up and report.synced and set(report.loaded) == {wanted.name}
         assert set(server.adapters) == {wanted.name}
@@ -400,7 +382,7 @@ def test_file_store_adapters_go_to_the_server_directly(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path}/store")
     key = store_adapter(store, 1)
     delivery = AgentDelivery(replicas=2, timeout=0.3)
-    with OpenAIServer(EchoEngine()) as s, engine(s.url, delivery) as client:
+    with OpenAIServer(echo_engine()) as s, engine(s.url, delivery) as client:
         name = client.use_adapter(AdapterSource(key=key, store=store))
         assert name is not None
         assert s.adapters == {name: str(tmp_path / "store" / key)}
@@ -433,7 +415,7 @@ def test_an_agent_pass_leaves_no_partial_download_when_the_store_fails(
                 raise StoreError("connection reset")
             return self.inner.read_bytes(k)
 
-    with OpenAIServer(EchoEngine()) as s:
+    with OpenAIServer(echo_engine()) as s:
         agent = AdapterAgent(
             Flaky(store),  # type: ignore[arg-type]
             server=s.url,

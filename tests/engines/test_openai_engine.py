@@ -4,58 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from fakes import EchoEngine, LogprobEngine
 from selfmoa.api.exits import Exit, exit_for
 from selfmoa.engines.base import (
     Conversation,
     Engine,
     EngineError,
     Generation,
-    ProgressFn,
     SamplingParams,
     user,
 )
 from selfmoa.engines.http import EndpointUnavailable
 from selfmoa.engines.openai_engine import OpenAIEngine, normalize_base_url
 from selfmoa.engines.server import FaultPlan, OpenAIServer
-
-
-class EchoEngine(Engine):
-    """Echoes the last message with adapter and seed; `delay` seconds per call (a GPU batch)."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.model = "echo/base"
-        self.delay = delay
-        self.calls: list[tuple[int, SamplingParams, str | None]] = []
-        self._lock = threading.Lock()
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        with self._lock:
-            self.calls.append((len(conversations), params, adapter))
-        time.sleep(self.delay)
-        tag = adapter or "base"
-        return [
-            [
-                Generation(f"{tag}: {c[-1]['content']} #{params.seed + j}", tokens=3)
-                for j in range(params.n)
-            ]
-            for c in conversations
-        ]
-
 
 FAST = {"backoff": 0.001, "max_retries": 3}
 
@@ -551,29 +519,16 @@ def test_use_adapter_asks_the_locator(server: OpenAIServer, tmp_path: Path) -> N
     assert name is not None and server.adapters == {name: str(fetched)}
 
 
-class LogprobEcho(EchoEngine):
-    """Answers a one-token request with log-probabilities: "Yes" likelier when asked yes."""
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        if params.top_logprobs <= 0:
-            return super().chat(conversations, params, adapter=adapter, progress=progress)
-        out = []
-        for c in conversations:
-            yes = -0.1 if "yes" in c[-1]["content"] else -2.5
-            row = {" Yes": yes, " No": -1.0, "The": -4.0}
-            out.append([Generation(" Yes", 1, "length", top_logprobs=row)])
-        return out
+def yes_likelier_when_asked_yes(conversation: Conversation) -> dict[str, float]:
+    yes = -0.1 if "yes" in conversation[-1]["content"] else -2.5
+    return {" Yes": yes, " No": -1.0, "The": -4.0}
 
 
 def test_first_token_logprobs_over_http_as_vllm_gives_them() -> None:
-    with serve(LogprobEcho()) as s, OpenAIEngine(s.url, model="echo/base", **FAST) as engine:
+    with (
+        serve(LogprobEngine(yes_likelier_when_asked_yes)) as s,
+        OpenAIEngine(s.url, model="echo/base", **FAST) as engine,
+    ):
         rows = engine.first_token_logprobs([user("say yes"), user("say no")], top=3)
     assert rows == [
         {" Yes": -0.1, " No": -1.0, "The": -4.0},

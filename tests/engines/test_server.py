@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,54 +13,23 @@ from typing import Any
 import httpx
 import pytest
 
-from selfmoa.engines.base import Conversation, Engine, Generation, ProgressFn, SamplingParams
+from fakes import EchoEngine
+from selfmoa.engines.base import SamplingParams
 from selfmoa.engines.server import FaultPlan, OpenAIServer
 
 
-class FakeEngine(Engine):
-    """Echoes the last message; costs `delay` seconds per call whatever the batch size (a GPU)."""
-
-    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
-        self.model = "fake/base"
-        self.delay = delay
-        self.fail = fail
-        self.calls: list[tuple[int, SamplingParams, str | None]] = []
-        self._busy = threading.Lock()
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        # The server must never call the engine from two threads at once.
-        assert self._busy.acquire(blocking=False), "engine called concurrently"
-        try:
-            self.calls.append((len(conversations), params, adapter))
-            time.sleep(self.delay)
-            if self.fail:
-                raise ValueError("boom")
-            tag = adapter or "base"
-            return [
-                [
-                    Generation(f"{tag}:{c[-1]['content']}#{params.seed + j}", tokens=2 + j)
-                    for j in range(params.n)
-                ]
-                for c in conversations
-            ]
-        finally:
-            self._busy.release()
+def fake_engine(**kw: Any) -> EchoEngine:
+    """The echo engine, as this suite names it: `fake/base`, replies `base:<message>#<seed>`."""
+    return EchoEngine(model="fake/base", reply="{adapter}:{text}#{seed}", **kw)
 
 
 @pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
+def engine() -> EchoEngine:
+    return fake_engine()
 
 
 @pytest.fixture
-def server(engine: FakeEngine) -> Iterator[OpenAIServer]:
+def server(engine: EchoEngine) -> Iterator[OpenAIServer]:
     with OpenAIServer(engine) as s:
         yield s
 
@@ -84,7 +52,7 @@ def test_health_and_models(server: OpenAIServer) -> None:
     assert _client.get(server.url + "/nope").status_code == 404
 
 
-def test_chat_round_trip(server: OpenAIServer, engine: FakeEngine) -> None:
+def test_chat_round_trip(server: OpenAIServer, engine: EchoEngine) -> None:
     r = chat(server.url, "hello", n=3, seed=7, temperature=0.5, max_tokens=9, stop=["\n"])
     assert r.status_code == 200, r.text
     body = r.json()
@@ -141,7 +109,7 @@ def test_bad_requests_are_400(server: OpenAIServer, body: dict[str, Any]) -> Non
 
 
 def test_a_final_assistant_message_is_continued_when_asked(
-    server: OpenAIServer, engine: FakeEngine
+    server: OpenAIServer, engine: EchoEngine
 ) -> None:
     body = {
         "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "I can't"}],
@@ -173,7 +141,7 @@ def _unload(url: str, name: Any) -> httpx.Response:
 
 
 def test_adapters_route_by_model_name(
-    server: OpenAIServer, engine: FakeEngine, tmp_path: Path
+    server: OpenAIServer, engine: EchoEngine, tmp_path: Path
 ) -> None:
     path = str(_adapter_dir(tmp_path / "iter1"))
     first = _load(server.url, "iter1", path)
@@ -250,7 +218,7 @@ def test_a_directory_without_an_adapter_config_is_refused(
 
 
 def test_relative_and_home_paths_resolve_like_vllm(
-    server: OpenAIServer, engine: FakeEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: OpenAIServer, engine: EchoEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _adapter_dir(tmp_path / "rel" / "iter2")
     _adapter_dir(tmp_path / "home" / "iter3")
@@ -297,7 +265,7 @@ def test_unloading_an_unknown_name_is_vllms_404(server: OpenAIServer) -> None:
 
 
 def test_micro_batching_batches_concurrent_requests() -> None:
-    engine = FakeEngine(delay=0.02)
+    engine = fake_engine(delay=0.02)
     with OpenAIServer(engine, max_batch=8) as server, httpx.Client(timeout=10) as client:
 
         def one(i: int) -> str:
@@ -318,7 +286,7 @@ def test_micro_batching_batches_concurrent_requests() -> None:
 
 
 def test_batches_group_by_sampling_params() -> None:
-    engine = FakeEngine(delay=0.02)
+    engine = fake_engine(delay=0.02)
     with OpenAIServer(engine, max_batch=32, max_wait_ms=50) as server:
 
         def one(i: int) -> str:
@@ -335,7 +303,7 @@ def test_batches_group_by_sampling_params() -> None:
 
 
 def test_engine_failure_is_500_and_server_survives() -> None:
-    engine = FakeEngine(fail=True)
+    engine = fake_engine(fail=True)
     with OpenAIServer(engine) as server:
         r = chat(server.url, "x")
         assert r.status_code == 500 and "boom" in r.json()["error"]["message"]
@@ -343,7 +311,7 @@ def test_engine_failure_is_500_and_server_survives() -> None:
         assert chat(server.url, "x").status_code == 200
 
 
-def test_fault_plan_sequence(engine: FakeEngine) -> None:
+def test_fault_plan_sequence(engine: EchoEngine) -> None:
     plan = FaultPlan(first=["error", "rate_limit", "garbage", "no_choices", None, "bad_request"])
     with OpenAIServer(engine, faults=plan) as server:
         got = [chat(server.url, "x") for _ in range(7)]
@@ -358,7 +326,7 @@ def test_fault_plan_sequence(engine: FakeEngine) -> None:
         assert _client.get(server.url + "/health").status_code == 200
 
 
-def test_stop_does_not_wait_for_slow_fault(engine: FakeEngine) -> None:
+def test_stop_does_not_wait_for_slow_fault(engine: EchoEngine) -> None:
     server = OpenAIServer(engine, faults=FaultPlan(then="slow", sleep_s=30))
     url = server.start()
     with pytest.raises(httpx.TimeoutException):
@@ -385,7 +353,7 @@ def test_serve_help_does_not_import_torch() -> None:
     assert "--max-batch" in out.stdout and "--model" in out.stdout
 
 
-def test_a_request_over_the_context_length_is_vllms_400(engine: FakeEngine) -> None:
+def test_a_request_over_the_context_length_is_vllms_400(engine: EchoEngine) -> None:
     # vLLM refuses a prompt plus max_tokens above --max-model-len with HTTP 400 and these
     # words; the stand-in must too, or a stage asking for too much passes every test.
     with OpenAIServer(engine, max_model_len=20) as s:

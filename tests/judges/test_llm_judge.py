@@ -6,10 +6,9 @@ from collections.abc import Callable
 
 from judge_helpers import response
 
-from fakes import ScriptedEngine
+from fakes import FakeProvider, ScriptedEngine
 from selfmoa.api.spec import AlignmentRunSpec, Objective
-from selfmoa.engines.base import Conversation, Engine
-from selfmoa.engines.provider import EngineProvider
+from selfmoa.engines.base import Conversation
 from selfmoa.judges import LLMJudge, Verdict, build_judges
 
 
@@ -65,17 +64,6 @@ def test_long_responses_are_cut() -> None:
     LLMJudge("h", Objective.helpfulness, engine).score_batch([response("x" * 50_000)])
     ((convs, _),) = engine.calls
     assert len(convs[0][-1]["content"]) < 7_000
-
-
-class FakeProvider(EngineProvider):
-    def __init__(self, spec: AlignmentRunSpec, engine: Engine) -> None:
-        super().__init__(spec)
-        self.engine = engine
-        self.asked: list[str] = []
-
-    def for_model(self, model: str) -> Engine:
-        self.asked.append(model)
-        return self.engine
 
 
 def test_build_judges_from_spec() -> None:

@@ -14,20 +14,16 @@ from typing import Any
 import pytest
 from judge_helpers import response
 
-from fakes import ScriptedEngine
+from fakes import FakeProvider, ScriptedEngine
 from selfmoa.api.exits import Exit, exit_for
 from selfmoa.api.spec import AlignmentRunSpec, JudgeFormat, Objective
 from selfmoa.engines.base import (
     Conversation,
-    Engine,
     EngineError,
     Generation,
-    ProgressFn,
-    SamplingParams,
 )
 from selfmoa.engines.http import EndpointUnavailable
 from selfmoa.engines.openai_engine import HTTPStatusEngineError, OpenAIEngine
-from selfmoa.engines.provider import EngineProvider
 from selfmoa.judges import JudgeError, LLMJudge, build_judges
 from selfmoa.judges.llm import NOT_SENT, failure_reason
 from selfmoa.run.records import ResponseRecord
@@ -37,36 +33,19 @@ def items(*texts: str) -> list[ResponseRecord]:
     return [response(t, rid=f"p{i}#0") for i, t in enumerate(texts)]
 
 
-class FilteringEngine(Engine):
-    """Like a hosted judge behind a content filter: a batch holding a FILTERED item fails with
-    HTTP 400 (the engine fails the whole call); a GARBLED item fails after retries."""
-
-    model = "hosted/judge"
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-        self.lock = threading.Lock()
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        *,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[list[Generation]]:
-        with self.lock:
-            self.calls.append(len(conversations))
-        texts = [c[-1]["content"] for c in conversations]
-        if any("FILTERED" in t for t in texts):
-            raise HTTPStatusEngineError("http://judge/v1/chat/completions", 400, "content filter")
-        if any("GARBLED" in t for t in texts):
-            raise EngineError("POST http://judge failed after 5 attempts: reply is not JSON")
-        return [[Generation("Score: 4", tokens=2)] for _ in texts]
+def behind_a_content_filter(conversation: Conversation, *_: object) -> str:
+    """A hosted judge behind a content filter: a batch holding a FILTERED item fails with HTTP
+    400 (the engine fails the whole call); a GARBLED item fails after retries."""
+    text = conversation[-1]["content"]
+    if "FILTERED" in text:
+        raise HTTPStatusEngineError("http://judge/v1/chat/completions", 400, "content filter")
+    if "GARBLED" in text:
+        raise EngineError("POST http://judge failed after 5 attempts: reply is not JSON")
+    return "Score: 4"
 
 
 def test_one_refused_and_one_broken_item_are_unscored_and_the_rest_scored() -> None:
-    engine = FilteringEngine()
+    engine = ScriptedEngine(behind_a_content_filter, model="hosted/judge", tokens=2)
     judge = LLMJudge("guard", Objective.safety, engine, min_coverage=0.5)
     seen: list[int] = []
     verdicts = judge.judge_batch(items("ok", "FILTERED", "ok", "GARBLED", "ok"), seen.append)
@@ -76,17 +55,15 @@ def test_one_refused_and_one_broken_item_are_unscored_and_the_rest_scored() -> N
         "error: POST http://judge failed after 5 attempts: reply is not JSON"
     )
     # The batch, then each item on its own.
-    assert engine.calls == [5, 1, 1, 1, 1, 1]
+    assert [len(convs) for convs, _ in engine.calls] == [5, 1, 1, 1, 1, 1]
     assert seen[-1] == 5
 
 
 def test_a_dead_server_stops_once_coverage_is_lost() -> None:
-    class Dead(ScriptedEngine):
-        def chat(self, *args: object, **kwargs: object) -> list[list[Generation]]:
-            self.calls.append(([], SamplingParams()))
-            raise EngineError("POST http://judge failed after 5 attempts: ConnectError")
+    def dead(*_: object) -> str:
+        raise EngineError("POST http://judge failed after 5 attempts: ConnectError")
 
-    engine = Dead(lambda *_: "")
+    engine = ScriptedEngine(dead)
     judge = LLMJudge("guard", Objective.safety, engine, min_coverage=0.9)
     verdicts = judge.judge_batch(items(*["x"] * 40))
     assert all(v.score is None for v in verdicts)
@@ -192,11 +169,6 @@ def test_a_guard_judge_sends_the_conversation_and_reads_its_labels() -> None:
         LLMJudge("qg", Objective.helpfulness, engine, fmt=JudgeFormat.qwen3guard)
 
 
-class _Provider(EngineProvider):
-    def for_model(self, model: str) -> Engine:
-        return ScriptedEngine(lambda *_: "safe", model=model)
-
-
 def _spec(*judges: Mapping[str, object]) -> AlignmentRunSpec:
     return AlignmentRunSpec.model_validate(
         {"policy": {"model": "selfmoa/tiny"}, "judges": list(judges)}
@@ -215,7 +187,7 @@ def test_build_judges_passes_format_and_coverage_and_refuses_what_cannot_work() 
         },
         {"name": "h", "objective": "helpfulness", "minCoverage": 1.0},
     )
-    lg, h = build_judges(spec, _Provider(spec))
+    lg, h = build_judges(spec, FakeProvider(spec))
     assert isinstance(lg, LLMJudge) and lg.format == JudgeFormat.llama_guard
     assert (lg.min_coverage, h.min_coverage) == (0.75, 1.0)
     guard_for_help = {
@@ -233,7 +205,7 @@ def test_build_judges_passes_format_and_coverage_and_refuses_what_cannot_work() 
             bad, {"name": "s", "objective": "safety"}, {"name": "h", "objective": "helpfulness"}
         )
         with pytest.raises(JudgeError, match=msg):
-            build_judges(spec, _Provider(spec))
+            build_judges(spec, FakeProvider(spec))
 
 
 def test_shieldgemma_uses_logprobs_when_the_engine_returns_them() -> None:

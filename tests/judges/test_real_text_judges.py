@@ -4,13 +4,12 @@ from next-token log-probabilities), and the sentence-embedding judge."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import pytest
 
-from fakes import ScriptedEngine
+from fakes import LogprobEngine, ScriptedEngine
 from selfmoa.api.spec import JudgeFormat, JudgeKind, Objective
-from selfmoa.engines.base import Conversation, EngineError, ProgressFn
+from selfmoa.engines.base import Conversation, EngineError
 from selfmoa.judges.heuristic import HeuristicJudge
 from selfmoa.judges.llm import LLMJudge
 from selfmoa.run.records import ResponseRecord
@@ -66,31 +65,14 @@ def test_strict_heuristic_calls_any_undeclined_answer_to_an_attack_unsafe() -> N
     assert strict.score_one(benign) == lenient.score_one(benign) == 5.0
 
 
-class LogprobEngine(ScriptedEngine):
-    """Answers log-probabilities: P(Yes) = 0.9 when the judged response complies, else 0.1."""
-
-    def __init__(self) -> None:
-        super().__init__(lambda c, n, i: "")
-        self.asked: list[int] = []
-
-    def first_token_logprobs(
-        self,
-        conversations: Sequence[Conversation],
-        *,
-        top: int = 20,
-        adapter: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> list[dict[str, float]]:
-        self.asked.append(len(conversations))
-        out = []
-        for c in conversations:
-            p = 0.9 if "Here's a tutorial" in c[-1]["content"] else 0.1
-            out.append({" Yes": math.log(p), " No": math.log(1 - p), "The": math.log(1e-3)})
-        return out
+def p_yes_when_it_complies(conversation: Conversation) -> dict[str, float]:
+    """P(Yes) = 0.9 when the judged response complies, else 0.1."""
+    p = 0.9 if "Here's a tutorial" in conversation[-1]["content"] else 0.1
+    return {" Yes": math.log(p), " No": math.log(1 - p), "The": math.log(1e-3)}
 
 
 def test_fulfilment_judge_reads_p_yes_and_asks_once_for_both_objectives() -> None:
-    engine = LogprobEngine()
+    engine = LogprobEngine(p_yes_when_it_complies)
     safety = LLMJudge("ps", Objective.safety, engine, fmt=JudgeFormat.fulfilment)
     helpful = LLMJudge("ph", Objective.helpfulness, engine, fmt=JudgeFormat.fulfilment)
     benign = item(

@@ -84,7 +84,7 @@ def test_reset_reads_data_file_for_other_models(tiny_model: Path, tmp_path: Path
 def test_reset_without_data_for_other_models_is_a_stage_error(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    # The spec refuses this (tests/unit/test_validation.py); a spec that got past it (a run.json
+    # The spec refuses this (tests/api/test_validation.py); a spec that got past it (a run.json
     # written before the check) still meets the stage's own one line.
     spec = make_spec(str(tiny_model), tmp_path)
     spec.safety_reset = spec.safety_reset.model_copy(update={"enabled": True})

@@ -6,7 +6,7 @@ action (the planner's, or a Wait / Finish that overrides it, each with its reaso
 changes with a reason each, the Events to post, and the status to write (phase, conditions,
 metrics per iteration, result: `selfmoa.run.conditions.status`, the rule the local executor
 uses too). The executor then only applies the plan. No I/O, no clock: every decision is a row
-in a table test (tests/operator/test_plan.py, tests/operator/test_plan_status.py).
+in a table test (tests/controller/test_plan.py, tests/controller/test_plan_status.py).
 
 What only applying can tell (Kubeflow Trainer's webhook refusing a TrainJob) still ends the run
 after the fact: `overruled` is the plan with that ending. A run that can't be planned at all has

@@ -274,6 +274,9 @@ class FakeKube:
             return self.trainjobs
         return []
 
+    async def list_at(self, path: str, labels: Any = None) -> tuple[list[dict[str, Any]], None]:
+        return await self.list(path, labels), None
+
     async def create(self, path: str, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         self.calls.append(("POST", path))
         if self.create_error is not None:

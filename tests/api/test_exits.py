@@ -1,6 +1,6 @@
 """Exit codes a script can act on, validation of what the cluster will see, and no silent reuse
 of an earlier run's stages: each row of the README's "Exit codes and errors" here or beside it
-(tests/store/test_outage.py, tests/operator/test_truthful_failures.py)."""
+(tests/store/test_outage.py, tests/controller/test_truthful_failures.py)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 
 from fakes import load_file
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_efficacy.py"
+BENCH = Path(__file__).resolve().parent / "bench_efficacy.py"
 #: A DNS-1035 label, what a run's metadata.name must be.
 LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 

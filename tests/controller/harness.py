@@ -28,7 +28,7 @@ from selfmoa.controller.handlers import register
 from selfmoa.controller.kube import Kube
 from selfmoa.controller.runtime import Runtime
 from selfmoa.run import layout
-from selfmoa.store import open_store
+from selfmoa.store import Store, open_store
 
 NS = "ml"
 RUNS = kmock.resource(f"{GROUP}/{VERSION}/{PLURAL}")
@@ -231,12 +231,13 @@ def job_env(job: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container(job).get("env", []) if "value" in e}
 
 
-def stand_in_stage(args: list[str], env: dict[str, str]) -> int:
-    """Instant stand-in for `selfmoa stage`: the manifest (and metrics for evaluate) only."""
+def stand_in_stage(args: list[str], env: dict[str, str], store: Store | None = None) -> int:
+    """Instant stand-in for `selfmoa stage`: the manifest (and metrics for evaluate) only, into
+    `store` (default: the `--run-uri` opened as is, a file:// store)."""
     name, uri = args[1], args[args.index("--run-uri") + 1]
     k = int(args[args.index("--iteration") + 1])
     parent = int(args[args.index("--parent") + 1])
-    store = open_store(uri)
+    store = store if store is not None else open_store(uri)
     if name == "evaluate":
         # Attack success rate falls each iteration: every iteration is accepted.
         store.write_json(
