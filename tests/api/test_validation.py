@@ -288,6 +288,16 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
         "spec.training.lora.target_modules: unknown field; did you mean targetModules?",
     ),
     ({"zzz": 1}, "spec.zzz: unknown field"),
+    # evaluation-only judges must measure what the evaluation reports
+    (
+        {"evaluation": {"judges": [{"name": "e", "objective": "helpfulness"}]}},
+        "spec.evaluation.judges: needs a safety judge (attack success is a safety figure)",
+    ),
+    (
+        {"evaluation": {"judges": [{"name": "e", "objective": "safety"}]}},
+        "spec.evaluation.judges: needs a helpfulness judge (helpfulness and "
+        "over-refusal are helpfulness figures)",
+    ),
 ]
 
 

@@ -144,8 +144,14 @@ class EvaluationSpec(Model):
             raise ValueError(f"judges: duplicate name(s) {dup}")
         if any(j.kind == JudgeKind.gold for j in self.judges):
             raise ValueError("judges: the gold judge is set with goldJudge, not listed here")
-        if self.judges and not any(j.objective == Objective.safety for j in self.judges):
+        objectives = {j.objective for j in self.judges}
+        if self.judges and Objective.safety not in objectives:
             raise ValueError("judges: needs a safety judge (attack success is a safety figure)")
+        if self.judges and Objective.helpfulness not in objectives:
+            raise ValueError(
+                "judges: needs a helpfulness judge (helpfulness and over-refusal are "
+                "helpfulness figures)"
+            )
         return self
 
 
