@@ -85,7 +85,8 @@ class KubernetesExecutor(RunObserver):
             config=self.rt.config,
             owner=self.owner,
         )
-        _, created = await self.rt.kube.create(self.jobs_path, job)
+        obj, created = await self.rt.kube.create(self.jobs_path, job)
+        self.rt.jobs.put(obj)  # the next reconcile sees it before the watch reports it
         return created
 
     async def _start_trainjob(self, action: RunStage) -> bool:

@@ -4,6 +4,7 @@
   Kopf records it and never retries) and kick the run's loop;
 - a daemon per run drives `reconcile.drive` (restarted by Kopf on operator restart: resume);
 - Job and Deployment watches kick the owning run, so progress after a Job completes is prompt;
+  the Job watch also keeps the operator's copy of the Jobs (`JobIndex`) that reconciles read;
 - delete: explicit cleanup of the children (owner references would also collect them).
 Finalizer, progress and diff-base annotations all live under `selfmoa.dev`.
 """
@@ -115,7 +116,10 @@ def register(
     @kopf.on.event(
         "batch", "v1", "jobs", labels={builders.LABEL_RUN: kopf.PRESENT}, registry=registry
     )
-    async def _job_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def _job_event(
+        body: kopf.Body, namespace: str | None, type: str | None, **_: Any
+    ) -> None:
+        rt.jobs.event(type, body)
         kick_owner(body, namespace or "default", rt)
 
     @kopf.on.event(

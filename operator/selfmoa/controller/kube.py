@@ -7,6 +7,7 @@ It uses the same credentials Kopf logged in with (`kopf.ConnectionInfo`), counts
 from __future__ import annotations
 
 import asyncio
+import builtins
 import ssl
 import tempfile
 from collections import Counter
@@ -155,11 +156,18 @@ class Kube:
         self, path: str, labels: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """Items matching `labels` (also filtered here: not every API server filters)."""
+        return (await self.list_at(path, labels))[0]
+
+    async def list_at(
+        self, path: str, labels: Mapping[str, str] | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        """`list`, and the resourceVersion the listing was taken at."""
         params = (
             {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
         )
         status, data = await self.request("GET", path, params=params)
         self._check(status, data, f"LIST {path}")
+        version = (data.get("metadata") or {}).get("resourceVersion")
         items = list(data.get("items") or [])
         if labels:
             items = [
@@ -170,7 +178,7 @@ class Kube:
                     for k, v in labels.items()
                 )
             ]
-        return items
+        return items, (str(version) if version is not None else None)
 
     async def create(self, path: str, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """(object, created): an existing object of that name is returned, not an error."""

@@ -2,8 +2,10 @@
 stage Jobs and TrainJobs, and under vLLM its serving Deployments, read into the planner's facts
 plus the raw children they came from (`Snapshot`).
 
-Observation is cheap by design: one Job listing per reconcile (plus one Deployment listing under
-vLLM, and one TrainJob listing for a run on several nodes), one store listing for finished stages,
+Observation is cheap by design: the run's Jobs come from the operator's copy that the Job watch
+keeps (`JobIndex`; listed once, then once per resync), the storage Secret is read once per resync,
+one Deployment listing under vLLM and one TrainJob listing for a run on several nodes, one store
+listing for finished stages,
 metrics read once per iteration and cached (a finished stage's files never change), and the Pod
 listing only when a Job has failed, a new stage's Pods are past their first seconds, or a server
 that should serve isn't ready.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +98,10 @@ class RunObserver:
         ref = self.spec.storage.secret_ref
         if not ref or not self.run_uri.startswith("s3://"):
             return  # a file:// store needs no credentials
+        read = self.rt.secrets.get((self.namespace, ref))
+        if read is not None and time.monotonic() - read[0] < self.rt.resync_seconds:
+            self.credentials = read[1]
+            return
         path = f"{collection('v1', 'secrets', self.namespace)}/{ref}"
         secret = await self.rt.kube.get(path)
         if secret is None:
@@ -110,6 +117,7 @@ class RunObserver:
                 f"{' and '.join(contract.STORAGE_SECRET_KEYS)}"
             ) from None
         self.credentials = (key_id, key)
+        self.rt.secrets[(self.namespace, ref)] = (time.monotonic(), self.credentials)
 
     def _store(self) -> Store:
         return self.rt.store(self.run_uri, self.spec, self.credentials)
@@ -147,7 +155,7 @@ class RunObserver:
         tuple[frozenset[tuple[int, str]], dict[int, Metrics], str | None],
     ]:
         """The stage Jobs and TrainJobs (`stage_jobs`) and what the store holds, asked at once."""
-        jobs_task = asyncio.create_task(self.rt.kube.list(self.jobs_path, self.labels))
+        jobs_task = asyncio.create_task(self._jobs())
         # Only a run on several nodes has TrainJobs: no request for the others.
         multinode = self.spec.trainer.nodes > 1
         trainjobs_task = asyncio.create_task(self._list_trainjobs()) if multinode else None
@@ -155,6 +163,17 @@ class RunObserver:
         raw_jobs = await jobs_task
         raw_trainjobs = await trainjobs_task if trainjobs_task is not None else []
         return (*stage_jobs(raw_jobs, raw_trainjobs), stored)
+
+    async def _jobs(self) -> list[dict[str, Any]]:
+        """The run's stage Jobs from the operator's copy (`JobIndex`), listed when it has none
+        or an old one."""
+        key = (self.namespace, self.labels[builders.LABEL_RUN])
+        held = self.rt.jobs.jobs(key, max_age=self.rt.resync_seconds)
+        if held is not None:
+            return held
+        listed, version = await self.rt.kube.list_at(self.jobs_path, self.labels)
+        self.rt.jobs.prime(key, listed, version)
+        return self.rt.jobs.jobs(key, max_age=float("inf")) or []
 
     async def _ended(
         self,

@@ -13,6 +13,7 @@ from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.failures import StorageConfigError
+from selfmoa.controller.job_index import JobIndex
 from selfmoa.controller.kube import Kube
 from selfmoa.run.metrics import Metrics
 from selfmoa.store import Store, open_store_for
@@ -49,6 +50,11 @@ class Runtime:
     )
     #: Each run's run.json as first written (the spec its artifacts were made with).
     run_documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: Every stage Job the Job watch reported, by run: a reconcile reads its Jobs from here.
+    jobs: JobIndex = field(default_factory=JobIndex)
+    #: Storage credentials read from each (namespace, Secret), with when (`time.monotonic`):
+    #: read again after `resync_seconds`, so a rotated key is picked up within a resync.
+    secrets: dict[tuple[str, str], tuple[float, tuple[str, str]]] = field(default_factory=dict)
     #: The ClusterTrainingRuntime of multi-node training stages (TrainJobs).
     #: Whether the cluster serves trainer.kubeflow.org/v1alpha1, and when that was last asked
     #: (`time.monotonic`); None until a run on several nodes needs to know.
@@ -72,6 +78,7 @@ class Runtime:
             self.run_documents,
         ):
             d.pop(key, None)  # type: ignore[attr-defined]
+        self.jobs.forget((namespace, builders.truncate(name)))
 
     async def trainer_api(self) -> bool:
         """Whether the cluster serves Kubeflow Trainer's TrainJobs (API discovery, cached)."""

@@ -29,7 +29,7 @@ from selfmoa.controller.config import OperatorConfig
 from selfmoa.run import layout, stage_models, stage_table
 
 
-def _stage_container(
+def stage_container(
     *,
     run: str,
     namespace: str,
@@ -124,7 +124,7 @@ def stage_job(
     call = contract.StageCall(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )
-    container = _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
+    container = stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
     shm: list[dict[str, Any]] = []
     if stage_table.get(stage).trains and spec.trainer.gpus > 1:
         # NCCL between the training processes needs more than the default 64 MiB /dev/shm.

@@ -40,7 +40,7 @@ from selfmoa.controller.builders.common import (
     stage_labels,
     truncate,
 )
-from selfmoa.controller.builders.jobs import _stage_container, stage_volumes
+from selfmoa.controller.builders.jobs import stage_container, stage_volumes
 from selfmoa.controller.config import DEFAULT_TRAINING_RUNTIME, OperatorConfig
 from selfmoa.run import layout, stage_table
 
@@ -115,7 +115,7 @@ def train_job(
     call = contract.StageCall(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )
-    container = _stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
+    container = stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
     volumes, mounts = _volumes_and_mounts(spec, stage, container)
     patch = _runtime_patch(run, iteration, stage, _pod_patch(config, volumes, mounts))
     job = m.TrainerV1alpha1TrainJob(
