@@ -46,7 +46,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     ),
     "fetch": (
         "fetch models or a run's files into a local directory (pre-seeding a model cache)",
-        "selfmoa.store.fetch",
+        "selfmoa.store.fetch_command",
     ),
     "labels": (
         "human labels: export answers for a person to score, then measure every judge",
@@ -60,7 +60,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from selfmoa.api import contract
+    from selfmoa.api import stage_container
 
     p = Parser(
         prog="selfmoa", description="Self-MOA: closed-loop safety alignment with weak supervision."
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawTextHelpFormatter,
             description=(
                 "Run one stage of one iteration against the run's artifact store. The spec comes "
-                f"from\n--spec, the {contract.SPEC_ENV} environment variable (JSON), or the run's "
+                f"from\n--spec, the {stage_container.SPEC_ENV} environment variable (JSON), or the run's "
                 "run.json."
             ),
         )
@@ -192,7 +192,7 @@ def _fail(message: str, code: int) -> int:
 def _load(path: str, *, named: str | None = None) -> Any:
     """The run file, validated as the cluster will see it; `named`: the flag that may give its
     name instead (None: the file must name itself, as `kubectl apply` requires)."""
-    from selfmoa.api.errors import SpecError, load_run
+    from selfmoa.api.loader import SpecError, load_run
 
     try:
         run = load_run(path)
@@ -219,8 +219,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfmoa.api.errors import SpecError
     from selfmoa.api.exits import Unavailable, exit_for
+    from selfmoa.api.loader import SpecError
     from selfmoa.local.console import RichDisplay, print_summary, write_report
     from selfmoa.local.executor import StageFailed, run_local
     from selfmoa.store import StoreError
@@ -262,18 +262,18 @@ def _store_uri(value: str) -> str:
 
 def _given_run(args: argparse.Namespace) -> Any:
     """The run a stage was handed: --spec, or the contract's spec variable; None: read run.json."""
-    from selfmoa.api import contract
-    from selfmoa.api.errors import SpecError, parse_run
+    from selfmoa.api import stage_container
+    from selfmoa.api.loader import SpecError, parse_run
 
     try:
         if args.spec:
             # A stage's spec file may be a bare spec: the run's name comes from --run-uri.
             return _load(args.spec, named="given")
-        obj = contract.spec_from_env()
+        obj = stage_container.spec_from_env()
         if obj is not None:
             return parse_run(obj if "spec" in obj else {"spec": obj})
     except json.JSONDecodeError as e:
-        raise UsageError(f"{contract.SPEC_ENV}: not valid JSON ({e.msg})") from None
+        raise UsageError(f"{stage_container.SPEC_ENV}: not valid JSON ({e.msg})") from None
     except SpecError as e:
         raise UsageError(str(e)) from None
     return None
@@ -281,8 +281,8 @@ def _given_run(args: argparse.Namespace) -> Any:
 
 def _stage_spec(args: argparse.Namespace, given: Any, store: Any) -> Any:
     """The spec a stage runs with; a run started by its first Job gets its run.json here."""
-    from selfmoa.api import contract
-    from selfmoa.api.errors import parse_run
+    from selfmoa.api import stage_container
+    from selfmoa.api.loader import parse_run
     from selfmoa.run import layout
     from selfmoa.run.document import run_document
 
@@ -297,14 +297,14 @@ def _stage_spec(args: argparse.Namespace, given: Any, store: Any) -> Any:
         return parse_run(store.read_json(layout.RUN_JSON)).spec
     except FileNotFoundError:
         raise UsageError(
-            f"{args.run_uri}: no run.json; pass --spec or {contract.SPEC_ENV}"
+            f"{args.run_uri}: no run.json; pass --spec or {stage_container.SPEC_ENV}"
         ) from None
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from selfmoa.api import contract
-    from selfmoa.api.errors import SpecError
+    from selfmoa.api import stage_container
     from selfmoa.api.exits import Unavailable, exit_for
+    from selfmoa.api.loader import SpecError
     from selfmoa.run import stage_table
     from selfmoa.stages import StageError
     from selfmoa.store import StoreError
@@ -318,17 +318,17 @@ def cmd_stage(args: argparse.Namespace) -> int:
         manifest, ran = _run_stage(args, given)
     except UsageError as e:
         # In a Pod the operator reads the termination message: bad input is said there too.
-        contract.write_termination_message(str(e))
+        stage_container.write_termination_message(str(e))
         raise
     except (SpecError, StoreError, StageError, Unavailable) as e:
-        contract.write_termination_message(str(e))
+        stage_container.write_termination_message(str(e))
         return _fail(str(e), exit_for(e))
     except Exception as e:  # a stage bug: say it in one line, keep the traceback in the log
         import traceback
 
         traceback.print_exc()
         msg = f"stage {args.name} failed: {type(e).__name__}: {e}".splitlines()[0]
-        contract.write_termination_message(msg)
+        stage_container.write_termination_message(msg)
         return _fail(msg, Exit.FAILED)
     state = "done" if ran else "already done (manifest exists), skipped"
     print(

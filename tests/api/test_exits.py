@@ -12,8 +12,8 @@ import yaml
 
 from fakes import FakeStages
 from selfmoa.api import exits
-from selfmoa.api.errors import SpecError
 from selfmoa.api.exits import Exit, exit_for
+from selfmoa.api.loader import SpecError
 from selfmoa.cli import main
 from selfmoa.engines.http import EndpointUnavailable
 from selfmoa.run import layout

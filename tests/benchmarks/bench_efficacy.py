@@ -136,7 +136,7 @@ def config(name: str, seed: int, overrides: Overrides = ()) -> dict[str, Any]:
 
 def check(run: dict[str, Any]) -> None:
     """The run file is valid (a mistyped `--set` fails here, in one line, before any run)."""
-    from selfmoa.api.errors import SpecError, parse_run
+    from selfmoa.api.loader import SpecError, parse_run
 
     try:
         parse_run(run)

@@ -72,7 +72,7 @@ def config(seed: int, overrides: Overrides) -> dict[str, Any]:
     spec.setdefault("sampling", {})["seed"] = seed
     spec.setdefault("training", {})["seed"] = seed
     apply_overrides(spec, overrides)
-    from selfmoa.api.errors import SpecError, parse_run
+    from selfmoa.api.loader import SpecError, parse_run
 
     try:
         parse_run(run)

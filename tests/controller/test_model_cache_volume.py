@@ -11,9 +11,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from selfmoa.api import contract, parse_run
+from selfmoa.api import parse_run, stage_container
 from selfmoa.api.crd import build_crd
-from selfmoa.api.errors import SpecError
+from selfmoa.api.loader import SpecError
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec
 from selfmoa.controller import builders
 from selfmoa.controller.config import OperatorConfig
@@ -56,12 +56,12 @@ def _deployment(spec: AlignmentRunSpec, model: str) -> dict[str, Any]:
 
 
 def _cache_volumes(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for v in pod.get("volumes", []) if v["name"] == contract.MODEL_CACHE_VOLUME]
+    return [v for v in pod.get("volumes", []) if v["name"] == stage_container.MODEL_CACHE_VOLUME]
 
 
 def _cache_mounts(container: dict[str, Any]) -> list[dict[str, Any]]:
     mounts = container.get("volumeMounts") or []
-    return [m for m in mounts if m["name"] == contract.MODEL_CACHE_VOLUME]
+    return [m for m in mounts if m["name"] == stage_container.MODEL_CACHE_VOLUME]
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -80,21 +80,21 @@ def test_every_stage_job_that_loads_a_model_mounts_the_claim_read_only(
     (container,) = pod["containers"]
     if not stage_table.get(stage).loads_models:
         assert _cache_volumes(pod) == [] and _cache_mounts(container) == []
-        assert contract.MODEL_CACHE_ENV not in _env(container)
+        assert stage_container.MODEL_CACHE_ENV not in _env(container)
         return
     assert _cache_volumes(pod) == [
         {
-            "name": contract.MODEL_CACHE_VOLUME,
+            "name": stage_container.MODEL_CACHE_VOLUME,
             "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
         }
     ]
     (mount,) = _cache_mounts(container)
-    assert mount["readOnly"] is True and mount["mountPath"] == contract.MODEL_CACHE_DIR
+    assert mount["readOnly"] is True and mount["mountPath"] == stage_container.MODEL_CACHE_DIR
     assert mount.get("subPath") == sub_path
     env = _env(container)
-    assert env[contract.MODEL_CACHE_ENV] == contract.MODEL_CACHE_DIR
+    assert env[stage_container.MODEL_CACHE_ENV] == stage_container.MODEL_CACHE_DIR
     # The writable cache (tiny builds, s3 models, lock files) stays in the pod's scratch space.
-    assert env[contract.CACHE_ENV] == contract.CACHE_DIR
+    assert env[stage_container.CACHE_ENV] == stage_container.CACHE_DIR
 
 
 def test_a_multi_node_train_job_mounts_the_claim_on_every_node() -> None:
@@ -113,11 +113,14 @@ def test_a_multi_node_train_job_mounts_the_claim_on_every_node() -> None:
     }
     (mount,) = _cache_mounts(pod["containers"][0])
     assert mount == {
-        "name": contract.MODEL_CACHE_VOLUME,
-        "mountPath": contract.MODEL_CACHE_DIR,
+        "name": stage_container.MODEL_CACHE_VOLUME,
+        "mountPath": stage_container.MODEL_CACHE_DIR,
         "readOnly": True,
     }
-    assert _env(job["spec"]["trainer"])[contract.MODEL_CACHE_ENV] == contract.MODEL_CACHE_DIR
+    assert (
+        _env(job["spec"]["trainer"])[stage_container.MODEL_CACHE_ENV]
+        == stage_container.MODEL_CACHE_DIR
+    )
 
 
 @pytest.mark.parametrize("storage", ["s3://bucket/runs", "file:///shared/runs"])
@@ -133,7 +136,7 @@ def test_a_hub_models_server_reads_it_from_the_claim_in_place(
     args = vllm["args"]
     served = args[args.index("--model") + 1]
     # policy.revision pins the policy only, and the path names that revision's copy.
-    assert served == f"{contract.MODEL_CACHE_DIR}/{MODELS}/{hub_key(model, revision)}"
+    assert served == f"{stage_container.MODEL_CACHE_DIR}/{MODELS}/{hub_key(model, revision)}"
     assert "--revision" not in args
     assert _cache_volumes(pod)[0]["persistentVolumeClaim"] == {
         "claimName": "models",
@@ -144,23 +147,23 @@ def test_a_hub_models_server_reads_it_from_the_claim_in_place(
     (init,) = pod["initContainers"]
     assert init["name"] == "check-model"
     assert init["command"] == [
-        *contract.FETCH_COMMAND,
+        *stage_container.FETCH_COMMAND,
         "--hub",
         model,
         "--revision",
         revision,
         "--check",
-        contract.MODEL_CACHE_DIR,
+        stage_container.MODEL_CACHE_DIR,
     ]
     assert init["terminationMessagePolicy"] == "FallbackToLogsOnError"
     for container in (vllm, init):
         (mount,) = _cache_mounts(container)
         assert mount["readOnly"] is True and mount["subPath"] == "hub"
-        assert mount["mountPath"] == contract.MODEL_CACHE_DIR
+        assert mount["mountPath"] == stage_container.MODEL_CACHE_DIR
     # A local check needs no credentials; its spec env names the claim for its message.
     env = {e["name"]: e for e in init["env"]}
-    assert set(env) == {contract.SPEC_ENV}
-    assert json.loads(env[contract.SPEC_ENV]["value"]) == {
+    assert set(env) == {stage_container.SPEC_ENV}
+    assert json.loads(env[stage_container.SPEC_ENV]["value"]) == {
         "modelCache": {"pvc": "models", "subPath": "hub"}
     }
 
@@ -177,8 +180,10 @@ def test_without_a_model_cache_nothing_mentions_it() -> None:
     objects = [_job(spec, s) for s in stage_table.NAMES]
     objects += [_deployment(spec, m) for m in spec.models()]
     text = json.dumps(objects)
-    assert contract.MODEL_CACHE_VOLUME not in text
-    assert contract.MODEL_CACHE_ENV not in text and contract.MODEL_CACHE_DIR not in text
+    assert stage_container.MODEL_CACHE_VOLUME not in text
+    assert (
+        stage_container.MODEL_CACHE_ENV not in text and stage_container.MODEL_CACHE_DIR not in text
+    )
     # ... and the hub models' servers still fetch from the run's store.
     pod = _deployment(spec, POLICY)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfmoa.api.errors import parse_run
+from selfmoa.api.loader import parse_run
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.run import layout

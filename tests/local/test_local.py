@@ -9,7 +9,7 @@ import pytest
 
 from fakes import FakeStages
 from selfmoa.api import Phase, parse_run
-from selfmoa.api.errors import SpecError
+from selfmoa.api.loader import SpecError
 from selfmoa.local import executor as local
 from selfmoa.stages import runner
 

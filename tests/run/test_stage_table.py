@@ -16,7 +16,8 @@ from selfmoa.run import layout, stage_table
 
 #: Modules of selfmoa.stages that are machinery, not stages.
 # Helpers the stages share (not stages): their context, the runner, sampling, prompt sources,
-# the self-written decline, evaluation judges and capability measures.
+# the self-written decline, evaluation judges and capability measures (lm_eval: the
+# lm-evaluation-harness runner the capability measure calls).
 NOT_STAGES = {
     "base",
     "runner",
@@ -26,6 +27,7 @@ NOT_STAGES = {
     "evaluators",
     "capability",
     "perplexity",
+    "lm_eval",
 }
 
 

@@ -168,7 +168,7 @@ def test_a_share_of_attacks_is_wrapped_in_distinct_jailbreak_templates() -> None
 def test_bad_public_sources_are_refused_at_validation(
     field: str, value: dict[str, Any], message: str
 ) -> None:
-    from selfmoa.api.errors import SpecError
+    from selfmoa.api.loader import SpecError
 
     with pytest.raises(SpecError, match=message) as e:
         parse_run({"spec": {"policy": {"model": "m/policy"}, field: value}})

@@ -23,12 +23,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from selfmoa.api import contract, parse_run
+from selfmoa.api import parse_run, stage_container
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.store import Store
 from selfmoa.store import model_cache as mc
-from selfmoa.store.fetch import main as fetch_main
+from selfmoa.store.fetch_command import main as fetch_main
 from selfmoa.store.model_cache import COMPLETE, MODELS, ModelCacheMiss, hub_key, seeded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_a_killed_seed_leaves_nothing_complete_looking_and_a_rerun_completes(
             time.sleep(120)
 
         huggingface_hub.snapshot_download = slow
-        from selfmoa.store.fetch import main
+        from selfmoa.store.fetch_command import main
         sys.exit(main(["--hub", "Org/Policy", {str(cache)!r}]))
         """
     )
@@ -215,7 +215,7 @@ def test_the_provider_reads_seeded_models_in_place_without_hub_or_store(
     assert fetch_main(["--hub", "Org/Policy@v2", str(tmp_path)]) == 0
     assert fetch_main(["--hub", "Org/Judge", str(tmp_path)]) == 0
     hub.calls.clear()
-    monkeypatch.setenv(contract.MODEL_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(stage_container.MODEL_CACHE_ENV, str(tmp_path))
     store = _no_store()
     provider = EngineProvider(_spec(), shared=store)
     policy = provider.model_path("Org/Policy")
@@ -230,7 +230,7 @@ def test_the_provider_reads_seeded_models_in_place_without_hub_or_store(
 def test_a_model_missing_from_the_volume_names_the_seed_command(
     tmp_path: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(contract.MODEL_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(stage_container.MODEL_CACHE_ENV, str(tmp_path))
     store = _no_store()
     with pytest.raises(ModelCacheMiss) as e:
         EngineProvider(_spec(), shared=store).model_path("Org/Judge")
@@ -247,8 +247,8 @@ def test_the_check_fails_with_one_line_in_the_termination_message(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     log = tmp_path / "termination-log"
-    monkeypatch.setenv(contract.TERMINATION_LOG_ENV, str(log))
-    monkeypatch.setenv(contract.SPEC_ENV, json.dumps({"modelCache": {"pvc": "models"}}))
+    monkeypatch.setenv(stage_container.TERMINATION_LOG_ENV, str(log))
+    monkeypatch.setenv(stage_container.SPEC_ENV, json.dumps({"modelCache": {"pvc": "models"}}))
     check = ["--hub", "Org/Policy", "--revision", "v2", "--check", str(tmp_path)]
     # A cache volume that lacks the model is the setup's fault, not an outage: exit code 2.
     assert fetch_main(check) == 2
@@ -272,8 +272,8 @@ def test_serve_of_a_model_missing_from_the_volume_is_one_line(
     from selfmoa.engines.server import main as serve_main
 
     log = tmp_path / "termination-log"
-    monkeypatch.setenv(contract.TERMINATION_LOG_ENV, str(log))
-    monkeypatch.setenv(contract.MODEL_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(stage_container.TERMINATION_LOG_ENV, str(log))
+    monkeypatch.setenv(stage_container.MODEL_CACHE_ENV, str(tmp_path))
     assert serve_main(["--model", "Org/Policy", "--port", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err == log.read_text()
@@ -298,13 +298,13 @@ def test_the_example_seed_job_seeds_what_the_example_runs_pods_read(
     assert claim["persistentVolumeClaim"]["claimName"] == run.spec.model_cache.pvc
     for c in pod["containers"]:
         assert c["image"] == DEFAULT_WORKER_IMAGE
-        assert c["command"] == list(contract.FETCH_COMMAND)
+        assert c["command"] == list(stage_container.FETCH_COMMAND)
         (mount,) = [m for m in c["volumeMounts"] if m["name"] == claim["name"]]
         assert mount["mountPath"] == mc.SEED_MOUNT and not mount.get("readOnly")
         args = [str(tmp_path) if a == mount["mountPath"] else a for a in c["args"]]
         assert fetch_main(args) == 0
     # Every hub model of the run is now read from the volume, by the stages and the servers.
-    monkeypatch.setenv(contract.MODEL_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(stage_container.MODEL_CACHE_ENV, str(tmp_path))
     provider = EngineProvider(run.spec, shared=_no_store())
     downloads = len(hub.calls)
     for model in run.spec.models():
@@ -314,6 +314,8 @@ def test_the_example_seed_job_seeds_what_the_example_runs_pods_read(
             config=OperatorConfig(),
         )  # fmt: skip
         (init,) = dep["spec"]["template"]["spec"]["initContainers"]
-        argv = [str(tmp_path) if a == contract.MODEL_CACHE_DIR else a for a in init["command"]]
-        assert fetch_main(argv[len(contract.FETCH_COMMAND) :]) == 0
+        argv = [
+            str(tmp_path) if a == stage_container.MODEL_CACHE_DIR else a for a in init["command"]
+        ]
+        assert fetch_main(argv[len(stage_container.FETCH_COMMAND) :]) == 0
     assert len(hub.calls) == downloads

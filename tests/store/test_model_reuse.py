@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from selfmoa.api import contract, parse_run
+from selfmoa.api import parse_run, stage_container
 from selfmoa.api.spec import TINY_MODEL
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.store import Store, open_store
@@ -84,7 +84,7 @@ def test_the_vllm_server_starts_from_the_runs_copy_of_a_hub_model(
 
     from selfmoa.controller import builders
     from selfmoa.controller.config import OperatorConfig
-    from selfmoa.store.fetch import main as fetch_main
+    from selfmoa.store.fetch_command import main as fetch_main
 
     spec = parse_run(
         {
@@ -124,7 +124,7 @@ def test_the_vllm_server_starts_from_the_runs_copy_of_a_hub_model(
     # Two servers start (or one restarts): the hub is asked once, by the first.
     for pod_dir in ("pod-a", "pod-b"):
         dest = tmp_path / pod_dir
-        argv = init["command"][len(contract.FETCH_COMMAND) :]
+        argv = init["command"][len(stage_container.FETCH_COMMAND) :]
         argv = [a if a != "/model" else str(dest) for a in argv]
         assert fetch_main(argv) == 0
         assert (Path(served.replace("/model", str(dest), 1)) / "config.json").exists()

@@ -1,8 +1,8 @@
 """Typed API of the AlignmentRun resource (spec, status) and the CRD generated from it.
 
 The names below are loaded on first use (PEP 562): importing a light submodule such as
-`selfmoa.api.exits` or `selfmoa.api.contract` must not load pydantic and the whole spec, or every
-`selfmoa --help` pays for it.
+`selfmoa.api.exits` or `selfmoa.api.stage_container` must not load pydantic and the whole spec,
+or every `selfmoa --help` pays for it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names as the type checker sees them (`X as X`: re-exported)
-    from selfmoa.api.errors import SpecError as SpecError
-    from selfmoa.api.errors import load_run as load_run
-    from selfmoa.api.errors import parse_run as parse_run
+    from selfmoa.api.loader import SpecError as SpecError
+    from selfmoa.api.loader import load_run as load_run
+    from selfmoa.api.loader import parse_run as parse_run
     from selfmoa.api.names import namespace_problem as namespace_problem
     from selfmoa.api.names import run_name_problem as run_name_problem
     from selfmoa.api.spec import API_VERSION as API_VERSION
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the names as the type checker sees them (`X as X`: re-expor
 
 #: Exported name -> the submodule that defines it.
 _WHERE = {
-    **dict.fromkeys(("SpecError", "load_run", "parse_run"), "selfmoa.api.errors"),
+    **dict.fromkeys(("SpecError", "load_run", "parse_run"), "selfmoa.api.loader"),
     **dict.fromkeys(("namespace_problem", "run_name_problem"), "selfmoa.api.names"),
     **dict.fromkeys(
         (
@@ -64,7 +64,7 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        # Not one of ours: `from selfmoa.api import contract` then imports the submodule.
+        # Not one of ours: `from selfmoa.api import stage_container` then imports the submodule.
         raise AttributeError(f"module 'selfmoa.api' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

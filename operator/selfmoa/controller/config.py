@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from selfmoa.api.errors import describe
+from selfmoa.api.loader import describe
 from selfmoa.api.spec import StorageSpec
 
 DEFAULT_CONFIG_PATH = "/etc/selfmoa/config.yaml"

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
 from selfmoa.controller import builders
 from selfmoa.controller.children import (
@@ -110,11 +110,13 @@ class RunObserver:
             )
         data = secret.get("data") or {}
         try:
-            key_id, key = (base64.b64decode(data[k]).decode() for k in contract.STORAGE_SECRET_KEYS)
+            key_id, key = (
+                base64.b64decode(data[k]).decode() for k in stage_container.STORAGE_SECRET_KEYS
+            )
         except (KeyError, ValueError):
             raise StoreError(
                 f"storage.secretRef: Secret {ref!r} needs the keys "
-                f"{' and '.join(contract.STORAGE_SECRET_KEYS)}"
+                f"{' and '.join(stage_container.STORAGE_SECRET_KEYS)}"
             ) from None
         self.credentials = (key_id, key)
         self.rt.secrets[(self.namespace, ref)] = (time.monotonic(), self.credentials)

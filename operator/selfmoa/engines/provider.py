@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.base import is_gguf_model
 from selfmoa.api.spec import TINY_MODEL, AlignmentRunSpec, Device, ServingEngine
 from selfmoa.engines.base import DeviceError, Engine
@@ -35,13 +35,13 @@ from selfmoa.store.model_cache import (
 
 def cache_dir() -> Path:
     """Where built and downloaded models are cached (`SELFMOA_CACHE`, default ~/.cache/selfmoa)."""
-    return Path(os.environ.get(contract.CACHE_ENV) or Path.home() / ".cache" / "selfmoa")
+    return Path(os.environ.get(stage_container.CACHE_ENV) or Path.home() / ".cache" / "selfmoa")
 
 
 def model_cache_volume() -> Path | None:
     """The seeded model cache volume (`SELFMOA_MODEL_CACHE`, set with `spec.modelCache`), if any:
     hub models are read from there and never downloaded."""
-    raw = os.environ.get(contract.MODEL_CACHE_ENV)
+    raw = os.environ.get(stage_container.MODEL_CACHE_ENV)
     return Path(raw) if raw else None
 
 
@@ -88,7 +88,7 @@ class EngineProvider:
         if self.spec.serving.engine == ServingEngine.openai:
             return dict(self.spec.serving.endpoints)
         if self.spec.serving.engine == ServingEngine.vllm:
-            return contract.endpoints_from_env()
+            return stage_container.endpoints_from_env()
         return {}
 
     def model_path(self, model: str, progress: Callable[[str], None] | None = None) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from selfmoa.api.errors import SpecError, parse_run
+from selfmoa.api.loader import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
 from selfmoa.export.errors import ExportError, ExportFailed
 from selfmoa.run import layout, planner, verified

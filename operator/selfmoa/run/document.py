@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from selfmoa import __version__
-from selfmoa.api.errors import SpecError
+from selfmoa.api.loader import SpecError
 from selfmoa.api.spec import AlignmentRun, AlignmentRunSpec
 from selfmoa.run import layout
 from selfmoa.run.identity import TakeOver, take_over

@@ -74,7 +74,7 @@ def lm_eval_capability(ctx: StageContext, adapter_key: str | None) -> Capability
     wanted = ctx.spec.evaluation.lm_eval
     if wanted is None:
         return None
-    from selfmoa.models.lm_eval_capability import CapabilityUnavailable, run_lm_eval
+    from selfmoa.stages.lm_eval.runner import CapabilityUnavailable, run_lm_eval
 
     adapter = ctx.fetch_adapter(adapter_key)
     try:

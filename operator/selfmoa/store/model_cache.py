@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.base import TINY_MODEL, is_gguf_model
 from selfmoa.store.base import Store, StoreError
 
@@ -228,7 +228,7 @@ def materialize_hub(
 
 def seed_command(repo: str, revision: str, root: str) -> str:
     """The command that puts a hub model into a model cache volume mounted at `root`."""
-    return " ".join([*contract.FETCH_COMMAND, "--hub", repo, "--revision", revision, root])
+    return " ".join([*stage_container.FETCH_COMMAND, "--hub", repo, "--revision", revision, root])
 
 
 #: Where the volume is mounted read-write in the seeding pod that error messages suggest.

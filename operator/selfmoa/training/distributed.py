@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 
 if TYPE_CHECKING:
     import torch
@@ -32,10 +32,10 @@ STRATEGIES: Final[tuple[Strategy, ...]] = ("ddp", "fsdp")
 #: The training strategy when the spec has no `training.strategy` (the operator sets it on the
 #: Job): `ddp` (default; every rank holds the whole model) or `fsdp` (parameters sharded).
 STRATEGY_ENV: Final = "SELFMOA_TRAIN_STRATEGY"
-# The launch argv lives in the operator-container contract (the operator writes it).
-LAUNCHER = contract.LAUNCHER
-CLI_MODULE = contract.CLI_MODULE
-launch_command = contract.launch_command
+# The launch argv lives in the operator-container interface (the operator writes it).
+LAUNCHER = stage_container.LAUNCHER
+CLI_MODULE = stage_container.CLI_MODULE
+launch_command = stage_container.launch_command
 
 
 class DistributedError(ValueError):

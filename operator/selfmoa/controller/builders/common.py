@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller.config import OperatorConfig
 
@@ -128,7 +128,7 @@ def storage_env(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
         return []
     return [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": ref, "key": key}}}
-        for key in contract.STORAGE_SECRET_KEYS
+        for key in stage_container.STORAGE_SECRET_KEYS
     ]
 
 
@@ -164,18 +164,18 @@ def model_cache_volume(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
     if cache is None:
         return []
     claim = {"claimName": cache.pvc, "readOnly": True}
-    return [{"name": contract.MODEL_CACHE_VOLUME, "persistentVolumeClaim": claim}]
+    return [{"name": stage_container.MODEL_CACHE_VOLUME, "persistentVolumeClaim": claim}]
 
 
 def model_cache_mount(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
-    """The read-only mount of the model cache volume at `contract.MODEL_CACHE_DIR`: no pod ever
+    """The read-only mount of the model cache volume at `stage_container.MODEL_CACHE_DIR`: no pod ever
     writes it, so concurrent first uses can't corrupt it (seeding is the user's step)."""
     cache = spec.model_cache
     if cache is None:
         return []
     mount: dict[str, Any] = {
-        "name": contract.MODEL_CACHE_VOLUME,
-        "mountPath": contract.MODEL_CACHE_DIR,
+        "name": stage_container.MODEL_CACHE_VOLUME,
+        "mountPath": stage_container.MODEL_CACHE_DIR,
         "readOnly": True,
     }
     if cache.sub_path:
@@ -187,4 +187,4 @@ def model_cache_env(spec: AlignmentRunSpec) -> list[dict[str, Any]]:
     """Tells `selfmoa stage` / `selfmoa serve` where the volume is: hub models come from there."""
     if spec.model_cache is None:
         return []
-    return [{"name": contract.MODEL_CACHE_ENV, "value": contract.MODEL_CACHE_DIR}]
+    return [{"name": stage_container.MODEL_CACHE_ENV, "value": stage_container.MODEL_CACHE_DIR}]

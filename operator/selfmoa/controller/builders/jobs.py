@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.exits import Exit
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller.builders.common import (
@@ -29,16 +29,18 @@ from selfmoa.controller.config import OperatorConfig
 from selfmoa.run import layout, stage_models, stage_table
 
 
-def stage_container(
+def stage_runner_container(
     *,
     run: str,
     namespace: str,
     spec: AlignmentRunSpec,
-    call: contract.StageCall,
+    call: stage_container.StageCall,
     config: OperatorConfig,
 ) -> dict[str, Any]:
+    """The container running `selfmoa stage NAME` (in a stage Job or a TrainJob): its argv, env
+    and mounts as `selfmoa.api.stage_container` defines them."""
     definition = stage_table.get(call.stage)
-    literal = contract.stage_env(
+    literal = stage_container.stage_env(
         spec.wire(), endpoints(run, namespace, spec) if definition.uses_endpoints else None
     )
     loads = definition.loads_models
@@ -62,14 +64,14 @@ def stage_container(
         "name": "stage",
         "image": spec.trainer.image or config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": contract.launch_command([], nproc=nproc),
+        "command": stage_container.launch_command([], nproc=nproc),
         "args": call.args(),
         "env": env,
         "resources": resources,
         "securityContext": container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
-            {"name": contract.WORK_VOLUME, "mountPath": contract.WORK_DIR},
+            {"name": stage_container.WORK_VOLUME, "mountPath": stage_container.WORK_DIR},
             *(model_cache_mount(spec) if loads else []),
         ],
     }
@@ -103,7 +105,7 @@ def stage_volumes(spec: AlignmentRunSpec, stage: str) -> list[dict[str, Any]]:
     loads models (a stage that doesn't is not tied to where the claim can be mounted)."""
     loads = stage_table.get(stage).loads_models
     return [
-        {"name": contract.WORK_VOLUME, "emptyDir": {}},
+        {"name": stage_container.WORK_VOLUME, "emptyDir": {}},
         *(model_cache_volume(spec) if loads else []),
     ]
 
@@ -121,10 +123,12 @@ def stage_job(
 ) -> dict[str, Any]:
     """The Job running `selfmoa stage NAME` for one stage of one iteration."""
     labels = {**stage_labels(run, iteration, stage), **queue_labels(spec)}
-    call = contract.StageCall(
+    call = stage_container.StageCall(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )
-    container = stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
+    container = stage_runner_container(
+        run=run, namespace=namespace, spec=spec, call=call, config=config
+    )
     shm: list[dict[str, Any]] = []
     if stage_table.get(stage).trains and spec.trainer.gpus > 1:
         # NCCL between the training processes needs more than the default 64 MiB /dev/shm.

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.controller.builders.common import (
     LABEL_ITERATION,
@@ -40,7 +40,7 @@ from selfmoa.controller.builders.common import (
     stage_labels,
     truncate,
 )
-from selfmoa.controller.builders.jobs import stage_container, stage_volumes
+from selfmoa.controller.builders.jobs import stage_runner_container, stage_volumes
 from selfmoa.controller.config import DEFAULT_TRAINING_RUNTIME, OperatorConfig
 from selfmoa.run import layout, stage_table
 
@@ -112,10 +112,12 @@ def train_job(
     from kubeflow_trainer_api import models as m
 
     labels = {**stage_labels(run, iteration, stage), **queue_labels(spec)}
-    call = contract.StageCall(
+    call = stage_container.StageCall(
         stage, layout.run_uri(spec.storage.uri, namespace, run), iteration, parent
     )
-    container = stage_container(run=run, namespace=namespace, spec=spec, call=call, config=config)
+    container = stage_runner_container(
+        run=run, namespace=namespace, spec=spec, call=call, config=config
+    )
     volumes, mounts = _volumes_and_mounts(spec, stage, container)
     patch = _runtime_patch(run, iteration, stage, _pod_patch(config, volumes, mounts))
     job = m.TrainerV1alpha1TrainJob(
@@ -220,7 +222,7 @@ def _trainer(spec: AlignmentRunSpec, container: Mapping[str, Any]) -> Any:
     return m.TrainerV1alpha1Trainer(
         image=container["image"],
         # The launcher part of the argv; the stage's arguments follow as `args`.
-        command=contract.launch_command([], nproc=max(1, gpus), nnodes=spec.trainer.nodes),
+        command=stage_container.launch_command([], nproc=max(1, gpus), nnodes=spec.trainer.nodes),
         args=list(container["args"]),
         env=[m.IoK8sApiCoreV1EnvVar.from_dict(e) for e in container["env"]],
         num_nodes=spec.trainer.nodes,

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from selfmoa.api import contract
+from selfmoa.api import stage_container
 from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
 from selfmoa.controller.builders.common import (
     container_security,
@@ -90,7 +90,7 @@ class ModelSource:
 
 
 #: The init container's model sync (`selfmoa fetch`).
-FETCH: Final = contract.FETCH_COMMAND
+FETCH: Final = stage_container.FETCH_COMMAND
 
 
 def _hub_ref(model: str, spec: AlignmentRunSpec) -> tuple[str, str]:
@@ -118,7 +118,7 @@ def model_source(model: str, spec: AlignmentRunSpec, run_uri: str) -> ModelSourc
     hub = is_hub_model(model)
     if hub and spec.model_cache is not None:
         repo, rev = _hub_ref(model, spec)
-        root = contract.MODEL_CACHE_DIR
+        root = stage_container.MODEL_CACHE_DIR
         check = [*FETCH, "--hub", repo, "--revision", rev, "--check", root]
         return ModelSource(
             f"{root}/{MODELS}/{hub_key(repo, rev)}",
@@ -178,7 +178,7 @@ def fetch_model_container(
         "imagePullPolicy": config.image_pull_policy,
         "command": list(source.fetch or []),
         "env": [
-            {"name": contract.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
+            {"name": stage_container.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
             # A check reads a local volume: it gets no credentials.
             *([] if source.check else [*storage_env(spec), *hf_token_env(spec)]),
         ],
@@ -245,11 +245,11 @@ def adapter_agent_container(
         "name": "adapter-agent",
         "image": spec.trainer.image or config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": list(contract.COMMAND),
+        "command": list(stage_container.COMMAND),
         "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": contract.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
+            {"name": stage_container.SPEC_ENV, "value": json.dumps(storage, sort_keys=True)},
             *storage_env(spec),
         ],
         # Ready once the server holds every adapter the run wants: a new replica joins the
@@ -257,7 +257,7 @@ def adapter_agent_container(
         "readinessProbe": {
             "exec": {
                 "command": [
-                    *contract.COMMAND,
+                    *stage_container.COMMAND,
                     AGENT_COMMAND,
                     "--check-ready",
                     "--dir",

@@ -62,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _storage() -> dict[str, Any]:
-    from selfmoa.api import contract
+    from selfmoa.api import stage_container
 
     try:
-        spec = contract.spec_from_env() or {}
+        spec = stage_container.spec_from_env() or {}
     except json.JSONDecodeError as e:
-        raise ValueError(f"{contract.SPEC_ENV}: not valid JSON ({e.msg})") from None
+        raise ValueError(f"{stage_container.SPEC_ENV}: not valid JSON ({e.msg})") from None
     storage = spec.get("spec", spec).get("storage") if isinstance(spec, dict) else None
     return storage if isinstance(storage, dict) else {}
 

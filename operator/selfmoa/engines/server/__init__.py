@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports only now, so that `--help` never loads torch.
-    from selfmoa.api import contract
+    from selfmoa.api import stage_container
     from selfmoa.api.spec import AlignmentRunSpec, PolicySpec
     from selfmoa.engines.base import EngineError
     from selfmoa.engines.provider import EngineProvider
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         # log and in the container's termination message.
         line = f"selfmoa serve: error: {e}".splitlines()[0]
         print(line, file=sys.stderr)
-        contract.write_termination_message(line)
+        stage_container.write_termination_message(line)
         provider.close()
         return 1
     server = OpenAIServer(

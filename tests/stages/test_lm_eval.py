@@ -1,7 +1,7 @@
 """lm-eval as a capability measure: local tasks on the tiny base (with and without an adapter),
 and one actionable line for everything that can be missing.
 
-The local task (tests/models/lmeval_tasks) ships its rows beside its YAML, so nothing here needs
+The local task (tests/stages/lmeval_tasks) ships its rows beside its YAML, so nothing here needs
 the network; a built-in hub task (hellaswag) shows how an uncached data set is reported.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes import trainutil
-from selfmoa.models.lm_eval_capability import (
+from selfmoa.stages.lm_eval.runner import (
     CapabilityUnavailable,
     TaskScore,
     primary_metric,

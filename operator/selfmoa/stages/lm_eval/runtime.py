@@ -1,5 +1,5 @@
 """The process state an lm-eval measure runs in: no network, no logs or progress bars, seeded
-random generators (`lm_eval_capability.run_lm_eval` enters all three)."""
+random generators (`selfmoa.stages.lm_eval.runner.run_lm_eval` enters all three)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfmoa.models.lm_eval_runtime import offline, quiet, seed_everything
+from selfmoa.stages.lm_eval.runtime import offline, quiet, seed_everything
 
 INSTALL_HINT = "pip install 'selfmoa[lmeval]'"
 

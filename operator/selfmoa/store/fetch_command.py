@@ -37,11 +37,11 @@ def _say(line: str) -> None:
 
 def _failed(message: str, code: int = Exit.FAILED) -> int:
     """One line on stderr and in the termination message (what the run's condition shows)."""
-    from selfmoa.api import contract
+    from selfmoa.api import stage_container
 
     line = message.splitlines()[0] if message else "failed"
     _say(f"fetch: error: {line}")
-    contract.write_termination_message(line)
+    stage_container.write_termination_message(line)
     return code
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     _check_flags(p, args)
-    from selfmoa.api import contract
+    from selfmoa.api import stage_container
     from selfmoa.store import Store, StoreError, open_store
     from selfmoa.store.model_cache import (
         looks_like_hub_id,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         seeded_hub,
     )
 
-    spec: Mapping[str, Any] = contract.spec_from_env() or {}
+    spec: Mapping[str, Any] = stage_container.spec_from_env() or {}
     storage = spec.get("storage", {})
 
     def store_at(uri: str) -> Store:

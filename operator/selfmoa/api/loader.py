@@ -1,4 +1,5 @@
-"""Turning bad input into one clear line that names the field (or the file)."""
+"""Loading a run's spec (`parse_run`, `load_run`), and turning bad input into one clear line that
+names the field or the file (`describe`, `field_path`)."""
 
 from __future__ import annotations
 
