@@ -356,7 +356,7 @@ def _run_stage(args: argparse.Namespace, given: Any) -> tuple[dict[str, Any], bo
         raise UsageError(
             f"--iteration: {args.iteration} is past spec.iterations ({spec.iterations})"
         )
-    if (args.iteration, args.name) not in stage_table.run_stages(
+    if (args.iteration, args.name) not in stage_table.stages_of_run(
         spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
     ):
         raise UsageError(f"stage '{args.name}' is not part of iteration {args.iteration}")

@@ -36,7 +36,7 @@ def children_of(run: dict[str, Any], namespace: str) -> tuple[list[dict[str, Any
     config = OperatorConfig()
     objects: list[dict[str, Any]] = []
     trainjobs = 0
-    stages = stage_table.run_stages(
+    stages = stage_table.stages_of_run(
         spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
     )
     for k, stage in stages:

@@ -351,10 +351,10 @@ def test_with_an_output_the_result_is_exported_before_the_run_succeeds(
     # Without an output nothing is exported.
     plain = make_spec(iterations=2)
     assert isinstance(next_action(plain, Observed(done=done, metrics=metrics)), Finish)
-    assert (1, "export") in set(stage_table.run_stages(2, reset=False, export=True)) and (
+    assert (1, "export") in set(stage_table.stages_of_run(2, reset=False, export=True)) and (
         1,
         "export",
-    ) not in set(stage_table.run_stages(2, reset=False))
+    ) not in set(stage_table.stages_of_run(2, reset=False))
 
 
 def test_status_carries_each_iterations_outcome_classes() -> None:

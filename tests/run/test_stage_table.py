@@ -73,7 +73,7 @@ def test_iterations_follow_the_table() -> None:
     assert stage_table.stages_of(0, reset=True) == ("reset", "evaluate")
     assert stage_table.stages_of(3, reset=True) == stage_table.LOOP
     assert "reset" not in stage_table.LOOP
-    runs = list(stage_table.run_stages(2, reset=True))
+    runs = list(stage_table.stages_of_run(2, reset=True))
     assert runs[:2] == [(0, "reset"), (0, "evaluate")] and len(runs) == 2 + 2 * len(
         stage_table.LOOP
     )

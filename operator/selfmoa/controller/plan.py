@@ -248,7 +248,7 @@ def trainer_missing(
     if spec.trainer.nodes <= 1 or served is not False or not isinstance(action, RunStage):
         return None
     first = not observed.done and observed.running is None
-    stages = stage_table.run_stages(
+    stages = stage_table.stages_of_run(
         spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
     )
     ahead = any(builders.runs_as_trainjob(spec, s) for _, s in stages)

@@ -150,7 +150,9 @@ def stages_of(k: int, *, reset: bool) -> tuple[str, ...]:
     )
 
 
-def run_stages(iterations: int, *, reset: bool, export: bool = False) -> Iterator[tuple[int, str]]:
+def stages_of_run(
+    iterations: int, *, reset: bool, export: bool = False
+) -> Iterator[tuple[int, str]]:
     """Every (iteration, stage) of a run, in the order they run; with `export`, then the export
     of each iteration that may turn out to be the result (the planner runs just one)."""
     for k in range(iterations + 1):
