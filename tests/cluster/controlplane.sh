@@ -25,6 +25,8 @@
 #                          node tier, tests/node/node.sh): the apiserver listens on every address
 #                          there and advertises this one, so the `kubernetes` Service has an
 #                          endpoint pods can reach. Unset: loopback only, no endpoint.
+#   SELFMOA_CLUSTER_KCM_FLAGS   more kube-controller-manager flags, word-split (benchmarks: e.g.
+#                               "--kube-api-qps=100 --kube-api-burst=200")
 #   SELFMOA_CLUSTER_EXTRA_TOKENS  a file of more static-token lines (token,user,uid,"groups"):
 #                          the node tier's kubelet, kube-proxy and kube-scheduler identities
 set -euo pipefail
@@ -384,7 +386,8 @@ start() {
       --kubeconfig "$RUN/admin.kubeconfig" --controllers='*' --use-service-account-credentials \
       --service-account-private-key-file "$RUN/pki/sa.key" --root-ca-file "$RUN/pki/ca.crt" \
       --cluster-signing-cert-file "$RUN/pki/ca.crt" --cluster-signing-key-file "$RUN/pki/ca.key" \
-      --authentication-skip-lookup=true --port 0 --secure-port 0 --leader-elect=false
+      --authentication-skip-lookup=true --port 0 --secure-port 0 --leader-elect=false \
+      ${SELFMOA_CLUSTER_KCM_FLAGS:-}
   }
   spawn_kcm
   local t=$SECONDS

@@ -1,13 +1,18 @@
-"""What one observation asks the API server for: the storage Secret once per resync."""
+"""What one observation asks for, and in which order: the storage Secret once per resync, the
+Jobs before the store."""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
+from typing import Any
 
 from selfmoa.api import parse_run
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.executor import KubernetesExecutor
+from selfmoa.controller.job_index import JobIndex, RunKey
 from selfmoa.controller.runtime import Runtime
+from selfmoa.store.file import FileStore
 
 
 class SecretKube:
@@ -51,3 +56,37 @@ async def test_the_storage_secret_is_read_once_per_resync_and_a_rotated_key_is_s
     await ex.open()
     assert ex.credentials == ("id", "key-2")
     assert kube.reads == 2
+
+
+async def test_the_jobs_are_read_before_the_store(tmp_path: Path) -> None:
+    # A Job seen complete must have its manifest in the store read: the read starts after.
+    order: list[str] = []
+
+    class Jobs(JobIndex):
+        def jobs(self, key: RunKey, max_age: float) -> list[dict[str, Any]] | None:
+            order.append("jobs")
+            return []
+
+    class Store(FileStore):
+        def list(self, prefix: str = "") -> Any:
+            order.append("store")
+            return super().list(prefix)
+
+        def exists(self, key: str) -> bool:
+            order.append("store")
+            return super().exists(key)
+
+    rt = Runtime(config=OperatorConfig(shared_file_storage=True), kube=SecretKube())  # type: ignore[arg-type]
+    rt.jobs = Jobs()
+    spec = parse_run(
+        {"metadata": {"name": "r"}, "spec": {"policy": {"model": "selfmoa/tiny"}}}
+    ).spec
+    ex = KubernetesExecutor(rt, name="r", namespace="ml", spec=spec, owner=None)
+    store = Store(str(tmp_path))
+    ex._store = lambda: store  # type: ignore[method-assign]
+    for _ in range(2):  # the first pass lists the store, the next asks one manifest
+        await ex.observe()
+    assert order and order[0] == "jobs", order
+    assert order.index("store") > order.index("jobs")
+    second = order[order.index("jobs", 1) :]
+    assert second[0] == "jobs" and "store" in second, order

@@ -9,9 +9,13 @@ import argparse
 import asyncio
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from selfmoa.api.exits import Exit, Parser
+
+#: Threads for blocking store I/O, shared by every run's reconcile.
+IO_THREADS = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +85,11 @@ async def serve(args: Any, config: Any, *, stop_flag: Any = None) -> None:
     from selfmoa.controller.kube import Kube
     from selfmoa.controller.runtime import Runtime
 
+    # Store reads and writes run in threads (boto3 blocks); asyncio's default pool (cores + 4)
+    # would queue fifty runs' reads behind each other while each thread waits on the network.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="selfmoa-io")
+    )
     rt: Runtime = Runtime(
         config=config, kube=Kube(lambda: rt.connection), resync_seconds=args.resync_seconds
     )

@@ -56,6 +56,8 @@ class KubernetesExecutor(RunObserver):
             changed = fixed_fields_changed(saved, run)
             return take_over(saved, uid=uid, finished=0, changed=changed, fresh=fresh)
         decision, doc = adopt(self._store(), run, uid=uid, fresh=fresh, now=self.rt.now())
+        if decision.decision == "fresh":
+            self.rt.finished.pop(key, None)  # its stages were just deleted
         if doc is not None:
             self.rt.run_documents[key] = doc
         return decision

@@ -156,14 +156,18 @@ class RunObserver:
         set[tuple[int, str]],
         tuple[frozenset[tuple[int, str]], dict[int, Metrics], str | None],
     ]:
-        """The stage Jobs and TrainJobs (`stage_jobs`) and what the store holds, asked at once."""
-        jobs_task = asyncio.create_task(self._jobs())
+        """The stage Jobs and TrainJobs (`stage_jobs`), then what the store holds.
+
+        In that order, never at once: a stage writes its manifest before its Pod ends, so a Job
+        seen complete has its manifest in a store read that starts afterwards. A store read that
+        started first could miss a manifest whose Job then completes before the Jobs are read,
+        and the stage would be failed as "succeeded but wrote no manifest" (seen at 50 runs)."""
         # Only a run on several nodes has TrainJobs: no request for the others.
         multinode = self.spec.trainer.nodes > 1
         trainjobs_task = asyncio.create_task(self._list_trainjobs()) if multinode else None
-        stored = await asyncio.to_thread(self._read_store)
-        raw_jobs = await jobs_task
+        raw_jobs = await self._jobs()
         raw_trainjobs = await trainjobs_task if trainjobs_task is not None else []
+        stored = await asyncio.to_thread(self._read_store)
         return (*stage_jobs(raw_jobs, raw_trainjobs), stored)
 
     async def _jobs(self) -> list[dict[str, Any]]:
@@ -244,7 +248,7 @@ class RunObserver:
             raise trainjob_error(e) from None
 
     def _order(self) -> dict[tuple[int, str], int]:
-        stages = stage_table.run_stages(
+        stages = stage_table.stages_of_run(
             self.spec.iterations,
             reset=self.spec.safety_reset.enabled,
             export=self.spec.output is not None,
@@ -253,8 +257,14 @@ class RunObserver:
 
     def _read_store(self) -> tuple[frozenset[tuple[int, str]], dict[int, Metrics], str | None]:
         store = self._store()
-        done = run_state.finished_stages(store, self.spec)
         key = (self.namespace, self.name)
+        listed_at, known = self.rt.finished.get(key, (0.0, None))
+        if time.monotonic() - listed_at >= self.rt.resync_seconds:
+            # Once per resync, a listing: a manifest deleted by hand (to run a stage again) is
+            # seen, and nothing relies on a copy older than that.
+            listed_at, known = time.monotonic(), None
+        done = run_state.finished_stages(store, self.spec, known)
+        self.rt.finished[key] = (listed_at, done)
         metrics = run_state.read_metrics(store, done, self.rt.metrics_cache.get(key))
         self.rt.metrics_cache[key] = metrics
         return done, metrics, run_state.read_exported(store, done)

@@ -50,6 +50,11 @@ class Runtime:
     )
     #: Each run's run.json as first written (the spec its artifacts were made with).
     run_documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: Each run's finished stages, with when the store was last listed for them (`time.monotonic`):
+    #: between listings a reconcile asks only for the manifest of the stage that is running.
+    finished: dict[tuple[str, str], tuple[float, frozenset[tuple[int, str]]]] = field(
+        default_factory=dict
+    )
     #: Every stage Job the Job watch reported, by run: a reconcile reads its Jobs from here.
     jobs: JobIndex = field(default_factory=JobIndex)
     #: Storage credentials read from each (namespace, Secret), with when (`time.monotonic`):
@@ -76,6 +81,7 @@ class Runtime:
             self.phases,
             self.metrics_cache,
             self.run_documents,
+            self.finished,
         ):
             d.pop(key, None)  # type: ignore[attr-defined]
         self.jobs.forget((namespace, builders.truncate(name)))

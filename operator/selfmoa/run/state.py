@@ -15,16 +15,34 @@ from selfmoa.run.metrics import Metrics
 from selfmoa.store import Store
 
 
-def finished_stages(store: Store, spec: AlignmentRunSpec) -> frozenset[tuple[int, str]]:
-    """(iteration, stage) pairs whose manifest exists; one listing, not one request per stage."""
-    keys = set(store.list("iter-"))
-    return frozenset(
-        (k, stage)
-        for k, stage in stage_table.run_stages(
+def finished_stages(
+    store: Store,
+    spec: AlignmentRunSpec,
+    known: frozenset[tuple[int, str]] | None = None,
+) -> frozenset[tuple[int, str]]:
+    """(iteration, stage) pairs whose manifest exists: one listing, not one request per stage.
+
+    With `known`, what an earlier call found (a finished stage stays finished), only the stages
+    that can have finished since are asked, one `exists` each: the loop's first unfinished stage
+    (and the next while they keep being found). Stages run one after the other, so none after
+    it can be done. A run that exports its result always lists: its export may follow any
+    iteration."""
+    order = list(
+        stage_table.stages_of_run(
             spec.iterations, reset=spec.safety_reset.enabled, export=spec.output is not None
         )
-        if layout.manifest_key(k, stage) in keys
     )
+    if known is None or spec.output is not None:
+        keys = set(store.list("iter-"))
+        return frozenset(s for s in order if layout.manifest_key(*s) in keys)
+    done = set(known)
+    for s in order:
+        if s in done:
+            continue
+        if not store.exists(layout.manifest_key(*s)):
+            break
+        done.add(s)
+    return frozenset(done)
 
 
 def read_metrics(
