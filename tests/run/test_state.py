@@ -9,6 +9,7 @@ from typing import Any
 from selfmoa.api import parse_run
 from selfmoa.api.spec import AlignmentRunSpec
 from selfmoa.run import layout
+from selfmoa.run.outputs import stage_seconds
 from selfmoa.run.state import finished_stages
 from selfmoa.store.file import FileStore
 
@@ -79,3 +80,22 @@ def test_a_run_that_exports_always_lists(tmp_path: Path) -> None:
     store.asked.clear()
     assert finished_stages(store, run, known) == {*START, (0, "export")}
     assert store.asked == [("list", "iter-")]
+
+
+def test_stage_seconds_reads_each_manifest_once_given_what_it_read_before(tmp_path: Path) -> None:
+    class Reads(FileStore):
+        read: list[str] = []
+
+        def read_json(self, key: str) -> Any:
+            self.read.append(key)
+            return super().read_json(key)
+
+    store = Reads(str(tmp_path))
+    for k, stage, s in ((0, "evaluate", 3.0), (1, "redteam", 5.5)):
+        store.write_json(layout.manifest_key(k, stage), {"stage": stage, "seconds": s})
+    first = stage_seconds(store, frozenset({(0, "evaluate")}))
+    assert first == {"iter-000/evaluate": 3.0}
+    store.read.clear()
+    both = stage_seconds(store, frozenset({(0, "evaluate"), (1, "redteam")}), first)
+    assert both == {"iter-000/evaluate": 3.0, "iter-001/redteam": 5.5}
+    assert store.read == [layout.manifest_key(1, "redteam")]

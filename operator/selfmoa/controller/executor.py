@@ -69,7 +69,9 @@ class KubernetesExecutor(RunObserver):
         store = self._store()
         outputs.write_status(store, status)
         if report:
-            seconds = outputs.stage_seconds(store, observed.done)
+            key = (self.namespace, self.name)
+            seconds = outputs.stage_seconds(store, observed.done, self.rt.seconds_cache.get(key))
+            self.rt.seconds_cache[key] = seconds
             outputs.write_report(store, self.spec, observed.metrics, seconds)
 
     async def start_stage(self, action: RunStage) -> bool:

@@ -45,6 +45,8 @@ class Runtime:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Metrics already read per run (a finished evaluate stage never changes).
     metrics_cache: dict[tuple[str, str], dict[int, Metrics]] = field(default_factory=dict)
+    #: Seconds of each finished stage per run, read from its manifest once (for the report).
+    seconds_cache: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     stores: dict[tuple[str, str | None, tuple[str, str] | None], Store] = field(
         default_factory=dict
     )
@@ -80,6 +82,7 @@ class Runtime:
             self.last_status,
             self.phases,
             self.metrics_cache,
+            self.seconds_cache,
             self.run_documents,
             self.finished,
         ):

@@ -47,10 +47,18 @@ def write_report(
     store.write_bytes(layout.REPORT, html.encode())
 
 
-def stage_seconds(store: Store, done: frozenset[tuple[int, str]]) -> dict[str, float]:
-    """Wall time of every finished stage, from its manifest."""
+def stage_seconds(
+    store: Store, done: frozenset[tuple[int, str]], known: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Wall time of every finished stage, from its manifest; those in `known` are not read
+    again (a finished stage's manifest never changes)."""
+    known = known or {}
     out = {}
     for k, stage in sorted(done):
-        manifest = store.read_json(layout.manifest_key(k, stage))
-        out[f"{layout.iteration_dir(k)}/{stage}"] = float(manifest.get("seconds", 0.0))
+        key = f"{layout.iteration_dir(k)}/{stage}"
+        if key in known:
+            out[key] = known[key]
+        else:
+            manifest = store.read_json(layout.manifest_key(k, stage))
+            out[key] = float(manifest.get("seconds", 0.0))
     return out
