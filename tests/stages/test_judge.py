@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fakes import ScriptedEngine
+from fakes import FakeProvider, ScriptedEngine
 from selfmoa.api.spec import AlignmentRunSpec
-from selfmoa.engines.base import Engine
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.run import layout
 from selfmoa.run.records import PromptKind, ResponseRecord
@@ -48,13 +48,15 @@ RESPONSES = [
 ]
 
 
-class FakeProvider(EngineProvider):
-    def for_model(self, model: str) -> Engine:
-        return ScriptedEngine(lambda *_: "no score here", model="judge")
+def garbage_provider(spec: AlignmentRunSpec) -> EngineProvider:
+    """Every judge model answers something no parser can read."""
+    return FakeProvider(spec, engine=ScriptedEngine(lambda *_: "no score here", model="judge"))
 
 
 def make_ctx(
-    tmp_path: Path, spec: dict[str, Any], provider: type[EngineProvider] = EngineProvider
+    tmp_path: Path,
+    spec: dict[str, Any],
+    provider: Callable[[AlignmentRunSpec], EngineProvider] = EngineProvider,
 ) -> StageContext:
     s = AlignmentRunSpec.model_validate({"policy": {"model": "selfmoa/tiny"}, **spec})
     calls: list[tuple[int, int, str]] = []
@@ -159,7 +161,7 @@ GARBAGE_JUDGES = [
 
 def test_a_judge_that_scores_nothing_fails_the_stage_instead_of_reporting(tmp_path: Path) -> None:
     """Every reply unparsable: one line naming the judge, no judgments, no manifest (no ASR 0%)."""
-    ctx = make_ctx(tmp_path, {"judges": GARBAGE_JUDGES}, FakeProvider)
+    ctx = make_ctx(tmp_path, {"judges": GARBAGE_JUDGES}, garbage_provider)
     write_responses(ctx, RESPONSES)
     with pytest.raises(StageError) as err:
         execute("judge", judge.run, ctx)
@@ -172,7 +174,7 @@ def test_a_judge_that_scores_nothing_fails_the_stage_instead_of_reporting(tmp_pa
 
 def test_with_no_minimum_coverage_all_garbage_finishes_unscored(tmp_path: Path) -> None:
     judges = [{**j, "minCoverage": 0} for j in GARBAGE_JUDGES]
-    ctx = make_ctx(tmp_path, {"judges": judges}, FakeProvider)
+    ctx = make_ctx(tmp_path, {"judges": judges}, garbage_provider)
     write_responses(ctx, RESPONSES)
     manifest, ran = execute("judge", judge.run, ctx)
     assert ran and ctx.store.exists(layout.manifest_key(1, "judge"))

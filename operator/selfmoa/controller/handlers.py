@@ -113,20 +113,21 @@ def register(
         await delete_children(body, rt)
         rt.forget(namespace or "default", name)
 
-    @kopf.on.event(
-        "batch", "v1", "jobs", labels={builders.LABEL_RUN: kopf.PRESENT}, registry=registry
-    )
-    async def _job_event(
-        body: kopf.Body, namespace: str | None, type: str | None, **_: Any
+    async def _child_event(
+        body: kopf.Body, type: str | None, resource: kopf.Resource, **_: Any
     ) -> None:
-        rt.jobs.event(type, body)
-        kick_owner(body, namespace or "default", rt)
+        child_event(body, type, is_job=resource.plural == "jobs", rt=rt)
 
-    @kopf.on.event(
-        "apps", "v1", "deployments", labels={builders.LABEL_RUN: kopf.PRESENT}, registry=registry
-    )
-    async def _deployment_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        kick_owner(body, namespace or "default", rt)
+    for group, version, plural in (("batch", "v1", "jobs"), ("apps", "v1", "deployments")):
+        labels = {builders.LABEL_RUN: kopf.PRESENT}
+        kopf.on.event(group, version, plural, labels=labels, registry=registry)(_child_event)
+
+
+def child_event(body: Mapping[str, Any], kind: str | None, *, is_job: bool, rt: Runtime) -> None:
+    """A run's Job or Deployment changed: keep the Job in the operator's copy, kick the run."""
+    if is_job:
+        rt.jobs.event(kind, body)
+    kick_owner(body, str((body.get("metadata") or {}).get("namespace") or "default"), rt)
 
 
 def kick_owner(obj: Mapping[str, Any], namespace: str, rt: Runtime) -> None:
