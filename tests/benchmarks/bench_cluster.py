@@ -80,23 +80,7 @@ def run_cluster(example: Path, work: Path, keep: Path | None) -> dict[str, Any]:
             ns = rc.prepare_run_namespace(cluster, s3)
             op = rc.start_operator(cluster, chart, s3, work / "operator")
             try:
-                # Ready once it has listed AlignmentRuns (Kopf watches right after; the watch's
-                # own audit line may wait for its first event, up to a minute).
-                _wait(
-                    "the operator to list AlignmentRuns",
-                    120,
-                    lambda: (
-                        op.proc.poll() is not None
-                        or any(
-                            e["verb"] == "list"
-                            and (e.get("objectRef") or {}).get("resource") == "alignmentruns"
-                            for e in rc.operator_requests(cluster)
-                        )
-                    ),
-                    0.5,
-                )
-                if op.proc.poll() is not None:
-                    raise RuntimeError(f"the operator exited:\n{op.text()[-3000:]}")
+                rc.wait_listening(cluster, op)
                 out["install_s"] = time.monotonic() - t
                 out.update(_timed_run(cluster, op, example, ns, s3))
             finally:

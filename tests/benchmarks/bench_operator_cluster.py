@@ -436,19 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             ns = rc.prepare_run_namespace(cluster, s3)
             op = rc.start_operator(cluster, chart, s3, work / "operator")
             try:
-                rc.wait_until(
-                    "the operator to list AlignmentRuns",
-                    120,
-                    lambda: (
-                        op.proc.poll() is not None
-                        or any(
-                            e["verb"] == "list"
-                            and (e.get("objectRef") or {}).get("resource") == "alignmentruns"
-                            for e in rc.operator_requests(cluster)
-                        )
-                    ),
-                    0.5,
-                )
+                rc.wait_listening(cluster, op)
                 for n in args.runs:
                     rows.append(one_size(cluster, op, s3, ns, n, args.iterations))
                     print(f"  {n} runs: {rows[-1]['wall_s']:.0f} s", file=sys.stderr)

@@ -444,6 +444,26 @@ def start_operator(
     return OperatorProcess.spawn(cmd, env, workdir, workdir / f"{name}.log")
 
 
+def wait_listening(cluster: Cluster, op: OperatorProcess, timeout: float = 120) -> None:
+    """Until the operator has listed AlignmentRuns (Kopf watches right after; the watch's own
+    audit line may wait for its first event, up to a minute); raises if it exited."""
+    wait_until(
+        "the operator to list AlignmentRuns",
+        timeout,
+        lambda: (
+            op.proc.poll() is not None
+            or any(
+                e["verb"] == "list"
+                and (e.get("objectRef") or {}).get("resource") == "alignmentruns"
+                for e in operator_requests(cluster)
+            )
+        ),
+        0.5,
+    )
+    if op.proc.poll() is not None:
+        raise RuntimeError(f"the operator exited:\n{op.text()[-3000:]}")
+
+
 # ------------------------------------------------------------------------------ runs
 
 

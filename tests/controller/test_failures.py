@@ -181,40 +181,6 @@ async def test_a_missing_storage_secret_is_named_while_the_run_waits(
     assert jobs(cluster) == {}
 
 
-async def test_the_operator_reads_the_store_with_the_runs_secret() -> None:
-    import base64
-
-    from selfmoa.api import parse_run
-    from selfmoa.controller.config import OperatorConfig
-    from selfmoa.controller.executor import KubernetesExecutor
-    from selfmoa.controller.runtime import Runtime
-
-    class FakeKube:
-        async def get(self, path: str) -> dict[str, object] | None:
-            assert path == "/api/v1/namespaces/ml/secrets/creds"
-            enc = {
-                k: base64.b64encode(v.encode()).decode()
-                for k, v in {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}.items()
-            }
-            return {"data": enc}
-
-    spec = parse_run(
-        {
-            "metadata": {"name": "r"},
-            "spec": {
-                "policy": {"model": "m"},
-                "storage": {"uri": "s3://bkt/p", "secretRef": "creds"},
-            },
-        }
-    ).spec
-    rt = Runtime(config=OperatorConfig(), kube=FakeKube())  # type: ignore[arg-type]
-    ex = KubernetesExecutor(rt, name="r", namespace="ml", spec=spec, owner=None)
-    await ex.open()
-    assert ex.credentials == ("id", "key")
-    store = ex._store()
-    assert store.credentials == ("id", "key")  # type: ignore[attr-defined]
-
-
 async def test_a_frozen_api_server_ends_a_request_within_its_bound() -> None:
     # An API server that accepts connections and never answers: each request gives up after
     # its timeout, all tries within `worst_case_seconds`, and the reconcile says ApiUnavailable.

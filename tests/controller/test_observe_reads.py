@@ -49,6 +49,8 @@ async def test_the_storage_secret_is_read_once_per_resync_and_a_rotated_key_is_s
         ex = _executor(rt)
         await ex.open()
         assert ex.credentials == ("id", "key-1")
+        # The operator reads the store with the run's Secret, as its Jobs do.
+        assert ex._store().credentials == ("id", "key-1")  # type: ignore[attr-defined]
     assert kube.reads == 1
     kube.key = "key-2"
     rt.resync_seconds = 0.0  # the resync has passed: read again

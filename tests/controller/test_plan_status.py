@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_plan import LOCAL, MODELS, _spec
 
-from selfmoa.api import parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Condition, Phase
 from selfmoa.controller.failures import Blocked
 from selfmoa.controller.plan import (
@@ -26,26 +26,11 @@ from selfmoa.run.identity import TakeOver
 from selfmoa.run.metrics import Metrics
 from selfmoa.run.planner import Finish, Observed, Reuse, RunStage, StageFailure, status
 
-MODELS = ("org/policy", "org/judge")
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z"
 GEN = 3
 URI = "s3://bucket/runs/ml/r/"
 
 
-def _spec(**over: Any) -> AlignmentRunSpec:
-    spec: dict[str, Any] = {
-        "policy": {"model": MODELS[0]},
-        "judges": [
-            {"name": "guard", "objective": "safety", "kind": "llm", "model": MODELS[1]},
-            {"name": "helper", "objective": "helpfulness", "kind": "llm", "model": MODELS[1]},
-        ],
-        "iterations": 2,
-        **over,
-    }
-    return parse_run({"metadata": {"name": "r"}, "spec": spec}).spec
-
-
-LOCAL = _spec()
 SUSPENDED = _spec(suspend=True)
 TARGET = _spec(stopWhen={"attackSuccessRateBelow": 0.6})
 VLLM = _spec(serving={"engine": "vllm", "replicas": 1, "releaseDuringTraining": True})
