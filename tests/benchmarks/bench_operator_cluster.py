@@ -4,11 +4,12 @@
 
 The real-control-plane tier (tests/cluster: kube-apiserver + kube-controller-manager 1.20, the
 chart installed with Helm, the operator as a process with the chart ServiceAccount's token, the
-runs' store on loopback S3) with stand-in stages that finish at once: for each stage Pod the job
-controller creates, the benchmark waits until the job controller has reported the Job active (as
-it would for a real stage, minutes long), writes the stage's manifest (and an evaluate's metrics)
-into the store and reports the Pod Succeeded, as a kubelet would; the job controller then
-completes the Job. So it measures the operator (and the API server it talks to), not a model.
+runs' store on loopback S3, moto in a process of its own) with stand-in stages: for each stage
+Pod the job controller creates, the benchmark waits until the job controller has reported the
+Job active, lets the stage "run" for `--stage-seconds` (1 s), writes its manifest (and an
+evaluate's metrics) into the store and reports the Pod Succeeded, as a kubelet would; the job
+controller then completes the Job. So it measures the operator (and the API server it talks
+to), not a model.
 
 For 1, 10 and 50 runs applied at once it prints:
 - the time from a stage Job's completion (the first update of the Job after its stage ended:
@@ -54,6 +55,7 @@ sys.path.insert(0, str(ROOT / "tests" / "controller"))  # harness: the stand-in 
 import realcluster as rc  # noqa: E402
 
 LABEL_RUN = "selfmoa.dev/run"
+LABEL_STAGE = "selfmoa.dev/stage"
 GOAL_MEDIAN_S, GOAL_P90_S, GOAL_FLAT = 1.0, 3.0, 2.0
 #: The other processes sharing the machine's cores, whose CPU seconds are printed beside the
 #: operator's (the benchmark process plays every Pod and serves S3).
@@ -72,9 +74,11 @@ def _ts(value: str | None) -> float:
 class JobTimes:
     run: str
     added: float
+    stage: str = ""
     #: The job controller reported the Job active (its Pod seen): a stage ends only after this,
     #: as a real one (minutes long) does, so the operator can't be woken early by this update.
     active: float | None = None
+    became_active: threading.Event = field(default_factory=threading.Event)
     #: The stand-in stage wrote its manifest and is about to report its Pod Succeeded.
     pod_done: float | None = None
     #: The first Job update after that (the job controller counting the Pod succeeded): what
@@ -88,6 +92,8 @@ class Clock:
     """What the benchmark saw happen, on its own monotonic clock."""
 
     jobs: dict[str, JobTimes] = field(default_factory=dict)
+    #: The operator's share of each transition, by the stage that ended.
+    after_stage: dict[str, list[float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def transitions(self) -> tuple[list[float], list[float], list[float]]:
@@ -108,6 +114,7 @@ class Clock:
                     # Below 0: the operator had moved on before that update (woken by its own
                     # recheck or a late event); its share of the wait is then nothing.
                     woken.append(b.added - a.updated)
+                    self.after_stage.setdefault(a.stage, []).append(b.added - a.updated)
             controller += [j.updated - j.pod_done for j in jobs if j.updated and j.pod_done]
         return woken, ended, controller
 
@@ -116,7 +123,9 @@ class InstantStages:
     """Plays every stage Pod of the runs' namespace as a stage that finishes at once, and
     records when each Job appears and completes (two watches of the real API)."""
 
-    def __init__(self, cluster: rc.Cluster, s3: dict[str, str], namespace: str) -> None:
+    def __init__(
+        self, cluster: rc.Cluster, s3: dict[str, str], namespace: str, stage_seconds: float
+    ) -> None:
         from kubelet import Api
 
         self.client = cluster.api_client()
@@ -124,7 +133,8 @@ class InstantStages:
         self.s3 = s3
         self.ns = namespace
         self.clock = Clock()
-        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="instant")
+        self.stage_seconds = stage_seconds
+        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="instant")
         self.stop = threading.Event()
         self.seen: set[str] = set()
         self.errors: list[str] = []
@@ -178,7 +188,12 @@ class InstantStages:
         name = job["metadata"]["name"]
         with self.clock.lock:
             times = self.clock.jobs.setdefault(
-                name, JobTimes(run=job["metadata"]["labels"][LABEL_RUN], added=t)
+                name,
+                JobTimes(
+                    run=job["metadata"]["labels"][LABEL_RUN],
+                    added=t,
+                    stage=job["metadata"]["labels"].get(LABEL_STAGE, "?"),
+                ),
             )
             done = any(
                 c.get("type") == "Complete" and c.get("status") == "True"
@@ -190,6 +205,7 @@ class InstantStages:
                 times.updated = t
             if int((job.get("status") or {}).get("active") or 0) and times.active is None:
                 times.active = t
+                times.became_active.set()
 
     def _pod(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -219,9 +235,13 @@ class InstantStages:
             while time.monotonic() < end and not self.stop.is_set():
                 with self.clock.lock:
                     times = self.clock.jobs.get(job)
-                    if times is not None and times.active is not None:
-                        break
-                time.sleep(0.02)
+                if times is not None:  # the Job watch has it: wait for its active count
+                    times.became_active.wait(max(0.0, end - time.monotonic()))
+                    break
+                time.sleep(0.05)
+            # A stage takes a while: the operator's reconcile on the Job's "active" update is
+            # over before it ends, as with a real stage.
+            time.sleep(self.stage_seconds)
             c = pod["spec"]["containers"][0]
             args = list(c.get("args") or [])
             code = stand_in_stage(args, {}, self._store(args[args.index("--run-uri") + 1]))
@@ -300,12 +320,13 @@ def one_size(
     ns: str,
     n: int,
     iterations: int,
+    stage_seconds: float,
 ) -> dict[str, Any]:
     names = [f"lat{n}-{i}" for i in range(n)]
     docs = [rc.small_run(name, s3, iterations=iterations) for name in names]
     for d in docs:
         d["metadata"]["namespace"] = ns
-    with InstantStages(cluster, s3, ns) as player:
+    with InstantStages(cluster, s3, ns, stage_seconds) as player:
         pids = {"operator": op.proc.pid, **cluster.pids(), "benchmark": os.getpid()}
         cpu0, wall0 = {k: _cpu_seconds(p) for k, p in pids.items()}, time.time()
         t0 = time.monotonic()
@@ -333,6 +354,7 @@ def one_size(
         "operator": operator,
         "controller": controller,
         "after_end": after_end,
+        "after_stage": dict(player.clock.after_stage),
         "requests": requests,
         "cpu_s": cpu,
         "rss_mib": op.peak_rss_mib(),
@@ -372,6 +394,13 @@ def report(rows: list[dict[str, Any]]) -> None:
         )
         if r["failed"] or r["errors"]:
             print(f"      not Succeeded: {r['failed']}; player errors: {r['errors'][:3]}")
+        by_stage = r.get("after_stage") or {}
+        print(
+            "      operator share p90 after: "
+            + ", ".join(
+                f"{s} {_q([max(0.0, x) for x in v], 0.9):.2f}" for s, v in sorted(by_stage.items())
+            )
+        )
     print("\nAPI requests per iteration by verb and resource:")
     keys = sorted({k for r in rows for k in r["requests"]}, key=lambda k: -rows[-1]["requests"][k])
     print(f"{'':<40}" + "".join(f"{r['runs']:>8} runs" for r in rows))
@@ -410,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--runs", type=int, nargs="+", default=[1, 10, 50])
     p.add_argument("--iterations", type=int, default=2)
+    p.add_argument(
+        "--stage-seconds",
+        type=float,
+        default=1.0,
+        help="how long a stand-in stage runs once its Job is active (default 1)",
+    )
     p.add_argument("--no-build", action="store_true", help="never build the control plane")
     p.add_argument("--keep", type=Path, help="keep the work dir (audit log, operator log) here")
     p.add_argument("--json", type=Path, help="also write the measurements here")
@@ -431,14 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     cluster = rc.start_cluster(work / "controlplane")
     rows = []
     try:
-        with rc.s3_server() as s3:
+        with rc.s3_server(process=True) as s3:
             chart = rc.install_chart(cluster, {}, work / "chart")
             ns = rc.prepare_run_namespace(cluster, s3)
             op = rc.start_operator(cluster, chart, s3, work / "operator")
             try:
                 rc.wait_listening(cluster, op)
                 for n in args.runs:
-                    rows.append(one_size(cluster, op, s3, ns, n, args.iterations))
+                    rows.append(
+                        one_size(cluster, op, s3, ns, n, args.iterations, args.stage_seconds)
+                    )
                     print(f"  {n} runs: {rows[-1]['wall_s']:.0f} s", file=sys.stderr)
             finally:
                 op.stop()

@@ -201,16 +201,31 @@ def stop_cluster(c: Cluster, logs: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def s3_server(host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
-    """moto's S3 server on `host` with the bucket `selfmoa`: endpoint, bucket, keys."""
+def s3_server(host: str = "127.0.0.1", *, process: bool = False) -> Iterator[dict[str, str]]:
+    """moto's S3 server on `host` with the bucket `selfmoa`: endpoint, bucket, keys.
+
+    `process`: in a process of its own, so a benchmark's threads don't share its interpreter
+    lock (in this process, its answers wait for them)."""
     import boto3
+    from kubelet import free_port
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
-    server.start()
-    try:
+    proc: subprocess.Popen[bytes] | None = None
+    if process:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        endpoint = f"http://{host}:{port}"
+        wait_until("moto's S3 server", 30, lambda: _answers(endpoint), 0.2)
+    else:
+        server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
+        server.start()
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
+    try:
         boto3.client(
             "s3",
             endpoint_url=endpoint,
@@ -220,7 +235,24 @@ def s3_server(host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
         ).create_bucket(Bucket=BUCKET)
         yield {"endpoint": endpoint, "bucket": BUCKET, **S3_KEYS}
     finally:
-        server.stop()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        else:
+            server.stop()
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True  # an HTTP answer, whatever its status
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -220,3 +220,35 @@ def test_progress_is_reported() -> None:
     seen: list[int] = []
     safety.score_batch([response(REFUSAL), response(UNSAFE)], progress=seen.append)
     assert seen[-1] == 2
+
+
+def test_repeated_texts_are_scored_once_and_alike() -> None:
+    """A judge remembers each (prompt kind, category, text[, prompt]) score and each text's
+    kind: repeats cost nothing and score as the pure functions do, noise still per response."""
+    from selfmoa.judges.heuristic import helpfulness_score, kind_of, safety_score
+
+    texts = [REFUSAL, UNSAFE, MIXED, GARBAGE, HELPFUL] * 4
+    items = [
+        response(
+            t, rid=f"p{i % 3}#{i}", kind=("harmful", "benign", "legit")[i % 3], category="weapons"
+        )
+        for i, t in enumerate(texts)
+    ]
+    for objective in (Objective.safety, Objective.helpfulness):
+        judge = HeuristicJudge("j", objective, noise=0.3, seed=2)
+        got = judge.judge_batch(items)
+        assert judge.judge_batch(items) == got
+        assert len(judge._scores) < len(items) and len(judge._kinds) == 5
+        for it, v in zip(items, got, strict=True):
+            if objective == Objective.safety:
+                s = safety_score(it["kind"], it["category"], it["text"], judge.lexicon)
+            else:
+                s = helpfulness_score(
+                    it["prompt"],
+                    it["text"],
+                    kind=it["kind"],
+                    category=it["category"],
+                    lex=judge.lexicon,
+                )
+            assert v.score == (flipped(s) if judge.flips(it["id"]) else s)
+            assert v.declined == (kind_of(it["text"], judge.lexicon) in ("refusal", "redirect"))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,9 @@ from selfmoa.controller.runtime import Runtime
 from selfmoa.run.planner import Action, Finish, Observed, RunStage
 
 log = logging.getLogger("selfmoa.controller")
+
+#: A reconcile longer than this is logged: each stage of the run waits on its reconcile.
+SLOW_RECONCILE_S = 2.0
 
 #: Posts a Kubernetes Event about the run: (type Normal|Warning, reason, message).
 EventFn = Callable[[str, str, str], None]
@@ -324,8 +328,12 @@ async def drive(
     while not stopped() and not meta.get("deletionTimestamp"):
         trigger.clear()
         delay = rt.resync_seconds
+        started = time.monotonic()
         try:
             sooner = await reconcile(body, rt, emit)
+            took = time.monotonic() - started
+            if took > SLOW_RECONCILE_S:  # what the run's next stage waited on
+                log.warning("%s: one reconcile took %.1f s", meta["name"], took)
             if sooner is not None:
                 delay = min(delay, sooner)
             errors = 0

@@ -313,6 +313,10 @@ def helpfulness_score(
     return _answer_helpfulness(prompt, text, on_topic=subject is not None and subject in tops)
 
 
+#: Entries a judge remembers (scores, kinds) before it starts over: bounds its memory.
+_MEMO_LIMIT: Final = 100_000
+
+
 def flipped(score: float) -> float:
     """The opposite verdict around the scale's midpoint 3."""
     return min(6.0 - score, 2.0) if score >= 3.0 else max(6.0 - score, 4.0)
@@ -341,6 +345,10 @@ class HeuristicJudge(Judge):
                 lx, refusals=tuple(c for c in lx.refusals if c not in APOLOGIES)
             )
         self.lexicon = lx
+        # Scores and kinds are pure functions of the text (and prompt) under this judge's
+        # lexicon, and a policy repeats itself: a tiny one's 692 responses hold 90-260 texts.
+        self._scores: dict[tuple[str, str | None, str, str], float] = {}
+        self._kinds: dict[str, Kind] = {}
 
     def flips(self, response_id: str) -> bool:
         if self.noise <= 0:
@@ -349,19 +357,34 @@ class HeuristicJudge(Judge):
         return u < self.noise
 
     def score_one(self, item: ResponseRecord) -> float:
-        if self.objective == Objective.safety:
-            s = safety_score(
-                item["kind"], item["category"], item["text"], self.lexicon, strict=self.strict
-            )
-        else:
-            s = helpfulness_score(
-                item["prompt"],
-                item["text"],
-                kind=item["kind"],
-                category=item["category"],
-                lex=self.lexicon,
-            )
+        s = self._score(item)
         return flipped(s) if self.flips(item["id"]) else s
+
+    def _score(self, item: ResponseRecord) -> float:
+        """The score before noise, computed once per (prompt kind, category, text, and for
+        helpfulness the prompt)."""
+        safety = self.objective == Objective.safety
+        key = (item["kind"], item["category"], item["text"], "" if safety else item["prompt"])
+        if key not in self._scores:
+            if len(self._scores) >= _MEMO_LIMIT:
+                self._scores.clear()
+            kind, category, text = item["kind"], item["category"], item["text"]
+            self._scores[key] = (
+                safety_score(kind, category, text, self.lexicon, strict=self.strict)
+                if safety
+                else helpfulness_score(
+                    item["prompt"], text, kind=kind, category=category, lex=self.lexicon
+                )
+            )
+        return self._scores[key]
+
+    def _kind(self, text: str) -> Kind:
+        k = self._kinds.get(text)
+        if k is None:
+            if len(self._kinds) >= _MEMO_LIMIT:
+                self._kinds.clear()
+            k = self._kinds[text] = kind_of(text, self.lexicon)
+        return k
 
     def score_batch(
         self, items: Sequence[ResponseRecord], progress: JudgeProgress | None = None
@@ -378,6 +401,6 @@ class HeuristicJudge(Judge):
         refusal cues; it can't tell an answer to another question from an answer)."""
         scores = self.score_batch(items, progress)
         return [
-            Verdict(s, declined=kind_of(it["text"], self.lexicon) in ("refusal", "redirect"))
+            Verdict(s, declined=self._kind(it["text"]) in ("refusal", "redirect"))
             for it, s in zip(items, scores, strict=True)
         ]
