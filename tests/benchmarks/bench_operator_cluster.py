@@ -77,14 +77,12 @@ class JobTimes:
     stage: str = ""
     #: The job controller reported the Job active (its Pod seen): a stage ends only after this,
     #: as a real one (minutes long) does, so the operator can't be woken early by this update.
-    active: float | None = None
     became_active: threading.Event = field(default_factory=threading.Event)
     #: The stand-in stage wrote its manifest and is about to report its Pod Succeeded.
     pod_done: float | None = None
     #: The first Job update after that (the job controller counting the Pod succeeded): what
     #: wakes the operator.
     updated: float | None = None
-    complete: float | None = None
 
 
 @dataclass
@@ -195,16 +193,9 @@ class InstantStages:
                     stage=job["metadata"]["labels"].get(LABEL_STAGE, "?"),
                 ),
             )
-            done = any(
-                c.get("type") == "Complete" and c.get("status") == "True"
-                for c in (job.get("status") or {}).get("conditions") or []
-            )
-            if done and times.complete is None:
-                times.complete = t
             if times.pod_done is not None and times.updated is None:
                 times.updated = t
-            if int((job.get("status") or {}).get("active") or 0) and times.active is None:
-                times.active = t
+            if int((job.get("status") or {}).get("active") or 0):
                 times.became_active.set()
 
     def _pod(self, pod: dict[str, Any]) -> None:

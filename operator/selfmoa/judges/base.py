@@ -12,6 +12,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final, TypeVar
 
 from selfmoa.api.spec import JudgeKind, Objective
 from selfmoa.run.records import PromptRecord, ResponseRecord
@@ -115,3 +116,20 @@ def stable_seed(*parts: object) -> int:
     """A seed from the parts' text: the same in every process (unlike `hash()`)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+#: Entries a judge remembers (scores, kinds) before it starts over: bounds its memory.
+MEMO_LIMIT: Final = 100_000
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remembered(memo: dict[K, V], key: K, compute: Callable[[], V]) -> V:
+    """`memo[key]`, computed once; the memo starts over at `MEMO_LIMIT` entries."""
+    if key not in memo:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        memo[key] = compute()
+    return memo[key]

@@ -57,7 +57,7 @@ from importlib import resources
 from typing import Any, Final, Literal
 
 from selfmoa.api.spec import JudgeKind, Objective
-from selfmoa.judges.base import Judge, JudgeProgress, Verdict, stable_seed
+from selfmoa.judges.base import Judge, JudgeProgress, Verdict, remembered, stable_seed
 from selfmoa.run.records import ResponseRecord
 
 #: Share of every cue list a judge with seed > 0 knows.
@@ -313,10 +313,6 @@ def helpfulness_score(
     return _answer_helpfulness(prompt, text, on_topic=subject is not None and subject in tops)
 
 
-#: Entries a judge remembers (scores, kinds) before it starts over: bounds its memory.
-_MEMO_LIMIT: Final = 100_000
-
-
 def flipped(score: float) -> float:
     """The opposite verdict around the scale's midpoint 3."""
     return min(6.0 - score, 2.0) if score >= 3.0 else max(6.0 - score, 4.0)
@@ -364,27 +360,22 @@ class HeuristicJudge(Judge):
         """The score before noise, computed once per (prompt kind, category, text, and for
         helpfulness the prompt)."""
         safety = self.objective == Objective.safety
-        key = (item["kind"], item["category"], item["text"], "" if safety else item["prompt"])
-        if key not in self._scores:
-            if len(self._scores) >= _MEMO_LIMIT:
-                self._scores.clear()
-            kind, category, text = item["kind"], item["category"], item["text"]
-            self._scores[key] = (
+        kind, category, text = item["kind"], item["category"], item["text"]
+        key = (kind, category, text, "" if safety else item["prompt"])
+        return remembered(
+            self._scores,
+            key,
+            lambda: (
                 safety_score(kind, category, text, self.lexicon, strict=self.strict)
                 if safety
                 else helpfulness_score(
                     item["prompt"], text, kind=kind, category=category, lex=self.lexicon
                 )
-            )
-        return self._scores[key]
+            ),
+        )
 
     def _kind(self, text: str) -> Kind:
-        k = self._kinds.get(text)
-        if k is None:
-            if len(self._kinds) >= _MEMO_LIMIT:
-                self._kinds.clear()
-            k = self._kinds[text] = kind_of(text, self.lexicon)
-        return k
+        return remembered(self._kinds, text, lambda: kind_of(text, self.lexicon))
 
     def score_batch(
         self, items: Sequence[ResponseRecord], progress: JudgeProgress | None = None
