@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: help install install-run install-smollm2 run run-smollm2 test test-cluster lint format bench bench-gpu bench-efficacy bench-smollm2 crd manifests images test-node e2e clean
+.PHONY: help install install-run install-smollm2 run run-smollm2 test test-cluster lint format bench bench-gpu bench-efficacy bench-smollm2 crd manifests tiny-base images test-node e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -87,6 +87,9 @@ crd: install  ## regenerate manifests/crd.yaml and the chart copy from the pydan
 
 manifests: crd  ## regenerate manifests/install.yaml from the chart's defaults
 	$(PY) -m tests.chart.render
+
+tiny-base: install  ## rebuild the shipped tiny base model (operator/selfmoa/tiny/base) after changing its builder or seed data
+	$(PY) -m selfmoa.tiny.build
 
 images: install  ## build selfmoa/operator:dev and selfmoa/worker:dev (needs Docker; no registry needed: images/build.sh)
 	bash images/build.sh

@@ -9,6 +9,11 @@ validation and held-out prompts stay unseen.
 
 The build seed is `SEED`, or `SELFMOA_TINY_SEED` when set (benchmarks vary the base with it); it
 is part of the cache key, so bases of different seeds live side by side.
+
+The default seed's base ships in the package (`SHIPPED`, about 730 KB): the build is
+deterministic (byte-identical weights on rebuild), so a newcomer's first run copies it into the
+cache instead of spending ~45 s of two cores building it. `python -m selfmoa.tiny.build`
+(`make tiny-base`) rebuilds it; a test fails when its key no longer matches the builder's.
 Imports torch/transformers: only `ensure_base` (lazily) and the stages load this module.
 """
 
@@ -95,6 +100,8 @@ _ACT = re.compile(
 )
 
 DONE_MARKER = "selfmoa-tiny.json"
+#: The default seed's base, shipped as package data (see the module's docstring).
+SHIPPED = Path(__file__).resolve().parent / "base"
 
 
 def build_seed() -> int:
@@ -294,6 +301,7 @@ def build(dest: Path, progress: Callable[[str], None] = lambda s: None) -> dict[
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     return {
+        "key": cache_key(),
         "builder": BUILDER_VERSION,
         "seed": seed,
         "data": seeds.train_hash(),
@@ -348,9 +356,15 @@ def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        say(f"tiny: building base model into {final}")
-        facts = build(tmp, say)
-        (tmp / DONE_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
+        if shipped_base() is not None:
+            say(f"tiny: copying the shipped base model into {final}")
+            shutil.copytree(SHIPPED, tmp, dirs_exist_ok=True)
+            done = "tiny: shipped base in place"
+        else:
+            say(f"tiny: building base model into {final}")
+            facts = build(tmp, say)
+            (tmp / DONE_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
+            done = f"tiny: built in {facts['seconds']} s"
         try:
             os.rename(tmp, final)
         except OSError:
@@ -359,7 +373,36 @@ def ensure_base(cache_dir: Path, progress: Callable[[str], None] | None = None) 
                 return final
             shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
-        say(f"tiny: built in {facts['seconds']} s")
+        say(done)
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def shipped_base() -> Path | None:
+    """`SHIPPED` when it holds the base this builder would build now (same key), else None."""
+    import json
+
+    try:
+        facts = json.loads((SHIPPED / DONE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return SHIPPED if isinstance(facts, dict) and facts.get("key") == cache_key() else None
+
+
+def ship(dest: Path = SHIPPED) -> dict[str, Any]:
+    """Rebuild the default seed's base into `dest` (the package's copy); returns build facts."""
+    import json
+
+    if os.environ.get(SEED_ENV, "").strip() not in ("", str(SEED)):
+        raise ValueError(f"the shipped base is seed {SEED}'s: unset {SEED_ENV}")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    facts = build(dest, print)
+    facts.pop("seconds")  # so that a rebuild of the same base changes no shipped byte
+    (dest / DONE_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
+    return facts
+
+
+if __name__ == "__main__":
+    print(ship())
