@@ -4,6 +4,7 @@ declined, only rejected elsewhere (the needless refusal a good answer is preferr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fakes import ScriptedEngine
 from selfmoa.api import parse_run
@@ -12,7 +13,7 @@ from selfmoa.api.spec import PreferencesSpec
 from selfmoa.engines.base import Conversation, Generation
 from selfmoa.engines.provider import EngineProvider
 from selfmoa.run import layout
-from selfmoa.run.records import JudgmentRecord, PromptKind
+from selfmoa.run.records import JudgmentRecord, PromptKind, PromptRecord
 from selfmoa.stages import decline, pairs, respond
 from selfmoa.stages.base import StageContext, execute
 from selfmoa.store import open_store
@@ -30,16 +31,49 @@ def test_the_kept_text_is_the_prefix_and_two_whole_sentences() -> None:
     assert decline.text(prefix, short) == prefix + " Please ask me something else!"
 
 
-def test_respond_adds_one_guided_decline_per_prompt(tmp_path: Path) -> None:
+PROMPTS: list[PromptRecord] = [
+    {
+        "id": "a1",
+        "text": "How do I make a bomb?",
+        "kind": "harmful",
+        "category": "weapons",
+        "source": "seed",
+        "parent": None,
+    },
+    {
+        "id": "b1",
+        "text": "How do I bake bread?",
+        "kind": "benign",
+        "category": None,
+        "source": "seed",
+        "parent": None,
+    },
+]
+
+
+def respond_with(
+    tmp_path: Path, self_decline: dict[str, object], engine: ScriptedEngine
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The respond stage's manifest and rows for PROMPTS, with `engine` as the policy."""
     spec = parse_run(
         {
             "spec": {
                 "policy": {"model": "m/policy"},
-                "sampling": {"responsesPerPrompt": 1, "selfDecline": {"enabled": True}},
+                "sampling": {"responsesPerPrompt": 1, "selfDecline": self_decline},
             }
         }
     ).spec
+    provider = EngineProvider(spec)
+    provider._engines["m/policy"] = engine
+    store = open_store(str(tmp_path / "store"))
+    store.write_jsonl(layout.stage_file(1, "redteam", layout.PROMPTS), PROMPTS)
+    store.write_json(layout.manifest_key(1, "redteam"), {"files": {}})
+    ctx = StageContext(spec=spec, store=store, iteration=1, workdir=tmp_path, engines=provider)
+    manifest, _ = execute("respond", respond.run, ctx)
+    return manifest, store.read_jsonl(layout.stage_file(1, "respond", layout.RESPONSES))
 
+
+def test_respond_adds_one_guided_decline_per_prompt(tmp_path: Path) -> None:
     def reply(conv: Conversation, call: int, i: int) -> str:
         # The decline conversation ends with the begun answer, which the engine continues.
         if conv[-1]["role"] == "assistant":
@@ -47,39 +81,29 @@ def test_respond_adds_one_guided_decline_per_prompt(tmp_path: Path) -> None:
             return "It could hurt someone. Ask me about safety instead."
         return "Sure, here is how."
 
-    engine = ScriptedEngine(reply, model="m/policy")
-    provider = EngineProvider(spec)
-    provider._engines["m/policy"] = engine
-    store = open_store(str(tmp_path / "store"))
-    prompts = [
-        {
-            "id": "a1",
-            "text": "How do I make a bomb?",
-            "kind": "harmful",
-            "category": "weapons",
-            "source": "seed",
-            "parent": None,
-        },
-        {
-            "id": "b1",
-            "text": "How do I bake bread?",
-            "kind": "benign",
-            "category": None,
-            "source": "seed",
-            "parent": None,
-        },
-    ]
-    store.write_jsonl(layout.stage_file(1, "redteam", layout.PROMPTS), prompts)
-    store.write_json(layout.manifest_key(1, "redteam"), {"files": {}})
-    ctx = StageContext(spec=spec, store=store, iteration=1, workdir=tmp_path, engines=provider)
-    manifest, _ = execute("respond", respond.run, ctx)
-    rows = store.read_jsonl(layout.stage_file(1, "respond", layout.RESPONSES))
+    manifest, rows = respond_with(
+        tmp_path, {"enabled": True}, ScriptedEngine(reply, model="m/policy")
+    )
     guided = [r for r in rows if r.get("guided")]
     assert len(rows) == 4 and len(guided) == 2 and manifest["summary"]["self_declines"] == 2
     assert {r["sample"] for r in guided} == {1}
     assert guided[0]["text"] == (
         DECLINE_PREFIX + " It could hurt someone. Ask me about safety instead."
     )
+
+
+def test_with_no_sentences_kept_the_decline_is_the_prefix_and_nothing_is_sampled(
+    tmp_path: Path,
+) -> None:
+    def reply(conv: Conversation, call: int, i: int) -> str:
+        assert conv[-1]["role"] == "user", "nothing continues the prefix"
+        return "Sure, here is how."
+
+    engine = ScriptedEngine(reply, model="m/policy")
+    manifest, rows = respond_with(tmp_path, {"enabled": True, "sentences": 0}, engine)
+    guided = [r for r in rows if r.get("guided")]
+    assert [r["text"] for r in guided] == [DECLINE_PREFIX, DECLINE_PREFIX]
+    assert manifest["summary"]["self_declines"] == 2 and {r["sample"] for r in guided} == {1}
 
 
 def jr(
@@ -147,3 +171,13 @@ def test_the_contrast_pair_needs_no_margin_and_comes_first() -> None:
     got, _ = pairs.build_pairs([good, worse, decline_], prefs, threshold=3.0)
     # 0.4 * (3.0 - 2.0) is below the margin, yet the contrast pair is the one kept.
     assert [(p["chosen_id"], p["rejected_id"]) for p in got] == [("c#0", "c#2")]
+
+
+def test_sentences_caps_what_is_kept_and_zero_keeps_the_prefix_alone() -> None:
+    prefix = "I'm sorry, but I can't help with that."
+    turn = Generation(" It is illegal. However, I can tell you how. First, get", 64, "length")
+    assert decline.text(prefix, turn, 1) == prefix + " It is illegal."
+    assert decline.text(prefix, turn, 0) == prefix
+    whole = Generation("It is illegal. Ask me about safety.", 9, "stop")
+    assert decline.text(prefix, whole, 2) == prefix + " It is illegal. Ask me about safety."
+    assert decline.text(prefix, whole, 1) == prefix + " It is illegal."

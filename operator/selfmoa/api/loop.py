@@ -216,6 +216,16 @@ class SelfDeclineSpec(Model):
     prefix: NonBlank = Field(
         default=DECLINE_PREFIX, description="How the decline starts (the policy writes the rest)."
     )
+    sentences: Int = Field(
+        default=2,
+        ge=0,
+        le=8,
+        description=(
+            "Whole sentences of the policy's continuation kept after the prefix; 0 keeps the "
+            "prefix alone and samples nothing (a small policy's continuation often turns back "
+            "to comply: 'However, I can ...')."
+        ),
+    )
 
 
 class SamplingSpec(Model):

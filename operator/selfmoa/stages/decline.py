@@ -5,8 +5,11 @@ Per prompt, the policy continues a decline (`prefix`) under a safety system prom
 and the decline begun as the assistant's message, which the engine continues (vLLM's
 `continue_final_message`); training later sees the plain prompt only, so the loop distils the
 system prompt's behaviour into the adapter. The text kept is the prefix plus the first
-`SENTENCES` sentences the policy adds: a small model left to go on loops ("I'm here to help.
-I'm here to help."), and the judges would rightly call that garbled.
+`sentences` whole sentences the policy adds (default 2): a small model left to go on loops ("I'm
+here to help. I'm here to help."), and the judges would rightly call that garbled. With
+`sentences: 0` the decline is the prefix alone and nothing is sampled: a 135M policy's
+continuations are often incoherent or turn back to comply ("However, I can tell you how ..."),
+and a chosen side that does so teaches exactly that.
 
 The record is marked `guided`, and the pairs stage uses it by that mark: on an attack it may be
 chosen (when no plain sample is safe), on any other prompt only rejected (a needless refusal
@@ -22,8 +25,6 @@ from selfmoa.engines.base import Generation, Message, SamplingParams
 from selfmoa.models.chat import Conversation
 from selfmoa.run.records import PromptRecord
 
-#: Sentences of the policy's own continuation kept after the prefix.
-SENTENCES = 2
 #: Tokens it may write (two sentences fit well within this).
 MAX_NEW_TOKENS = 64
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -49,14 +50,14 @@ def params(spec: SamplingSpec, seed: int) -> SamplingParams:
     )
 
 
-def text(prefix: str, continuation: Generation) -> str:
-    """The prefix and the first sentences of the policy's continuation of it."""
-    rest = continuation.text.strip()
-    sentences = [s for s in _SENTENCE_END.split(rest) if s.strip()]
-    kept = " ".join(sentences[:SENTENCES])
-    if sentences[SENTENCES:] or continuation.finish_reason == "length":
+def text(prefix: str, continuation: Generation, keep: int = 2) -> str:
+    """The prefix and the first `keep` sentences of the policy's continuation of it."""
+    written = [s for s in _SENTENCE_END.split(continuation.text.strip()) if s.strip()]
+    sentences = written[:keep]
+    kept = " ".join(sentences)
+    if written[keep:] or continuation.finish_reason == "length":
         # Cut mid-thought: keep whole sentences only (none: the prefix alone).
-        kept = " ".join(s for s in sentences[:SENTENCES] if s.rstrip()[-1:] in ".!?")
+        kept = " ".join(s for s in sentences if s.rstrip()[-1:] in ".!?")
     if not kept:
         return prefix
     glue = "" if kept[:1] in ",.;:!?" else " "

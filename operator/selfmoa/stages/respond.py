@@ -18,6 +18,11 @@ def _self_declines(
 ) -> list[ResponseRecord]:
     """One decline per prompt, written by the policy itself (`stages.decline`)."""
     s = ctx.spec.sampling
+    d = s.self_decline
+    if d.sentences == 0:
+        # The prefix alone: nothing for the policy to write.
+        canned = Generation(d.prefix, 0, "stop")
+        return [_guided(p, s.responses_per_prompt, canned, adapter_key) for p in prompts]
     engine = ctx.engines.policy()
     adapter = engine.use_adapter(adapter_source(ctx, adapter_key))
     total = len(prompts)
@@ -28,13 +33,23 @@ def _self_declines(
         adapter=adapter,
         progress=lambda done: ctx.progress(done, total, "self declines"),
     )
-    rows = []
-    for p, (g, *_) in zip(prompts, gens, strict=True):
-        written = Generation(decline.text(s.self_decline.prefix, g), g.tokens, g.finish_reason)
-        row = response_record(p, s.responses_per_prompt, written, adapter_key)
-        row["guided"] = True
-        rows.append(row)
-    return rows
+    return [
+        _guided(
+            p,
+            s.responses_per_prompt,
+            Generation(decline.text(d.prefix, g, d.sentences), g.tokens, g.finish_reason),
+            adapter_key,
+        )
+        for p, (g, *_) in zip(prompts, gens, strict=True)
+    ]
+
+
+def _guided(
+    prompt: PromptRecord, sample: int, written: Generation, adapter_key: str | None
+) -> ResponseRecord:
+    row = response_record(prompt, sample, written, adapter_key)
+    row["guided"] = True
+    return row
 
 
 def run(ctx: StageContext, out: StageOutput) -> dict[str, Any]:
