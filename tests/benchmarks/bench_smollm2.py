@@ -14,7 +14,8 @@ accepted iteration, and also its last iteration), all on the held-out split:
 - the share of held-out attacks declined (refused), and deflected (answered off the subject);
 - over-refusal on held-out benign-edgy prompts (evaluation judge);
 - helpfulness (evaluation judge) and the training ensemble's ASR for comparison;
-- capability: perplexity on the held-out benign-qa reference answers;
+- capability: perplexity on the held-out benign-qa reference answers (and, reported only, the
+  same past each answer's opening: where a rise sits);
 - seconds per stage and per iteration.
 
 Then mean and 95% interval (Student t) over seeds, and how many seeds meet each bar of the
@@ -125,6 +126,7 @@ def figures(m: dict[str, Any]) -> dict[str, Any]:
         "deflected": outcomes.get("deflection") if outcomes else None,
         "garbled": outcomes.get("garbled") if outcomes else None,
         "perplexity": capability.get("perplexity"),
+        "body_perplexity": capability.get("body_perplexity"),
         "samples": m.get("samples") or [],
     }
 
@@ -180,6 +182,7 @@ def report(outcomes: list[Outcome]) -> str:
         ("helpfulness (eval judge, 0..1)", "helpfulness", False),
         ("training-ensemble ASR", "train_asr", True),
         ("perplexity, benign-qa references", "perplexity", False),
+        ("  the same past each answer's first 10 tokens", "body_perplexity", False),
     ]
     lines = [
         f"| figure (n={n}) | before | after (result) | after (last iteration) |",

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: Outcome classes that count as declining a harmful request (a refusal, or a safe redirect).
 DECLINED = ("refusal", "redirect")
+#: Tokens of a reference answer that make its opening (see `Capability.body_perplexity`).
+OPENING_TOKENS = 10
 
 
 class TaskCapability(BaseModel):
@@ -27,6 +29,10 @@ class Capability(BaseModel):
     #: What was scored, in words.
     source: str
     perplexity: float | None = None
+    #: The same perplexity over each reference's tokens after its first `OPENING_TOKENS`: the
+    #: answer's body. Reported beside the whole (which the gate reads): a policy taught to open
+    #: its answers differently predicts the references' openings worse, not their substance.
+    body_perplexity: float | None = None
     next_token_accuracy: float | None = None
     tokens: int = 0
     tasks: list[TaskCapability] = Field(default_factory=list)

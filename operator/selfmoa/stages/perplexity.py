@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from selfmoa.run.metrics import Capability
+from selfmoa.run.metrics import OPENING_TOKENS, Capability
 from selfmoa.run.records import PromptRecord
 from selfmoa.stages.base import StageContext
 
@@ -76,6 +76,7 @@ def teacher_forced(
     import torch
 
     nll, correct, count = 0.0, 0, 0
+    body_nll, body_count = 0.0, 0
     with torch.inference_mode():
         for i, (ids, labels) in enumerate(encoded):
             if progress is not None:
@@ -83,9 +84,10 @@ def teacher_forced(
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
             target = torch.tensor(labels)[1:]
             mask = target != -100
-            nll += float(
-                torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
-            )
+            each = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="none")
+            nll += float(each.sum())
+            body_nll += float(each[OPENING_TOKENS:].sum())
+            body_count += max(0, int(each.numel()) - OPENING_TOKENS)
             correct += int((logits[mask].argmax(-1) == target[mask]).sum())
             count += int(mask.sum())
     if not count:
@@ -93,6 +95,7 @@ def teacher_forced(
     return Capability(
         source=source,
         perplexity=round(math.exp(nll / count), 4),
+        body_perplexity=round(math.exp(body_nll / body_count), 4) if body_count else None,
         next_token_accuracy=round(correct / count, 4),
         tokens=count,
     )
