@@ -35,6 +35,8 @@ def test_the_tiny_base_is_built_by_the_first_pod_and_fetched_by_the_next(
     from selfmoa.tiny import build
 
     monkeypatch.setattr(build, "build", FakeBuild())
+    # A base the package doesn't ship (another build seed): built, then shared.
+    monkeypatch.setattr(build, "SHIPPED", tmp_path / "not-shipped")
     FakeBuild.calls = 0
     shared = open_store(f"file://{tmp_path / 'run'}")
     paths = []
