@@ -101,7 +101,7 @@ def test_smollm2_end_to_end_then_export_merged(tmp_path: Path, smollm2_path: Pat
         "ensemble:helpfulness",
     }
     assert m0["capability"]["perplexity"] > 1 and m1["capability"]["perplexity"] > 1
-    # The red team drew on the public train split and the policy; its declines were sampled.
+    # The red team drew on the public train split and the policy; every prompt got a decline.
     redteam = json.loads((root / "iter-001/redteam/_manifest.json").read_text())["summary"]
     assert redteam["attacks"] > 0
     respond = json.loads((root / "iter-001/respond/_manifest.json").read_text())["summary"]
