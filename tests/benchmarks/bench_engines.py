@@ -33,18 +33,18 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _row(cells: list[str], widths: list[int]) -> str:
+def table_row(cells: list[str], widths: list[int]) -> str:
     return "  ".join(
         c.ljust(w) if i == 0 else c.rjust(w)
         for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
 
 
-def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]], title: str | None = None) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [title, _row(header, widths), "  ".join("-" * w for w in widths)]
-    lines += [_row(r, widths) for r in rows]
-    return "\n".join(lines)
+    lines = [table_row(header, widths), "  ".join("-" * w for w in widths)]
+    lines += [table_row(r, widths) for r in rows]
+    return "\n".join(([title] if title is not None else []) + lines)
 
 
 def bench_transformers(
@@ -72,7 +72,7 @@ def bench_transformers(
         f"(a) TransformersEngine, tiny model: {n} prompts x {params.max_new_tokens} new tokens, "
         f"greedy ({same}/{n} outputs identical batched vs single)"
     )
-    return _table(title, ["variant", "wall s", "prompts/s", "speed-up"], rows)
+    return table(["variant", "wall s", "prompts/s", "speed-up"], rows, title)
 
 
 def bench_server(
@@ -110,7 +110,7 @@ def bench_server(
         f"(b) OpenAIEngine -> our server (micro-batching, max batch 32) -> tiny TransformersEngine: "
         f"{n} requests x {params.max_new_tokens} new tokens"
     )
-    return _table(title, ["variant", "wall s", "requests/s", "engine calls", "speed-up"], rows)
+    return table(["variant", "wall s", "requests/s", "engine calls", "speed-up"], rows, title)
 
 
 def _tiny_engine(path: Path) -> Engine:

