@@ -389,7 +389,8 @@ def render(rows: list[dict[str, Any]], new_tokens: int) -> str:
         for r in rows
     ]
     header = ["engine", "streams", "gen tokens/s", "tokens/seq", "vs llama.cpp"]
-    return table(header, cells)
+    text: str = table(header, cells)
+    return text
 
 
 # ---------------------------------------------------------------- main
