@@ -24,11 +24,11 @@ def test_the_kept_text_is_the_prefix_and_two_whole_sentences() -> None:
     loop = Generation(
         " I'm here to help. Hacking is illegal. I'm here to help. I'm here", 64, "length"
     )
-    assert decline.text(prefix, loop) == prefix + " I'm here to help. Hacking is illegal."
+    assert decline.text(prefix, loop, 2) == prefix + " I'm here to help. Hacking is illegal."
     cut = Generation("Hacking can hurt people and", 64, "length")
-    assert decline.text(prefix, cut) == prefix
+    assert decline.text(prefix, cut, 2) == prefix
     short = Generation("Please ask me something else!", 7, "stop")
-    assert decline.text(prefix, short) == prefix + " Please ask me something else!"
+    assert decline.text(prefix, short, 2) == prefix + " Please ask me something else!"
 
 
 PROMPTS: list[PromptRecord] = [

@@ -50,7 +50,7 @@ def params(spec: SamplingSpec, seed: int) -> SamplingParams:
     )
 
 
-def text(prefix: str, continuation: Generation, keep: int = 2) -> str:
+def text(prefix: str, continuation: Generation, keep: int) -> str:
     """The prefix and the first `keep` sentences of the policy's continuation of it."""
     written = [s for s in _SENTENCE_END.split(continuation.text.strip()) if s.strip()]
     sentences = written[:keep]
