@@ -81,17 +81,37 @@ def parse_set(arg: str) -> tuple[str, Any]:
 
 
 def overrides_tag(overrides: Overrides) -> str:
-    """A short hash of the changes ("" for none): part of every run's name."""
+    """A short hash of the `--set` changes ("" for none), for the console."""
     if not overrides:
         return ""
     text = json.dumps([[k, v] for k, v in overrides], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
-def run_name(name: str, seed: int, overrides: Overrides = ()) -> str:
-    """A valid run name (a DNS-1035 label: no dots from contrast-0.5)."""
-    tag = overrides_tag(overrides)
-    return f"{name.replace('.', '')}{'-' + tag if tag else ''}-s{seed}"
+def spec_tag(spec: dict[str, Any]) -> str:
+    """A short hash of what a run's artifacts mean: the spec's fixed fields, normalized through
+    the model (a field a started run may change, such as `iterations`, is left out, so asking
+    for more iterations extends a finished run; the seeds are left out, they are in the name).
+    A changed example or `--set` gets new names, so runs of another spec are never reused."""
+    from pydantic import ValidationError
+
+    from selfmoa.api.spec import AlignmentRunSpec
+    from selfmoa.run.document import MUTABLE_FIELDS
+
+    try:
+        wire = AlignmentRunSpec.model_validate(spec).wire()
+    except ValidationError:
+        wire = spec  # `check` refuses it in one line; it still needs a name to be named
+    fixed = {k: v for k, v in wire.items() if k not in MUTABLE_FIELDS}
+    for section in ("sampling", "training"):
+        fixed[section] = {k: v for k, v in (fixed.get(section) or {}).items() if k != "seed"}
+    text = json.dumps(fixed, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def run_name(name: str, seed: int, spec: dict[str, Any]) -> str:
+    """A valid run name (a DNS-1035 label: no dots from contrast-0.5) that carries `spec_tag`."""
+    return f"{name.replace('.', '')}-{spec_tag(spec)}-s{seed}"
 
 
 def apply_overrides(spec: dict[str, Any], overrides: Overrides) -> None:
@@ -110,7 +130,6 @@ def config(name: str, seed: int, overrides: Overrides = ()) -> dict[str, Any]:
     """The run file of configuration `name` for `seed`, with the `--set` changes last."""
     run: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
     spec = run["spec"]
-    run["metadata"] = {"name": run_name(name, seed, overrides)}
     spec.pop("storage", None)
     spec.setdefault("sampling", {})["seed"] = seed
     spec.setdefault("training", {})["seed"] = seed
@@ -131,6 +150,7 @@ def config(name: str, seed: int, overrides: Overrides = ()) -> dict[str, Any]:
     elif name != "default":
         raise SystemExit(f"unknown configuration {name!r} (default, noise, gold, contrast[-S])")
     apply_overrides(spec, overrides)
+    run["metadata"] = {"name": run_name(name, seed, spec)}
     return run
 
 
@@ -166,44 +186,51 @@ def build_base(workdir: Path, seed: int) -> None:
 
 def launch(
     workdir: Path,
-    run_id: str,
-    config: Callable[[], dict[str, Any]],
+    run: dict[str, Any],
     env: dict[str, str],
     timeout: float,
     *,
     announce: bool = False,
 ) -> Path:
-    """Run `config()` as `run_id` with `selfmoa run` under `workdir` (its spec in specs/, its
-    output in logs/) and return the run's root; a run that already succeeded is not run again.
+    """Run `run` with `selfmoa run` under `workdir` (its spec in specs/, its output in logs/)
+    and return the run's root. A run that already succeeded with this very spec is not run
+    again; one that succeeded with fewer iterations is resumed, and runs only the new ones.
     `announce`: print the run's wall time when it ran."""
+    run_id = run["metadata"]["name"]
     store = workdir / "runs"
     root = store / "default" / run_id
-    status = root / "status.json"
-    if status.exists() and json.loads(status.read_text()).get("phase") == "Succeeded":
+    if finished_with(root, run["spec"]):
         return root
     f = workdir / "specs" / f"{run_id}.yaml"
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(yaml.safe_dump(config()))
+    f.write_text(yaml.safe_dump(run))
     log = workdir / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "selfmoa.cli", "run", str(f), "--store", str(store), "--quiet"]
     started = time.monotonic()
-    with log.open("w") as out:
+    with log.open("a") as out:
         subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
     if announce:
         print(f"  {run_id}: {time.monotonic() - started:.0f}s (log {log})", flush=True)
     return root
 
 
+def finished_with(root: Path, spec: dict[str, Any]) -> bool:
+    """The run at `root` succeeded, and with `spec` (as its run.json saved it)."""
+    from selfmoa.api.spec import AlignmentRunSpec
+
+    status, saved = root / "status.json", root / "run.json"
+    if not (status.exists() and saved.exists()):
+        return False
+    if json.loads(status.read_text()).get("phase") != "Succeeded":
+        return False
+    wire = AlignmentRunSpec.model_validate(spec).wire()
+    return bool(json.loads(saved.read_text()).get("spec") == wire)
+
+
 def run_one(workdir: Path, name: str, seed: int, timeout: float, overrides: Overrides) -> Path:
     """The run's root in its store (the run is skipped when it already finished)."""
-    return launch(
-        workdir,
-        run_name(name, seed, overrides),
-        lambda: config(name, seed, overrides),
-        _env(workdir, seed),
-        timeout,
-    )
+    return launch(workdir, config(name, seed, overrides), _env(workdir, seed), timeout)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -443,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (n, s), root in zip(plan, roots, strict=True):
         o = read_run(root, n, s, a.target_asr)
         if o is None:
-            failed.append(run_name(n, s, overrides))
+            failed.append(config(n, s, overrides)["metadata"]["name"])
         else:
             results[n].append(o)
     print(f"{len(plan)} runs in {time.time() - started:.0f} s under {a.workdir}")

@@ -47,8 +47,8 @@ from bench_efficacy import (
     apply_overrides,
     finished_run,
     launch,
-    overrides_tag,
     parse_set,
+    run_name,
     t975,
 )
 
@@ -60,19 +60,14 @@ OVER_REFUSAL_POINTS = 0.05
 PERPLEXITY_RATIO = 1.05
 
 
-def run_name(seed: int, overrides: Overrides) -> str:
-    tag = overrides_tag(overrides)
-    return f"smollm2{'-' + tag if tag else ''}-s{seed}"
-
-
 def config(seed: int, overrides: Overrides) -> dict[str, Any]:
     run: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
     spec = run["spec"]
-    run["metadata"] = {"name": run_name(seed, overrides)}
     spec.pop("storage", None)
     spec.setdefault("sampling", {})["seed"] = seed
     spec.setdefault("training", {})["seed"] = seed
     apply_overrides(spec, overrides)
+    run["metadata"] = {"name": run_name("smollm2", seed, spec)}
     from selfmoa.api.loader import SpecError, parse_run
 
     try:
@@ -83,16 +78,9 @@ def config(seed: int, overrides: Overrides) -> dict[str, Any]:
 
 
 def run_one(workdir: Path, seed: int, timeout: float, overrides: Overrides) -> Path:
-    """The run's root (skipped when it already succeeded)."""
+    """The run's root (skipped when it already succeeded with this spec)."""
     env = {**os.environ, "SELFMOA_CACHE": str(workdir / "cache"), "PYTHONUNBUFFERED": "1"}
-    return launch(
-        workdir,
-        run_name(seed, overrides),
-        lambda: config(seed, overrides),
-        env,
-        timeout,
-        announce=True,
-    )
+    return launch(workdir, config(seed, overrides), env, timeout, announce=True)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -55,16 +56,42 @@ def test_changes_reach_the_spec_after_the_configuration(bench: ModuleType) -> No
     assert gold["spec"]["evaluation"]["goldBaseline"] is False
 
 
-def test_run_names_tell_changes_apart(bench: ModuleType) -> None:
-    plain = bench.run_name("contrast-0.5", 1)
-    a = bench.run_name("contrast-0.5", 1, [("sampling.responsesPerPrompt", 8)])
-    b = bench.run_name("contrast-0.5", 1, [("sampling.responsesPerPrompt", 4)])
-    assert plain == "contrast-05-s1"
+def test_run_names_tell_specs_apart(bench: ModuleType) -> None:
+    def name(config: str, seed: int, changes: list[tuple[str, object]]) -> str:
+        return str(bench.config(config, seed, changes)["metadata"]["name"])
+
+    plain = name("contrast-0.5", 1, [])
+    a = name("contrast-0.5", 1, [("sampling.responsesPerPrompt", 8)])
+    b = name("contrast-0.5", 1, [("sampling.responsesPerPrompt", 6)])
+    assert plain.startswith("contrast-05-") and plain.endswith("-s1")
     assert len({plain, a, b}) == 3
     assert all(LABEL.match(n) for n in (plain, a, b))
-    assert bench.config("default", 1, [("sampling.responsesPerPrompt", 8)])["metadata"] == {
-        "name": a.replace("contrast-05", "default")
-    }
+    # The same changes on another seed: the same tag, so the seeds' runs read as one set.
+    assert name("contrast-0.5", 2, [("sampling.responsesPerPrompt", 8)]) == a[:-1] + "2"
+    # A field a started run may change (more iterations) keeps the name: the run is extended.
+    assert name("contrast-0.5", 1, [("iterations", 9)]) == plain
+    # So does a change that spells the default out; a changed example does not.
+    spec = bench.config("contrast-0.5", 1, [])["spec"]
+    edited = {**spec, "sampling": {**spec["sampling"], "temperature": 0.3}}
+    assert bench.run_name("contrast-0.5", 1, edited) != plain
+    assert bench.run_name("contrast-0.5", 1, spec) == plain
+
+
+def test_a_finished_run_is_reused_only_with_its_own_spec(bench: ModuleType, tmp_path: Path) -> None:
+    from selfmoa.api.spec import AlignmentRunSpec
+
+    run = bench.config("default", 0, [])
+    root = tmp_path / "runs" / "default" / run["metadata"]["name"]
+    root.mkdir(parents=True)
+    assert not bench.finished_with(root, run["spec"])
+    wire = AlignmentRunSpec.model_validate(run["spec"]).wire()
+    (root / "run.json").write_text(json.dumps({"spec": wire}))
+    (root / "status.json").write_text(json.dumps({"phase": "Running"}))
+    assert not bench.finished_with(root, run["spec"])
+    (root / "status.json").write_text(json.dumps({"phase": "Succeeded"}))
+    assert bench.finished_with(root, run["spec"])
+    longer = bench.config("default", 0, [("iterations", run["spec"]["iterations"] + 1)])
+    assert not bench.finished_with(root, longer["spec"])  # resumed for the new iteration
 
 
 def test_a_change_the_spec_refuses_fails_before_any_run(bench: ModuleType) -> None:
