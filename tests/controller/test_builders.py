@@ -84,6 +84,35 @@ def _gpus_and_memory(spec: AlignmentRunSpec, stage: str) -> tuple[str | None, st
     return res.get("limits", {}).get("nvidia.com/gpu"), res.get("limits", {}).get("memory")
 
 
+def test_the_runs_resources_size_only_the_stages_that_load_a_model() -> None:
+    # qwen-0.5b.yaml's shape: vLLM serves every model, trainer.resources 8 CPUs / 32Gi. Pairs
+    # and the stages that only talk to the servers must not hold 8 CPUs and 32Gi each.
+    config = OperatorConfig()
+    spec = _spec(
+        judges=_LLM_JUDGES,
+        serving={"engine": "vllm"},
+        trainer={"gpus": 1, "resources": {"cpu": "8", "memory": "32Gi"}},
+    )
+
+    def res(stage: str) -> dict[str, Any]:
+        job = builders.stage_job(
+            run="r", namespace="ml", spec=spec, iteration=1, stage=stage, parent=0, config=config
+        )
+        return dict(job["spec"]["template"]["spec"]["containers"][0]["resources"])
+
+    for stage in ("redteam", "respond", "judge", "pairs"):
+        assert res(stage) == config.stage_resources, stage
+    for stage in ("train", "evaluate"):  # evaluate loads the policy for perplexity
+        assert res(stage)["requests"]["cpu"] == "8", stage
+        assert res(stage)["limits"]["memory"] == "32Gi", stage
+    # In-process serving: respond loads the policy, so it is sized by the run.
+    local = _spec(trainer={"gpus": 0, "resources": {"cpu": "3", "memory": "12Gi"}})
+    job = builders.stage_job(
+        run="r", namespace="ml", spec=local, iteration=1, stage="respond", parent=0, config=config
+    )
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "3"
+
+
 def test_every_stage_that_loads_a_model_in_process_gets_a_gpu_and_the_train_memory() -> None:
     # A 7B policy with the default in-process engine: respond, judge and evaluate load it, so
     # they run where training runs (one GPU, the train resource class), never on a small CPU.
@@ -311,13 +340,13 @@ def test_stage_pods_run_as_the_worker_images_user() -> None:
 
 def test_a_runs_memory_is_its_stages_request_and_limit() -> None:
     # 16Gi requested under the default 8Gi stage limit would be a Pod the API server refuses.
-    spec = _spec(trainer={"resources": {"cpu": "2", "memory": "16Gi"}})
+    spec = _spec(trainer={"gpus": 0, "resources": {"cpu": "2", "memory": "16Gi"}})
     job = builders.stage_job(
         run="r",
         namespace="ml",
         spec=spec,
         iteration=1,
-        stage="pairs",
+        stage="respond",  # loads the policy in its own process: sized by the run
         parent=0,
         config=OperatorConfig(),
     )

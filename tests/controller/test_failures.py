@@ -103,6 +103,16 @@ def test_a_serving_pods_problem_is_what_its_kubelet_reports() -> None:
     assert pod_problem(pod(containerStatuses=[pull])) == (
         "pod p: container vllm ImagePullBackOff: Back-off pulling x"
     )
+    # No node with the GPUs it asks for: the scheduler's words, not a bare "waiting".
+    unscheduled = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+    }
+    assert pod_problem(pod(phase="Pending", conditions=[unscheduled])) == (
+        "pod p: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    )
 
 
 async def test_a_store_no_one_can_open_fails_the_run_saying_why(

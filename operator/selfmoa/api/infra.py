@@ -204,7 +204,13 @@ class TrainerSpec(Model):
             "TrainJob (the cluster must serve trainer.kubeflow.org)."
         ),
     )
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Stage resources.")
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec,
+        description=(
+            "Resources of the stages that load a model: train and reset, and any stage that "
+            "loads one in its own process; the others keep the operator's stage resources."
+        ),
+    )
     backoff_limit: Int = Field(default=2, ge=0, le=20, description="Retries of a failed stage Job.")
     active_deadline_seconds: Int = Field(
         default=6 * 3600,

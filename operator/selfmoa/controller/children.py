@@ -233,9 +233,10 @@ def _stuck(pod: Mapping[str, Any]) -> str | None:
 
 
 def pod_problem(pod: Mapping[str, Any]) -> str | None:
-    """Why a serving Pod isn't serving, as its kubelet reports it: the newest failed (init)
-    container's termination message (its last line) or reason, else a waiting reason that needs
-    a person (image pull, bad config); None when nothing failed (it may just be starting)."""
+    """Why a serving Pod isn't serving, as its kubelet or the scheduler reports it: the newest
+    failed (init) container's termination message (its last line) or reason, else a waiting
+    reason that needs a person (image pull, bad config), else the scheduler's word when no node
+    can take it (too few GPUs); None when nothing is wrong (it may just be starting)."""
     failed = [
         (str(term.get("finishedAt") or ""), f"{what} failed: {_failure(term)}")
         for what, cs in _statuses(pod)
@@ -243,7 +244,7 @@ def pod_problem(pod: Mapping[str, Any]) -> str | None:
         if term and term.get("exitCode", 0) != 0
     ]
     found = max(failed)[1] if failed else _stuck(pod)
-    return None if found is None else f"pod {_name(pod)}: {found}"[:1000]
+    return pod_unschedulable(pod) if found is None else f"pod {_name(pod)}: {found}"[:1000]
 
 
 def pod_cannot_start(pod: Mapping[str, Any]) -> str | None:

@@ -53,9 +53,12 @@ def stage_runner_container(
     training = definition.trains
     # A stage that loads a model in-process runs where training runs: its device and memory.
     gpus = stage_models.gpus_for(spec, call.stage)
+    # The run's resources are sized for its model: a stage that loads none (pairs, or respond
+    # talking to vLLM) keeps the small class, not 8 CPUs and 32Gi held while it reads JSON.
+    sized = training or bool(stage_models.in_process_models(spec, call.stage))
     resources = merge_resources(
         config.train_resources if training or gpus else config.stage_resources,
-        {k: v for k, v in spec.trainer.resources.wire().items() if v},
+        {k: v for k, v in spec.trainer.resources.wire().items() if v} if sized else {},
         gpus,
     )
     # More than one GPU on the node: one training process per GPU (torchrun).

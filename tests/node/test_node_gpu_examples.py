@@ -1,0 +1,183 @@
+"""The GPU examples on the real node, applied as a user would after reading their headers.
+
+What is swapped, and nothing else: every hub model becomes the tiny model (no hub here; the
+served ones run in the vLLM stand-in), the store's endpoint becomes the node's S3 (the bucket,
+prefix and Secret are the examples' own), and the Secrets their headers tell a user to create
+exist. The node has 2 cores, a few GiB and 4 advertised GPUs, so each example either runs or
+must stop at once with what the node lacks in the run's status, never a stage failure that
+blames the stage. One copy of qwen-0.5b.yaml is also sized to the node (`trainer.resources`
+only), to show how far it gets and which step needs what only a real GPU cluster has.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from realcluster import MEASURED, ROOT, RUN_NS, Cluster, Installed, children, get_run, wait_until
+
+EXAMPLES = ROOT / "manifests" / "examples"
+STAND_IN_MODEL = "selfmoa/tiny"
+
+
+def as_on_this_node(path: Path, s3: dict[str, str]) -> list[dict[str, Any]]:
+    """The example's documents with its hub models swapped for the tiny model and its store
+    reached at the node's S3 endpoint; everything else as shipped."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        if doc["kind"] != "AlignmentRun":
+            continue
+        spec = doc["spec"]
+        for section in (spec.get("policy"), spec.get("redTeam")):
+            if section and section.get("model"):
+                section["model"] = STAND_IN_MODEL
+        for judge in [*spec.get("judges", []), *spec.get("evaluation", {}).get("judges", [])]:
+            if judge.get("model"):
+                judge["model"] = STAND_IN_MODEL
+        spec["storage"]["endpoint"] = s3["endpoint"]
+    return docs
+
+
+def _apply(node: Cluster, docs: list[dict[str, Any]]) -> None:
+    node.kubectl("-n", RUN_NS, "apply", "-f", "-", input="\n---\n".join(map(json.dumps, docs)))
+
+
+def _said(run: dict[str, Any]) -> str:
+    status = run.get("status") or {}
+    return " | ".join(
+        [str(status.get("message") or "")]
+        + [str(c.get("message") or "") for c in status.get("conditions") or []]
+    )
+
+
+def _held(node: Cluster, name: str, needles: tuple[str, ...], timeout: float) -> str:
+    """The run's words once they name every one of `needles`; it must not have ended."""
+
+    def check() -> str | None:
+        run = get_run(node, name)
+        phase = (run.get("status") or {}).get("phase")
+        assert phase not in ("Succeeded", "Failed"), f"{name} ended {phase}: {_said(run)[:2000]}"
+        said = _said(run)
+        return said if all(n in said for n in needles) else None
+
+    return str(wait_until(f"{name} to say {needles}", timeout, check, period=3))
+
+
+def _hf_token(node: Cluster) -> None:
+    # The examples' header: kubectl create secret generic hf-token --from-literal=HF_TOKEN=...
+    node.kubectl("-n", RUN_NS, "delete", "secret", "hf-token", "--ignore-not-found")
+    node.kubectl("-n", RUN_NS, "create", "secret", "generic", "hf-token",
+                 "--from-literal=HF_TOKEN=hf_not_a_real_token")  # fmt: skip
+
+
+def _delete(node: Cluster, docs: list[dict[str, Any]]) -> None:
+    for doc in reversed(docs):
+        kind, name = doc["kind"].lower(), doc["metadata"]["name"]
+        node.kubectl("-n", RUN_NS, "delete", kind, name, "--timeout=180s", "--ignore-not-found")
+        if kind == "alignmentrun":
+            # Its Pods hold CPU and the advertised GPUs: gone before the next scenario.
+            wait_until(f"{name}'s Pods gone", 180, lambda n=name: not children(node, "pods", n))
+
+
+def test_qwen_05b_as_shipped_waits_naming_what_the_node_lacks(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+) -> None:
+    # Its stages that load the policy ask for trainer.resources (8 CPUs, 32Gi, a GPU); pairs and
+    # the stages that only talk to the servers keep the small class.
+    _hf_token(node)
+    docs = as_on_this_node(EXAMPLES / "qwen-0.5b.yaml", s3)
+    name = docs[0]["metadata"]["name"]
+    t = time.monotonic()
+    _apply(node, docs)
+    try:
+        said = _held(node, name, ("waits for a node", "Insufficient cpu"), 10 * 60)
+        MEASURED["qwen-0.5b.yaml (as shipped) to its hold, s"] = round(time.monotonic() - t, 1)
+        print(f"[{name}] {said[:600]}")
+        jobs = children(node, "jobs", name)
+        assert [j["metadata"]["labels"]["selfmoa.dev/stage"] for j in jobs] == ["evaluate"]
+        # The one server (every model is the stand-in) is up on one of the node's GPUs.
+        deployments = children(node, "deployments", name)
+        assert len(deployments) == 1 and (deployments[0]["status"].get("readyReplicas") == 1)
+    finally:
+        _delete(node, docs)
+
+
+def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+) -> None:
+    """The step a stand-in model can't pass: `format: llama-guard` reads Llama Guard's own
+    reply ("safe" / "unsafe" + codes). The tiny model writes none, so the guard judge scores
+    nothing and the stage refuses to go on under `minCoverage`, naming the judge and why."""
+    _hf_token(node)
+    docs = as_on_this_node(EXAMPLES / "qwen-0.5b.yaml", s3)
+    run = docs[0]
+    name = run["metadata"]["name"] = "qwen-0-5b-fitted"
+    shipped = copy.deepcopy(run["spec"]["trainer"])
+    run["spec"]["trainer"]["resources"] = {"cpu": "1", "memory": "3Gi"}
+    run["spec"]["trainer"]["backoffLimit"] = 0  # one attempt: the failure is the same each time
+    t = time.monotonic()
+    _apply(node, docs)
+    try:
+
+        def ended() -> dict[str, Any] | None:
+            status = get_run(node, name).get("status") or {}
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        status = wait_until(f"{name} to end", 20 * 60, ended, period=5)
+        MEASURED["qwen-0.5b.yaml (sized to the node) to its end, s"] = round(
+            time.monotonic() - t, 1
+        )
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        print(f"[{name}] {failed['reason']}: {failed['message'][:600]} (trainer was {shipped})")
+        assert status["phase"] == "Failed", json.dumps(status)[:2000]
+        assert "evaluate" in failed["message"] and "'guard'" in failed["message"]
+        assert "unparsable" in failed["message"] and "min 90%" in failed["message"]
+        # It got there on the node: the evaluate Pod (it loads the policy) on one of its GPUs.
+        stage_pods = [
+            p for p in children(node, "pods", name) if "job-name" in p["metadata"]["labels"]
+        ]
+        assert any(
+            p["spec"].get("nodeName")
+            and p["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == "1"
+            for p in stage_pods
+        ), [p["metadata"]["name"] for p in stage_pods]
+    finally:
+        _delete(node, docs)
+
+
+def test_qwen_7b_waits_naming_what_the_node_lacks(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+) -> None:
+    # 2 replicas x 2 GPUs of the (one, stand-in) server take the node's 4 GPUs; evaluate asks for
+    # 32 CPUs, 256Gi and one GPU more. The queue labels do nothing without Kueue.
+    _hf_token(node)
+    docs = as_on_this_node(EXAMPLES / "qwen-7b-scale.yaml", s3)
+    name = docs[0]["metadata"]["name"]
+    _apply(node, docs)
+    try:
+        # A server replica or the evaluate Pod, whichever the node can't take first: both are
+        # the truth, said with the scheduler's words.
+        said = _held(node, name, ("Insufficient",), 10 * 60)
+        print(f"[{name}] {said[:600]}")
+    finally:
+        _delete(node, docs)
+
+
+def test_the_model_cache_example_waits_naming_its_unbound_claim(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+) -> None:
+    # The node has no storage provisioner: the example's ReadWriteMany claim stays Pending, and
+    # the run says so (its servers mount the claim) instead of waiting in silence.
+    _hf_token(node)
+    docs = as_on_this_node(EXAMPLES / "model-cache-seed.yaml", s3)
+    name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
+    _apply(node, docs)
+    try:
+        said = _held(node, name, ("PersistentVolumeClaim",), 10 * 60)
+        print(f"[{name}] {said[:600]}")
+    finally:
+        _delete(node, docs)
