@@ -181,3 +181,39 @@ def test_the_model_cache_example_waits_naming_its_unbound_claim(
         print(f"[{name}] {said[:600]}")
     finally:
         _delete(node, docs)
+
+
+def test_qwen_05b_applied_unchanged_ends_or_waits_naming_the_real_cause(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+) -> None:
+    # Nothing swapped: its store is AWS S3 and its models are on the hub, and this node reaches
+    # neither. What the user must read is that, not a stage failing for its own reasons.
+    _hf_token(node)
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "qwen-0.5b.yaml").read_text()) if d]
+    name = docs[0]["metadata"]["name"]
+    t = time.monotonic()
+    _apply(node, docs)
+    try:
+
+        def told() -> str | None:
+            run = get_run(node, name)
+            status = run.get("status") or {}
+            said = _said(run)
+            if status.get("phase") == "Failed":
+                failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+                assert failed["reason"] in ("EnvironmentUnavailable", "InvalidSpec"), said
+                return said
+            reasons = {str(c.get("reason")) for c in status.get("conditions") or []}
+            if reasons & {"StorageUnavailable", "StorageRefused"}:
+                return said  # it waits for its store, saying so (an admin may fix the network)
+            if "ServingNotReady" in reasons and "fetch" in said:
+                return said  # its servers can't fetch their models, saying why
+            return None
+
+        said = wait_until(f"{name} to name its cause", 10 * 60, told, period=3)
+        MEASURED["qwen-0.5b.yaml (unchanged) to its cause, s"] = round(time.monotonic() - t, 1)
+        print(f"[{name}] {said[:800]}")
+        # No stage ran and failed on its way there: the cause is named before any stage blames.
+        assert not any((j.get("status") or {}).get("failed") for j in children(node, "jobs", name))
+    finally:
+        _delete(node, docs)
