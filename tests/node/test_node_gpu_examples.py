@@ -11,7 +11,6 @@ only), to show how far it gets and which step needs what only a real GPU cluster
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ def as_on_this_node(path: Path, s3: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def _apply(node: Cluster, docs: list[dict[str, Any]]) -> None:
-    node.kubectl("-n", RUN_NS, "apply", "-f", "-", input="\n---\n".join(map(json.dumps, docs)))
+    node.kubectl("-n", RUN_NS, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
 def _said(run: dict[str, Any]) -> str:
@@ -96,7 +95,7 @@ def test_qwen_05b_as_shipped_waits_naming_what_the_node_lacks(
     try:
         said = _held(node, name, ("waits for a node", "Insufficient cpu"), 10 * 60)
         MEASURED["qwen-0.5b.yaml (as shipped) to its hold, s"] = round(time.monotonic() - t, 1)
-        print(f"[{name}] {said[:600]}")
+        MEASURED[f"{name}: the run says"] = said[:600]
         jobs = children(node, "jobs", name)
         assert [j["metadata"]["labels"]["selfmoa.dev/stage"] for j in jobs] == ["evaluate"]
         # The one server (every model is the stand-in) is up on one of the node's GPUs.
@@ -116,7 +115,6 @@ def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard
     docs = as_on_this_node(EXAMPLES / "qwen-0.5b.yaml", s3)
     run = docs[0]
     name = run["metadata"]["name"] = "qwen-0-5b-fitted"
-    shipped = copy.deepcopy(run["spec"]["trainer"])
     run["spec"]["trainer"]["resources"] = {"cpu": "1", "memory": "3Gi"}
     run["spec"]["trainer"]["backoffLimit"] = 0  # one attempt: the failure is the same each time
     t = time.monotonic()
@@ -132,7 +130,7 @@ def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard
             time.monotonic() - t, 1
         )
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-        print(f"[{name}] {failed['reason']}: {failed['message'][:600]} (trainer was {shipped})")
+        MEASURED[f"{name}: the run says"] = f"{failed['reason']}: {failed['message'][:600]}"
         assert status["phase"] == "Failed", json.dumps(status)[:2000]
         assert "evaluate" in failed["message"] and "'guard'" in failed["message"]
         assert "unparsable" in failed["message"] and "min 90%" in failed["message"]
@@ -162,7 +160,7 @@ def test_qwen_7b_waits_naming_what_the_node_lacks(
         # A server replica or the evaluate Pod, whichever the node can't take first: both are
         # the truth, said with the scheduler's words.
         said = _held(node, name, ("Insufficient",), 10 * 60)
-        print(f"[{name}] {said[:600]}")
+        MEASURED[f"{name}: the run says"] = said[:600]
     finally:
         _delete(node, docs)
 
@@ -178,7 +176,7 @@ def test_the_model_cache_example_waits_naming_its_unbound_claim(
     _apply(node, docs)
     try:
         said = _held(node, name, ("PersistentVolumeClaim",), 10 * 60)
-        print(f"[{name}] {said[:600]}")
+        MEASURED[f"{name}: the run says"] = said[:600]
     finally:
         _delete(node, docs)
 
@@ -212,7 +210,7 @@ def test_qwen_05b_applied_unchanged_ends_or_waits_naming_the_real_cause(
 
         said = wait_until(f"{name} to name its cause", 10 * 60, told, period=3)
         MEASURED["qwen-0.5b.yaml (unchanged) to its cause, s"] = round(time.monotonic() - t, 1)
-        print(f"[{name}] {said[:800]}")
+        MEASURED[f"{name} (unchanged): the run says"] = said[:800]
         # No stage ran and failed on its way there: the cause is named before any stage blames.
         assert not any((j.get("status") or {}).get("failed") for j in children(node, "jobs", name))
     finally:
