@@ -16,8 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from realcluster import MEASURED, ROOT, RUN_NS, Cluster, Installed, children, get_run, wait_until
+from realcluster import (
+    MEASURED,
+    ROOT,
+    RUN_NS,
+    Cluster,
+    Installed,
+    children,
+    get_run,
+    prepare_run_namespace,
+    wait_until,
+)
 
 EXAMPLES = ROOT / "manifests" / "examples"
 STAND_IN_MODEL = "selfmoa/tiny"
@@ -213,5 +224,62 @@ def test_qwen_05b_applied_unchanged_ends_or_waits_naming_the_real_cause(
         MEASURED[f"{name} (unchanged): the run says"] = said[:800]
         # No stage ran and failed on its way there: the cause is named before any stage blames.
         assert not any((j.get("status") or {}).get("failed") for j in children(node, "jobs", name))
+    finally:
+        _delete(node, docs)
+
+
+def test_the_minio_example_succeeds_on_the_nodes_s3(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+) -> None:
+    # Its Secret as shipped (S3 keys for a MinIO; the node's S3 takes any), its endpoint the
+    # node's S3 instead of the MinIO Service it expects in namespace minio.
+    docs = as_on_this_node(EXAMPLES / "minio-s3.yaml", s3)
+    name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
+    t = time.monotonic()
+    _apply(node, docs)
+    try:
+
+        def ended() -> dict[str, Any] | None:
+            status = get_run(node, name).get("status") or {}
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        status = wait_until(f"{name} to end", 30 * 60, ended, period=5)
+        MEASURED["minio-s3.yaml on the node's S3, s"] = round(time.monotonic() - t, 1)
+        assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
+        assert len(status.get("iterations") or []) == 3  # iteration 0 and the 2 it trains
+    finally:
+        # The example's Secret replaced the namespace's: put the node's S3 keys back.
+        _delete(node, [d for d in docs if d["kind"] == "AlignmentRun"])
+        node.kubectl("-n", RUN_NS, "delete", "secret", "s3-credentials", "--ignore-not-found")
+        prepare_run_namespace(node, s3)
+
+
+#: Examples for a laptop (`selfmoa run`), applied to the cluster unchanged: each must end or wait
+#: at once naming its store, which no Pod of this cluster can share or reach.
+LOCAL_EXAMPLES = {
+    "tiny.yaml": "spec.storage.uri",
+    "smollm2-cpu.yaml": "spec.storage.uri",
+    # Its store and its server are on the laptop's loopback: either may be named first.
+    "tiny-served-s3.yaml": "127.0.0.1:",
+}
+
+
+@pytest.mark.parametrize("example", sorted(LOCAL_EXAMPLES))
+def test_a_laptop_example_applied_to_the_cluster_names_its_store(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str, example: str
+) -> None:
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / example).read_text()) if d]
+    name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
+    _apply(node, docs)
+    try:
+
+        def told() -> str | None:
+            run = get_run(node, name)
+            said = _said(run)
+            return said if LOCAL_EXAMPLES[example] in said else None
+
+        said = wait_until(f"{name} to name its store", 120, told, period=2)
+        MEASURED[f"{example} (unchanged): the run says"] = said[:400]
+        assert not children(node, "jobs", name)  # no stage ran to find it out
     finally:
         _delete(node, docs)
