@@ -81,6 +81,42 @@ def test_watch_events_update_the_copy_and_an_older_one_never_wins() -> None:
     assert names(index) == {"r-i0-redteam": "7", "r-i0-respond": "8"}
 
 
+def test_only_changes_the_plan_reads_wake_the_run() -> None:
+    index = JobIndex(clock=Clock())
+    index.prime(KEY, [], "1")
+    created = job("r-i0-redteam", 5)
+    index.put(created)  # the operator's own create
+    assert index.event("ADDED", created) is False  # its echo from the watch
+    assert index.event("MODIFIED", job("r-i0-redteam", 6, active=1)) is False
+    started = job("r-i0-redteam", 7, active=1, startTime="2026-01-01T00:00:00Z")
+    assert index.event("MODIFIED", started) is False
+    done = job(
+        "r-i0-redteam",
+        8,
+        succeeded=1,
+        startTime="2026-01-01T00:00:00Z",
+        conditions=[{"type": "Complete", "status": "True"}],
+    )
+    assert index.event("MODIFIED", done) is True
+    assert index.event("MODIFIED", {**done, "metadata": {**done["metadata"]}}) is False
+    retried = job("r-i0-respond", 9, failed=1)
+    assert index.event("ADDED", retried) is True  # new to the copy
+    assert index.event("MODIFIED", job("r-i0-respond", 10, failed=2)) is True
+    assert index.event("DELETED", job("r-i0-respond", 11, failed=2)) is True
+    # A Job of the same name, made again, is another Job.
+    assert index.event("ADDED", job("r-i0-redteam", 12, uid="uid-again")) is True
+    suspended = job("r-i0-train", 13)
+    suspended["spec"] = {"suspend": True}
+    index.event("ADDED", suspended)
+    assert index.event("MODIFIED", {**suspended, "spec": {"suspend": False}}) is True
+    # Suspended again (a queue preempted it): whether it had started tells preempted from queued.
+    preempted = job("r-i0-train", 15, startTime="2026-01-01T00:00:00Z")
+    preempted["spec"] = {"suspend": True}
+    assert index.event("MODIFIED", preempted) is True
+    assert index.event("MODIFIED", {**preempted, "status": {}}) is True
+    assert index.event("ADDED", job("no-label", 14, run=None)) is True  # not ours to judge
+
+
 def test_a_deleted_job_is_not_brought_back_by_a_listing_taken_before_the_deletion() -> None:
     index = JobIndex(clock=Clock())
     index.prime(KEY, [job("r-i0-redteam", 5)], "5")

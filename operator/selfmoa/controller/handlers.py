@@ -124,9 +124,10 @@ def register(
 
 
 def child_event(body: Mapping[str, Any], kind: str | None, *, is_job: bool, rt: Runtime) -> None:
-    """A run's Job or Deployment changed: keep the Job in the operator's copy, kick the run."""
-    if is_job:
-        rt.jobs.event(kind, body)
+    """A run's Job or Deployment changed: keep the Job in the operator's copy, and kick the run
+    unless the change is one its plan doesn't read (`JobIndex.event`)."""
+    if is_job and not rt.jobs.event(kind, body):
+        return
     kick_owner(body, str((body.get("metadata") or {}).get("namespace") or "default"), rt)
 
 

@@ -55,6 +55,26 @@ def _later(mine: Mapping[str, Any], listed: Mapping[str, Any]) -> bool:
     return a is not None and b is not None and a > b
 
 
+def plan_view(job: Mapping[str, Any]) -> tuple[object, ...]:
+    """What of a Job the run's plan reads (`children.read_jobs`, `queue_hold`): its identity,
+    whether it is suspended (and then whether it had started), its Pod failures and successes,
+    its conditions. A watch event that changes none of these (a Job starting its Pod, a status
+    field the plan never reads) need not wake the run."""
+    st = job.get("status") or {}
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    conditions = sorted(
+        (str(c.get("type")), str(c.get("status"))) for c in st.get("conditions") or []
+    )
+    return (
+        _uid(job),
+        suspended,
+        bool(st.get("startTime")) if suspended else None,
+        _int(st.get("failed")) or 0,
+        _int(st.get("succeeded")) or 0,
+        tuple(conditions),
+    )
+
+
 def run_key(job: Mapping[str, Any]) -> RunKey | None:
     meta = job.get("metadata") or {}
     run = (meta.get("labels") or {}).get(LABEL_RUN)
@@ -70,17 +90,22 @@ class JobIndex:
     #: bring them back; a new Job of the same name has another uid).
     _gone: dict[str, float] = field(default_factory=dict)
 
-    def event(self, kind: str | None, job: Mapping[str, Any]) -> None:
-        """A watch event (`kind`: ADDED, MODIFIED, DELETED, or None for Kopf's initial listing)."""
+    def event(self, kind: str | None, job: Mapping[str, Any]) -> bool:
+        """A watch event (`kind`: ADDED, MODIFIED, DELETED, or None for Kopf's initial listing).
+        True when the run must look again: the Job is new to the copy, gone, or changed in what
+        the plan reads (`plan_view`). The ADDED event of a Job the operator created itself, and a
+        Pod becoming active, are not worth a reconcile (a third of a stage's events or more)."""
         key = run_key(job)
         if key is None:
-            return
+            return True
+        meta = job["metadata"]
         if kind == "DELETED":
-            meta = job["metadata"]
             self._jobs.get(key, {}).pop(str(meta["name"]), None)
             self._gone[str(meta.get("uid"))] = self.clock()
-            return
+            return True
+        before = self._jobs.get(key, {}).get(str(meta["name"]))
         self.put(job)
+        return before is None or plan_view(before) != plan_view(job)
 
     def put(self, job: Mapping[str, Any]) -> None:
         """A Job as the API server returned it (created, or seen by the watch)."""

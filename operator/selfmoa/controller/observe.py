@@ -279,10 +279,13 @@ class RunObserver:
         until they are worth asking. Pods are listed only once the Job is past its first
         seconds, so a stage that starts normally costs no request."""
         age = age_seconds(job, self.rt.now())
-        if not int((job.get("status") or {}).get("active") or 0) or age is None:
+        if age is None:
             return None, None, None
         if age < POD_CHECK_AFTER_S:
             return None, None, POD_CHECK_AFTER_S - age + 1
+        if not int((job.get("status") or {}).get("active") or 0):
+            # No Pod yet. Its coming doesn't wake the run (`JobIndex.event`): look again.
+            return None, None, float(POD_CHECK_AFTER_S)
         pods = await self._pods({"job-name": job["metadata"]["name"]})
         return (*stage_pods_verdict(pods, key), None)
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from selfmoa.api import SpecError, parse_run
 from selfmoa.api.spec import AlignmentRunSpec, AlignmentRunStatus, Phase
 from selfmoa.controller import prometheus as prom
-from selfmoa.controller.children import job_seconds
+from selfmoa.controller.children import POD_CHECK_AFTER_S, job_seconds
 from selfmoa.controller.config import OperatorConfig
 from selfmoa.controller.executor import KubernetesExecutor
 from selfmoa.controller.failures import classify
@@ -126,10 +126,14 @@ async def reconcile(body: Mapping[str, Any], rt: Runtime, emit: EventFn) -> floa
 
     ex = KubernetesExecutor(rt, name=name, namespace=namespace, spec=spec, owner=body)
     snap, facts = await _observe(ex, previous, generation)
-    planned = await _apply(ex, previous, facts, plan(spec, previous, facts), snap, emit)
+    planned, started = await _apply(ex, previous, facts, plan(spec, previous, facts), snap, emit)
     _events(previous, planned.status, snap, planned.action, emit)
     await _write_status(ex, rt, planned.status, prev_raw)
     await _write_outputs(ex, previous, planned.status, snap.observed)
+    if started:
+        # The new Job's own watch events don't wake the run until it ends (`JobIndex.event`):
+        # come back when its Pods are worth asking about.
+        return float(POD_CHECK_AFTER_S + 1)
     return snap.recheck_in
 
 
@@ -165,27 +169,27 @@ async def _apply(
     planned: Plan,
     snap: Snapshot,
     emit: EventFn,
-) -> Plan:
+) -> tuple[Plan, bool]:
     """Post the plan's Events, change the servers, start the stage. Returns the plan, or the
-    plan overruled by what only applying tells (Trainer's webhook refused the TrainJob)."""
+    plan overruled by what only applying tells (Trainer's webhook refused the TrainJob), and
+    whether a stage's Job was created."""
     for event in planned.events:
         emit(*event)
     await ex.apply_serving(planned.serving, snap)
     start = planned.action
     if not isinstance(start, RunStage):
-        return planned
+        return planned, False
     try:
-        if await ex.start_stage(start):
-            prom.JOBS_CREATED.labels(stage=start.stage).inc()
-            emit(
-                "Normal",
-                "StageStarted",
-                f"stage {start.stage} of iteration {start.iteration} started",
-            )
+        created = await ex.start_stage(start)
     except TrainJobRejected as e:
         ended = Finish(Phase.failed, "TrainJobRejected", str(e)[:1000])
-        return overruled(ex.spec, previous, facts, planned, ended)
-    return planned
+        return overruled(ex.spec, previous, facts, planned, ended), False
+    if created:
+        prom.JOBS_CREATED.labels(stage=start.stage).inc()
+        emit(
+            "Normal", "StageStarted", f"stage {start.stage} of iteration {start.iteration} started"
+        )
+    return planned, created
 
 
 async def _write_outputs(
