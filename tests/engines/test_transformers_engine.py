@@ -272,6 +272,18 @@ def test_first_token_logprobs_are_the_next_token_distribution(engine) -> None:  
     assert gens[0].text.strip() == best.strip()
 
 
+def test_batches_by_length_give_each_prompt_its_own_answer(engine) -> None:  # type: ignore[no-untyped-def]
+    # Batches are made shortest prompt first; every result must still land on its own prompt.
+    convs = [user(p) for p in PROMPTS]
+    order = engine._by_length([engine.render(c) for c in convs])
+    assert order != list(range(len(convs)))  # the prompts are out of length order: reordered
+    rows = engine.first_token_logprobs(convs, top=5)
+    for conv, row in zip(convs, rows, strict=True):
+        (alone,) = engine.first_token_logprobs([conv], top=5)
+        assert row.keys() == alone.keys()
+        assert all(abs(row[k] - alone[k]) < 1e-3 for k in row)
+
+
 def test_context_length_and_prompt_tokens_are_the_models(engine) -> None:  # type: ignore[no-untyped-def]
     # What `selfmoa serve` refuses above, as vLLM does: the config's max_position_embeddings,
     # and prompts counted with the model's tokenizer and chat template.

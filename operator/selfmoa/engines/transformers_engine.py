@@ -150,7 +150,7 @@ class TransformersEngine(Engine):
         # Greedy samples are all the same: generate once and copy. Sampling repeats each prompt
         # n times in a row so the n samples of one prompt share its batch.
         reps = 1 if greedy else n
-        flat = [(i, p) for i, p in enumerate(prompts) for _ in range(reps)]
+        flat = [(i, prompts[i]) for i in self._by_length(prompts) for _ in range(reps)]
         results: list[list[Generation]] = [[] for _ in prompts]
         module, hold = self._model_for(adapter)
         done = 0
@@ -197,11 +197,13 @@ class TransformersEngine(Engine):
         progress: ProgressFn | None,
     ) -> list[dict[str, float]]:
         prompts = [self.render(c) for c in conversations]
+        order = self._by_length(prompts)
         module, hold = self._model_for(adapter)
-        out: list[dict[str, float]] = []
+        rows: dict[int, dict[str, float]] = {}
         with hold, torch.inference_mode(), cpu_threads_for(self._base):
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = prompts[start : start + self.batch_size]
+            for start in range(0, len(order), self.batch_size):
+                which = order[start : start + self.batch_size]
+                chunk = [prompts[i] for i in which]
                 enc = self.tokenizer(
                     chunk, return_tensors="pt", padding=True, add_special_tokens=False
                 ).to(self.device)
@@ -210,14 +212,24 @@ class TransformersEngine(Engine):
                 except (RuntimeError, ValueError) as e:
                     raise EngineError(f"{self.model}: forward pass failed: {e}") from e
                 values, ids = torch.log_softmax(logits, dim=-1).topk(top, dim=-1)
-                for vs, ts in zip(values.tolist(), ids.tolist(), strict=True):
+                for i, vs, ts in zip(which, values.tolist(), ids.tolist(), strict=True):
                     row: dict[str, float] = {}
                     for v, t in zip(vs, ts, strict=True):
                         row.setdefault(self.tokenizer.decode([t]), v)
-                    out.append(row)
+                    rows[i] = row
                 if progress is not None:
-                    progress(len(out))
-        return out
+                    progress(len(rows))
+        return [rows[i] for i in range(len(prompts))]
+
+    def _by_length(self, prompts: list[str]) -> list[int]:
+        """The prompts' indices, shortest first: a batch is padded to its longest prompt, so
+        batching similar lengths together spares the short ones the padding (a jailbreak
+        template beside a one-line question made every row of its batch as long as the
+        template). Stable, so equal lengths keep their order; callers put results back by index."""
+        lengths = [
+            len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ]
+        return sorted(range(len(prompts)), key=lengths.__getitem__)
 
     def _generate(
         self, module: Any, prompts: list[str], params: SamplingParams, *, batch: int
