@@ -259,8 +259,9 @@ def test_the_minio_example_succeeds_on_the_nodes_s3(
 LOCAL_EXAMPLES = {
     "tiny.yaml": "spec.storage.uri",
     "smollm2-cpu.yaml": "spec.storage.uri",
-    # Its store and its server are on the laptop's loopback: either may be named first.
-    "tiny-served-s3.yaml": "127.0.0.1:",
+    # Its store is a laptop's S3 with the laptop's credentials (no secretRef): the run names the
+    # store and the credentials it lacks ("storage: no usable S3 credentials for s3://...").
+    "tiny-served-s3.yaml": "s3://selfmoa/runs/team-a/tiny-served-s3",
 }
 
 
@@ -272,13 +273,18 @@ def test_a_laptop_example_applied_to_the_cluster_names_its_store(
     name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
     _apply(node, docs)
     try:
+        last: list[str] = []
 
         def told() -> str | None:
             run = get_run(node, name)
+            last[:] = [json.dumps(run.get("status") or {})[:1500]]
             said = _said(run)
             return said if LOCAL_EXAMPLES[example] in said else None
 
-        said = wait_until(f"{name} to name its store", 120, told, period=2)
+        try:
+            said = wait_until(f"{name} to name its store", 120, told, period=2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its status: {last}") from None
         MEASURED[f"{example} (unchanged): the run says"] = said[:400]
         assert not children(node, "jobs", name)  # no stage ran to find it out
     finally:
