@@ -25,6 +25,7 @@ from realcluster import (
     Cluster,
     Installed,
     children,
+    final_status,
     get_run,
     prepare_run_namespace,
     wait_until,
@@ -34,10 +35,18 @@ EXAMPLES = ROOT / "manifests" / "examples"
 STAND_IN_MODEL = "selfmoa/tiny"
 
 
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _run_name(docs: list[dict[str, Any]]) -> str:
+    return str(next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"])
+
+
 def as_on_this_node(path: Path, s3: dict[str, str]) -> list[dict[str, Any]]:
     """The example's documents with its hub models swapped for the tiny model and its store
     reached at the node's S3 endpoint; everything else as shipped."""
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = _docs(path)
     for doc in docs:
         if doc["kind"] != "AlignmentRun":
             continue
@@ -100,7 +109,7 @@ def test_qwen_05b_as_shipped_waits_naming_what_the_node_lacks(
     # the stages that only talk to the servers keep the small class.
     _hf_token(node)
     docs = as_on_this_node(EXAMPLES / "qwen-0.5b.yaml", s3)
-    name = docs[0]["metadata"]["name"]
+    name = _run_name(docs)
     t = time.monotonic()
     _apply(node, docs)
     try:
@@ -131,12 +140,7 @@ def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard
     t = time.monotonic()
     _apply(node, docs)
     try:
-
-        def ended() -> dict[str, Any] | None:
-            status = get_run(node, name).get("status") or {}
-            return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-        status = wait_until(f"{name} to end", 20 * 60, ended, period=5)
+        status = wait_until(f"{name} to end", 20 * 60, lambda: final_status(node, name), period=5)
         MEASURED["qwen-0.5b.yaml (sized to the node) to its end, s"] = round(
             time.monotonic() - t, 1
         )
@@ -158,35 +162,29 @@ def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard
         _delete(node, docs)
 
 
-def test_qwen_7b_waits_naming_what_the_node_lacks(
-    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
-) -> None:
-    # 2 replicas x 2 GPUs of the (one, stand-in) server take the node's 4 GPUs; evaluate asks for
-    # 32 CPUs, 256Gi and one GPU more. The queue labels do nothing without Kueue.
-    _hf_token(node)
-    docs = as_on_this_node(EXAMPLES / "qwen-7b-scale.yaml", s3)
-    name = docs[0]["metadata"]["name"]
-    _apply(node, docs)
-    try:
-        # A server replica or the evaluate Pod, whichever the node can't take first: both are
-        # the truth, said with the scheduler's words.
-        said = _held(node, name, ("Insufficient",), 10 * 60)
-        MEASURED[f"{name}: the run says"] = said[:600]
-    finally:
-        _delete(node, docs)
-
-
-def test_the_model_cache_example_waits_naming_its_unbound_claim(
-    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
-) -> None:
+#: GPU examples that must wait on this node, and what their runs must say while they do.
+WAITING_EXAMPLES = {
+    # 2 replicas x 2 GPUs of the (one, stand-in) server take the node's 4 GPUs; evaluate asks
+    # for 32 CPUs, 256Gi and one GPU more. A server replica or the evaluate Pod, whichever the
+    # node can't take first: both are the truth, in the scheduler's words. The queue labels do
+    # nothing without Kueue.
+    "qwen-7b-scale.yaml": "Insufficient",
     # The node has no storage provisioner: the example's ReadWriteMany claim stays Pending, and
     # the run says so (its servers mount the claim) instead of waiting in silence.
+    "model-cache-seed.yaml": "PersistentVolumeClaim",
+}
+
+
+@pytest.mark.parametrize("example", sorted(WAITING_EXAMPLES))
+def test_a_gpu_example_waits_naming_what_the_node_lacks(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str, example: str
+) -> None:
     _hf_token(node)
-    docs = as_on_this_node(EXAMPLES / "model-cache-seed.yaml", s3)
-    name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
+    docs = as_on_this_node(EXAMPLES / example, s3)
+    name = _run_name(docs)
     _apply(node, docs)
     try:
-        said = _held(node, name, ("PersistentVolumeClaim",), 10 * 60)
+        said = _held(node, name, (WAITING_EXAMPLES[example],), 10 * 60)
         MEASURED[f"{name}: the run says"] = said[:600]
     finally:
         _delete(node, docs)
@@ -198,8 +196,8 @@ def test_qwen_05b_applied_unchanged_ends_or_waits_naming_the_real_cause(
     # Nothing swapped: its store is AWS S3 and its models are on the hub, and this node reaches
     # neither. What the user must read is that, not a stage failing for its own reasons.
     _hf_token(node)
-    docs = [d for d in yaml.safe_load_all((EXAMPLES / "qwen-0.5b.yaml").read_text()) if d]
-    name = docs[0]["metadata"]["name"]
+    docs = _docs(EXAMPLES / "qwen-0.5b.yaml")
+    name = _run_name(docs)
     t = time.monotonic()
     _apply(node, docs)
     try:
@@ -234,16 +232,11 @@ def test_the_minio_example_succeeds_on_the_nodes_s3(
     # Its Secret as shipped (S3 keys for a MinIO; the node's S3 takes any), its endpoint the
     # node's S3 instead of the MinIO Service it expects in namespace minio.
     docs = as_on_this_node(EXAMPLES / "minio-s3.yaml", s3)
-    name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
+    name = _run_name(docs)
     t = time.monotonic()
     _apply(node, docs)
     try:
-
-        def ended() -> dict[str, Any] | None:
-            status = get_run(node, name).get("status") or {}
-            return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-        status = wait_until(f"{name} to end", 30 * 60, ended, period=5)
+        status = wait_until(f"{name} to end", 30 * 60, lambda: final_status(node, name), period=5)
         MEASURED["minio-s3.yaml on the node's S3, s"] = round(time.monotonic() - t, 1)
         assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
         assert len(status.get("iterations") or []) == 3  # iteration 0 and the 2 it trains
@@ -269,8 +262,8 @@ LOCAL_EXAMPLES = {
 def test_a_laptop_example_applied_to_the_cluster_names_its_store(
     node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str, example: str
 ) -> None:
-    docs = [d for d in yaml.safe_load_all((EXAMPLES / example).read_text()) if d]
-    name = next(d for d in docs if d["kind"] == "AlignmentRun")["metadata"]["name"]
+    docs = _docs(EXAMPLES / example)
+    name = _run_name(docs)
     _apply(node, docs)
     try:
         last: list[str] = []
