@@ -192,10 +192,24 @@ def test_a_file_store_adapter_is_used_in_place(  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- the device, through the provider
 
 
-def _spec(device: str) -> AlignmentRunSpec:
+def _spec(device: str, **serving: object) -> AlignmentRunSpec:
     return parse_run(
-        {"spec": {"policy": {"model": "selfmoa/tiny"}, "serving": {"device": device}}}
+        {"spec": {"policy": {"model": "selfmoa/tiny"}, "serving": {"device": device, **serving}}}
     ).spec
+
+
+def test_the_generation_batch_is_the_specs_unless_a_server_sizes_it(base: Path) -> None:
+    assert EngineProvider(_spec("cpu")).batch_size == 32
+    provider = EngineProvider(_spec("cpu", batchSize=3))
+    try:
+        engine = provider.policy()
+        assert engine.batch_size == 3  # type: ignore[attr-defined]
+    finally:
+        provider.close()
+    # `selfmoa serve --max-batch` sizes its own engine's batch.
+    assert EngineProvider(_spec("cpu", batchSize=3), batch_size=7).batch_size == 7
+    with pytest.raises(ValueError, match="batchSize"):
+        _spec("cpu", batchSize=0)
 
 
 def test_auto_device_is_the_cpu_without_a_gpu(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:

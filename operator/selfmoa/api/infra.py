@@ -137,6 +137,17 @@ class ServingSpec(Model):
     max_concurrency: Int = Field(
         default=64, ge=1, le=4096, description="Requests in flight per server (lets vLLM batch)."
     )
+    batch_size: Int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description=(
+            "transformers engine: sequences generated together in one batch (a prompt's samples "
+            "count once each). Larger batches use more memory and are faster while the model's "
+            "per-step overhead, not its arithmetic, dominates (a tiny model on a CPU). Changing "
+            "it changes which samples a seed draws."
+        ),
+    )
     hf_token_secret_ref: SecretName | None = Field(
         default=None, description="Secret with HF_TOKEN for gated hub models."
     )

@@ -68,12 +68,17 @@ def resolve_device(wanted: Device, *, cuda_available: Callable[[], bool] | None 
 
 class EngineProvider:
     def __init__(
-        self, spec: AlignmentRunSpec, *, batch_size: int = 32, shared: Store | None = None
+        self,
+        spec: AlignmentRunSpec,
+        *,
+        batch_size: int | None = None,
+        shared: Store | None = None,
     ) -> None:
         self.spec = spec
         #: The run's store, where models are materialized once for every stage (None: local).
         self.shared = shared
-        self.batch_size = batch_size
+        #: In-process generation batch: the spec's, unless the caller (a server) sizes it.
+        self.batch_size = spec.serving.batch_size if batch_size is None else batch_size
         self._engines: dict[str, Engine] = {}
         self._device: str | None = None
 
