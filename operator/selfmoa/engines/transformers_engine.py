@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 from selfmoa.engines.base import (
     Conversation,
@@ -24,6 +24,7 @@ from selfmoa.engines.base import (
     ProgressFn,
     SamplingParams,
 )
+from selfmoa.engines.nucleus import Nucleus
 from selfmoa.models.chat import load_tokenizer, render_prompt
 from selfmoa.models.threads import cpu_threads_for
 
@@ -248,8 +249,15 @@ class TransformersEngine(Engine):
         else:
             # One seed per batch: the same call (same batching) gives the same samples.
             torch.manual_seed(params.seed + batch)
+            # Temperature and top-p by `Nucleus` (no full-vocabulary sort per step); generate's
+            # own warpers are told to do nothing.
+            nucleus = Nucleus(params.temperature, params.top_p)
             kwargs.update(
-                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                logits_processor=LogitsProcessorList([nucleus]),
             )
         try:
             out = module.generate(**enc, **kwargs)
