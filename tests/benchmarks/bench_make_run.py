@@ -12,7 +12,6 @@ wall time, medians, with the ratio side by side and the goal of the speed issue:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -44,12 +43,20 @@ def _variant(dest: Path, batch: int | None) -> Path:
     return path
 
 
-def _stage_seconds(store: Path) -> dict[str, float]:
+def _stage_seconds(manifest: Path, store: Path) -> dict[str, float]:
+    """Seconds per stage summed over the iterations, as `selfmoa run` reads them."""
+    from selfmoa.api import parse_run
+    from selfmoa.local.executor import open_run_store
+    from selfmoa.run import outputs
+    from selfmoa.run import state as run_state
+
+    run = parse_run(yaml.safe_load(manifest.read_text()))
+    runs = open_run_store(run, store.as_uri())
     out: dict[str, float] = {}
-    for manifest in store.glob("*/*/iter-*/*/_manifest.json"):
-        entry = json.loads(manifest.read_text())
-        stage = str(entry.get("stage", manifest.parent.name))
-        out[stage] = out.get(stage, 0.0) + float(entry.get("seconds", 0.0))
+    done = run_state.finished_stages(runs, run.spec)
+    for key, seconds in outputs.stage_seconds(runs, done).items():
+        stage = key.split("/")[1]  # iter-NNN/STAGE
+        out[stage] = out.get(stage, 0.0) + seconds
     return out
 
 
@@ -61,7 +68,7 @@ def _one(manifest: Path, store: Path, env: dict[str, str]) -> tuple[float, dict[
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"bench_make_run: {manifest.name} exited {done.returncode}: {tail[0]}")
-    return wall, _stage_seconds(store)
+    return wall, _stage_seconds(manifest, store)
 
 
 def main(argv: list[str] | None = None) -> None:

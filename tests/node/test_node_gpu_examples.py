@@ -73,17 +73,33 @@ def _said(run: dict[str, Any]) -> str:
     )
 
 
-def _held(node: Cluster, name: str, needles: tuple[str, ...], timeout: float) -> str:
-    """The run's words once they name every one of `needles`; it must not have ended."""
+def _held(
+    node: Cluster,
+    name: str,
+    needles: tuple[str, ...],
+    timeout: float,
+    *,
+    may_end: bool = False,
+    period: float = 3,
+) -> str:
+    """The run's words once they name every one of `needles`; unless `may_end`, it must not
+    have ended. A wait that times out shows the run's last status."""
+    last: list[str] = []
 
     def check() -> str | None:
         run = get_run(node, name)
-        phase = (run.get("status") or {}).get("phase")
-        assert phase not in ("Succeeded", "Failed"), f"{name} ended {phase}: {_said(run)[:2000]}"
+        status = run.get("status") or {}
+        last[:] = [json.dumps(status)[:1500]]
+        phase = status.get("phase")
+        if not may_end and phase in ("Succeeded", "Failed"):
+            pytest.fail(f"{name} ended {phase}: {_said(run)[:2000]}")  # not a timeout
         said = _said(run)
         return said if all(n in said for n in needles) else None
 
-    return str(wait_until(f"{name} to say {needles}", timeout, check, period=3))
+    try:
+        return str(wait_until(f"{name} to say {needles}", timeout, check, period=period))
+    except AssertionError as e:  # wait_until's timeout
+        raise AssertionError(f"{e}; its status: {last[0] if last else '-'}") from None
 
 
 def _hf_token(node: Cluster) -> None:
@@ -266,18 +282,7 @@ def test_a_laptop_example_applied_to_the_cluster_names_its_store(
     name = _run_name(docs)
     _apply(node, docs)
     try:
-        last: list[str] = []
-
-        def told() -> str | None:
-            run = get_run(node, name)
-            last[:] = [json.dumps(run.get("status") or {})[:1500]]
-            said = _said(run)
-            return said if LOCAL_EXAMPLES[example] in said else None
-
-        try:
-            said = wait_until(f"{name} to name its store", 120, told, period=2)
-        except AssertionError as e:
-            raise AssertionError(f"{e}; its status: {last}") from None
+        said = _held(node, name, (LOCAL_EXAMPLES[example],), 120, may_end=True, period=2)
         MEASURED[f"{example} (unchanged): the run says"] = said[:400]
         assert not children(node, "jobs", name)  # no stage ran to find it out
     finally:

@@ -18,7 +18,7 @@ warpers, so the engine passes temperature 1 and top-p 1 to `generate` and both t
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, TopPLogitsWarper
 
 #: Likeliest tokens looked at before falling back to a full sort.
 CANDIDATES = 64
@@ -42,19 +42,10 @@ class Nucleus(LogitsProcessor):
         top, where = probs.topk(k, dim=-1)
         above = top.cumsum(dim=-1) - top  # mass strictly above each candidate
         remove = torch.ones_like(scores, dtype=torch.bool)
+        # The likeliest has no mass above it (0 < top_p), so it always stays.
         remove.scatter_(-1, where, above >= self.top_p)
-        remove.scatter_(-1, where[:, :1], False)  # the likeliest token always stays
         short = top.sum(dim=-1) < self.top_p  # the candidates hold too little: sort those rows
         if bool(short.any()):
-            remove[short] = full_sort_removal(scores[short], self.top_p)
+            whole = TopPLogitsWarper(self.top_p)(input_ids, scores[short])  # type: ignore[arg-type]
+            remove[short] = torch.isinf(whole)
         return scores.masked_fill(remove, -float("inf"))  # type: ignore[return-value]
-
-
-def full_sort_removal(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """transformers' own rule on whole rows: ascending sort, remove where the cumulative mass is
-    <= 1 - top_p, keep the likeliest."""
-    ordered, order = torch.sort(scores, descending=False)
-    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-    drop = cumulative <= (1 - top_p)
-    drop[..., -1:] = False
-    return drop.scatter(1, order, drop)
