@@ -61,6 +61,31 @@ class LoraSpec(Model):
     )
 
 
+class OpeningAnchorSpec(Model):
+    """A forward-KL pull on how answers to fair prompts open, towards the reference."""
+
+    weight: Float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description=(
+            "Weight of KL(reference || policy) over the whole vocabulary, averaged over the "
+            "anchored positions of the chosen answers of fair (benign, legit) pairs, added to "
+            "the loss. Forward KL covers mass: it keeps the reference's rarer openings, which "
+            "DPO drops and held-out perplexity pays for. 0 (default): off."
+        ),
+    )
+    tokens: Int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description=(
+            "Answer positions anchored, from the first answer token (a shorter answer anchors "
+            "all of its tokens)."
+        ),
+    )
+
+
 class TrainingStrategy(StrEnum):
     ddp = "ddp"
     fsdp = "fsdp"
@@ -111,6 +136,14 @@ class TrainingSpec(Model):
     )
     loss_weights: list[Float] | None = Field(default=None, description="weighted: loss weights.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter settings.")
+    opening_anchor: OpeningAnchorSpec | None = Field(
+        default=None,
+        description=(
+            "Anchor the policy's next-token distributions at the first answer tokens of fair "
+            "prompts to the reference's (forward KL), against the capability DPO loses by "
+            "sharpening how answers open (default: off)."
+        ),
+    )
     seed: Seed = Field(default=0, description="Training seed; 0..2^31-1.")
 
     @property
@@ -119,6 +152,12 @@ class TrainingSpec(Model):
         if self.beta is not None:
             return self.beta
         return BFPO_DEFAULT_BETA if self.loss == LossKind.bfpo else DEFAULT_BETA
+
+    @property
+    def anchor(self) -> OpeningAnchorSpec | None:
+        """`opening_anchor` when it is on (a positive weight), else None."""
+        a = self.opening_anchor
+        return a if a is not None and a.weight > 0 else None
 
     @model_validator(mode="after")
     def _weights_match(self) -> TrainingSpec:

@@ -65,6 +65,7 @@ from selfmoa.api.optimization import (
     TRL_LOSS_TYPES,
     LoraSpec,
     LossKind,
+    OpeningAnchorSpec,
     TrainingSpec,
     TrainingStrategy,
 )
@@ -343,6 +344,7 @@ __all__ = [
     "ModelCacheSpec",
     "ModelRef",
     "Objective",
+    "OpeningAnchorSpec",
     "OutputSpec",
     "PairStrategy",
     "Phase",

@@ -11,7 +11,9 @@ construction, and cost one forward per pair instead of one per pair per epoch. S
 only the "default" adapter, so TRL's "ref" copy never reaches the store.
 
 `dpo` and `weighted` train on TRL's own losses, `bfpo` and `modpo` on the papers' losses: the
-trainers are in `dpo_trainers`.
+trainers are in `dpo_trainers`. With `training.openingAnchor.weight` > 0 the trainer adds the
+opening anchor (`opening_anchor`) to either; at weight 0 it is the plain trainer, on the same
+dataset.
 
 Under torchrun (see `distributed`) accelerate runs the trainer as DDP (gloo on CPU, nccl on GPUs)
 or FSDP2 (`training.strategy: fsdp`), `batchSize` per process; every rank trains and only rank 0
@@ -48,7 +50,12 @@ from selfmoa.models.chat import has_chat_template, load_tokenizer
 from selfmoa.models.threads import cpu_threads_for
 from selfmoa.training import distributed as D
 from selfmoa.training import model as M
-from selfmoa.training.dpo_trainers import InMemoryRefDPOTrainer, MultiObjectiveDPOTrainer
+from selfmoa.training.dpo_trainers import (
+    AnchoredMultiObjectiveDPOTrainer,
+    InMemoryRefDPOTrainer,
+    MultiObjectiveDPOTrainer,
+    OpeningAnchorDPOTrainer,
+)
 from selfmoa.training.objectives import Row, own_loss, trl_loss
 
 ProgressFn = Callable[[int, int, str], None]
@@ -87,10 +94,12 @@ class DPOResult:
     dropped: int = 0
 
 
-def dataset_rows(rows: Sequence[Row], tok: PreTrainedTokenizerBase) -> list[dict[str, Any]]:
+def dataset_rows(
+    rows: Sequence[Row], tok: PreTrainedTokenizerBase, *, fair: bool = False
+) -> list[dict[str, Any]]:
     """TRL's conversational preference format when the tokenizer has a chat template (so the
     prompt is rendered exactly as the engines render it), the plain-text format otherwise; plus
-    the loss's per-pair columns."""
+    the loss's per-pair columns, and with `fair` the rows' fair flags (for the opening anchor)."""
     chat = has_chat_template(tok)
     out: list[dict[str, Any]] = []
     for r in rows:
@@ -102,7 +111,7 @@ def dataset_rows(rows: Sequence[Row], tok: PreTrainedTokenizerBase) -> list[dict
             }
         else:
             row = {"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}
-        out.append(row | r.columns())
+        out.append(row | r.columns(fair=fair))
     return out
 
 
@@ -278,14 +287,17 @@ def _trainer(
     fsdp: dict[str, Any] | None = None,
 ) -> DPOTrainer:
     """The configured trainer; constructing it tokenizes and precomputes the reference."""
-    data = Dataset.from_list(dataset_rows(rows, tok))
+    anchor = training.anchor
+    data = Dataset.from_list(dataset_rows(rows, tok, fair=anchor is not None))
     args = dpo_config(training, workdir, len(rows), fsdp=fsdp)
 
     def make(**kw: Any) -> DPOTrainer:
-        common = {"args": args, "train_dataset": data, "processing_class": tok}
+        kw |= {"args": args, "train_dataset": data, "processing_class": tok}
         if own_loss(training):
-            return MultiObjectiveDPOTrainer(loss_kind=training.loss, **common, **kw)
-        return InMemoryRefDPOTrainer(**common, **kw)
+            kw["loss_kind"] = training.loss
+        if anchor is not None:
+            kw["anchor"] = anchor
+        return trainer_class(training)(**kw)
 
     if parent_adapter is None:
         trainer = make(model=base, peft_config=M.lora_config(training.lora, base))
@@ -295,6 +307,15 @@ def _trainer(
     # disable_tqdm makes the Trainer print every log dict instead: the log goes to train_log.json.
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def trainer_class(training: TrainingSpec) -> type[DPOTrainer]:
+    """TRL's losses (dpo, weighted) or the papers' (bfpo, modpo); with the opening anchor on,
+    the same plus the anchor."""
+    own = own_loss(training)
+    if training.anchor is not None:
+        return AnchoredMultiObjectiveDPOTrainer if own else OpeningAnchorDPOTrainer
+    return MultiObjectiveDPOTrainer if own else InMemoryRefDPOTrainer
 
 
 def _untrained(
@@ -338,6 +359,7 @@ def _step_entry(entry: dict[str, Any]) -> dict[str, float]:
         "rewards/margins",
         "logps/chosen",
         "logps/rejected",
+        "opening_kl",
         "epoch",
     )
     out = {"step": float(entry.get("step", 0))}

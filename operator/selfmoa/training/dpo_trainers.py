@@ -1,5 +1,5 @@
-"""The DPOTrainer subclasses `dpo` trains with: reference log-probs kept in memory, and the
-multi-objective losses.
+"""The DPOTrainer subclasses `dpo` trains with: reference log-probs kept in memory, the
+multi-objective losses, and the opening anchor.
 
 `InMemoryRefDPOTrainer` keeps the precomputed reference log-probs in memory on every rank
 instead of TRL's dataset cache file, whose directory is private to each process for an
@@ -12,21 +12,30 @@ helpfulness rewards) as dataset columns and replaces TRL's loss:
 with Δ the difference of the policy-minus-reference log-ratios, log-probs summed over the tokens.
 Its `rewards/*` metrics are TRL's (β times the log-ratios), except `rewards/accuracies`: the share
 of pairs already on the side the loss pushes to (bfpo: Δ of g's sign; modpo: a positive logit).
+
+`OpeningAnchorDPOTrainer` (and `AnchoredMultiObjectiveDPOTrainer`, the same on bfpo/modpo) adds
+`training.openingAnchor.weight` times the forward KL of `opening_anchor` to either loss, on the
+chosen rows of fair pairs, and logs it as `opening_kl`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from datasets import Dataset, concatenate_datasets
 from torch.utils.data import DataLoader
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DPOTrainer
+from trl.trainer.utils import use_adapter
 
-from selfmoa.api.spec import LossKind
+from selfmoa.api.spec import LossKind, OpeningAnchorSpec
 from selfmoa.training.losses import bfpo_loss, bfpo_target, modpo_logit, modpo_loss
-from selfmoa.training.objectives import loss_columns
+from selfmoa.training.objectives import FAIR_COLUMN, loss_columns
+from selfmoa.training.opening_anchor import Openings, forward_kl, opening_logits, openings
 
 
 class InMemoryRefDPOTrainer(DPOTrainer):
@@ -35,7 +44,27 @@ class InMemoryRefDPOTrainer(DPOTrainer):
     TRL writes them to a cache file next to the dataset's own files; an in-memory dataset has
     none, so each process picks a private temporary directory and ranks > 0 then fail to open the
     file rank 0 wrote. Gathered over ranks, every rank holds all of them anyway.
+
+    Subclasses name in `extra_columns` the per-pair dataset columns their loss reads: they are
+    kept through TRL's column pruning and collator, and never passed to the model.
     """
+
+    extra_columns: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.extra_columns:
+            self.data_collator = _with_columns(self.data_collator, self.extra_columns)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # type: ignore[no-untyped-call]
+        if self._signature_columns is not None:
+            missing = [c for c in self.extra_columns if c not in self._signature_columns]
+            self._signature_columns = [*self._signature_columns, *missing]
+
+    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
+        kept = {k: v for k, v in inputs.items() if k not in self.extra_columns}
+        return super().compute_ref_log_probs(model, kept)  # type: ignore[no-untyped-call]
 
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
         loader = self.accelerator.prepare(
@@ -80,6 +109,7 @@ class MultiObjectiveDPOTrainer(InMemoryRefDPOTrainer):
         self.loss_columns = loss_columns(loss_kind)
         if not self.loss_columns:
             raise ValueError(f"{loss_kind.value}: not a multi-objective loss")
+        self.extra_columns = (*self.extra_columns, *self.loss_columns)
         super().__init__(*args, **kwargs)
         # Settings TRL applies inside the loss this class replaces: refuse them, not ignore them.
         if (
@@ -92,17 +122,6 @@ class MultiObjectiveDPOTrainer(InMemoryRefDPOTrainer):
             )
         if not self.precompute_ref_logps:
             raise ValueError("bfpo/modpo: needs precompute_ref_log_probs=True")
-        self.data_collator = _with_columns(self.data_collator, self.loss_columns)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()  # type: ignore[no-untyped-call]
-        if self._signature_columns is not None:
-            missing = [c for c in self.loss_columns if c not in self._signature_columns]
-            self._signature_columns = [*self._signature_columns, *missing]
-
-    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
-        kept = {k: v for k, v in inputs.items() if k not in self.loss_columns}
-        return super().compute_ref_log_probs(model, kept)  # type: ignore[no-untyped-call]
 
     def pair_losses(
         self, delta: torch.Tensor, pair: dict[str, torch.Tensor]
@@ -116,7 +135,7 @@ class MultiObjectiveDPOTrainer(InMemoryRefDPOTrainer):
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
         mode = "train" if model.training else "eval"
-        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *self.loss_columns}
+        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *self.extra_columns}
         model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
         model_kwargs["use_cache"] = False
         if self.aux_loss_enabled:
@@ -147,6 +166,109 @@ class MultiObjectiveDPOTrainer(InMemoryRefDPOTrainer):
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
         return (loss, outputs) if return_outputs else loss
+
+
+class OpeningAnchorDPOTrainer(InMemoryRefDPOTrainer):
+    """The loss of the trainer below it in the MRO, plus `weight` times the opening anchor's
+    forward KL (`opening_anchor`) on the chosen rows of the batch's fair pairs.
+
+    The reference is TRL's: the parent policy, as the adapters disabled (a fresh LoRA on the base)
+    or TRL's frozen "ref" copy of the parent adapter. A step whose batch has no fair pair adds
+    nothing and runs no extra forward, unless another rank's batch has one: the forwards of DDP
+    and FSDP are collective, so every rank then runs them (a rank without a fair pair on one row,
+    counted for nothing).
+    """
+
+    def __init__(self, *args: Any, anchor: OpeningAnchorSpec, **kwargs: Any) -> None:
+        self.opening_anchor = anchor
+        self.extra_columns = (*self.extra_columns, FAIR_COLUMN)
+        super().__init__(*args, **kwargs)
+        if self.ref_model is None and not is_peft_model(self.model):
+            raise ValueError("openingAnchor: needs a PEFT policy or a reference model")
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+        kept = {k: v for k, v in inputs.items() if k != FAIR_COLUMN}
+        result = super()._compute_loss(model, kept, return_outputs)  # type: ignore[no-untyped-call]
+        kl = self.opening_kl(model, kept, inputs[FAIR_COLUMN].bool())
+        if kl is None:
+            return result
+        if return_outputs:
+            loss, outputs = result
+            return loss + self.opening_anchor.weight * kl, outputs
+        return result + self.opening_anchor.weight * kl
+
+    def opening_kl(
+        self, model: Any, inputs: dict[str, Any], fair: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The forward KL at the anchored positions of the chosen rows of fair pairs (`fair`: a
+        flag per pair), with grad through `model`; None when no rank has such a position.
+
+        In one process, the mean over the batch's anchored positions. Under DDP or FSDP, which
+        average the ranks' gradients, this rank's sum over the global count times the number of
+        ranks: the average is then the gradient of the mean over the global batch, as for the
+        DPO loss, however the fair pairs fell to the ranks."""
+        chosen = {
+            k: inputs[k].chunk(2, dim=0)[0]
+            for k in ("input_ids", "attention_mask", "completion_mask")
+        }
+        lengths = chosen["completion_mask"].sum(dim=1)
+        rows = (fair & (lengths > 0)).nonzero().squeeze(1)
+        o = self._openings(chosen, rows) if rows.numel() else None
+        local = int(o.anchored.sum()) if o is not None else 0
+        total = self._sum_over_ranks(float(local))
+        if total == 0:
+            return None
+        if o is None:
+            o = self._openings(chosen, lengths.argmax().view(1))
+        logits = opening_logits(model, o)
+        with torch.no_grad(), self._reference() as ref_model:
+            ref_logits = opening_logits(ref_model, o)
+        kl = forward_kl(ref_logits, logits, o.anchored).sum()
+        # An uncounted row keeps the graph (and DDP's gradient hooks) the same on every rank.
+        kl = kl if local else kl * 0.0
+        self._log_opening_kl(kl.item() / total)
+        ranks = int(self.accelerator.num_processes)
+        return kl * (ranks / total)
+
+    def _openings(self, chosen: dict[str, torch.Tensor], rows: torch.Tensor) -> Openings:
+        return openings(
+            chosen["input_ids"][rows],
+            chosen["attention_mask"][rows],
+            chosen["completion_mask"][rows],
+            tokens=self.opening_anchor.tokens,
+        )
+
+    @contextlib.contextmanager
+    def _reference(self) -> Any:
+        """The reference model, as TRL's own reference forward gets it."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        model: Any = self.model
+        unwrapped = self.accelerator.unwrap_model(model)
+        adapter = "ref" if "ref" in unwrapped.peft_config else None
+        checkpointing: Any = self.args.gradient_checkpointing_kwargs
+        with (
+            disable_gradient_checkpointing(model, checkpointing),
+            use_adapter(unwrapped, adapter_name=adapter),
+        ):
+            yield model
+
+    def _sum_over_ranks(self, x: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return x
+        t = torch.tensor([x], device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="sum").item())
+
+    def _log_opening_kl(self, share: float) -> None:
+        """`opening_kl`: the mean over the anchored positions of every rank."""
+        model: Any = self.model
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["opening_kl"].append(self._sum_over_ranks(share))
+
+
+class AnchoredMultiObjectiveDPOTrainer(OpeningAnchorDPOTrainer, MultiObjectiveDPOTrainer):
+    """bfpo/modpo with the opening anchor."""
 
 
 def _with_columns(

@@ -22,6 +22,10 @@ over the response; β = `training.beta` (default 0.1, or 0.01 for bfpo).
 The losses themselves are in `selfmoa.training.losses`; the trainer
 (`selfmoa.training.dpo_trainers.MultiObjectiveDPOTrainer`) applies them to the per-pair inputs
 computed here.
+
+Every row also says whether its prompt is fair (the pair's kind is not harmful): with
+`training.openingAnchor` on, the trainer anchors how the chosen answers of those rows open
+(`selfmoa.training.opening_anchor`), and the dataset carries the flag as the `fair` column.
 """
 
 from __future__ import annotations
@@ -66,12 +70,20 @@ class Row:
     rejected: str
     #: The loss's per-pair inputs; None for the kinds TRL computes itself (dpo, weighted).
     inputs: PairInputs | None = None
+    #: A benign or legit prompt (not an attack): its answers' openings may be anchored.
+    fair: bool = False
 
-    def columns(self) -> dict[str, float]:
-        """The inputs as dataset columns (named as in `loss_columns`)."""
+    def columns(self, *, fair: bool = False) -> dict[str, float]:
+        """The inputs as dataset columns (named as in `loss_columns`); with `fair`, the fair
+        flag too (as 1.0 / 0.0, in `FAIR_COLUMN`)."""
+        out = {FAIR_COLUMN: float(self.fair)} if fair else {}
         if self.inputs is None:
-            return {}
-        return {f.name: float(getattr(self.inputs, f.name)) for f in fields(self.inputs)}
+            return out
+        return out | {f.name: float(getattr(self.inputs, f.name)) for f in fields(self.inputs)}
+
+
+#: The dataset column of `Row.fair`, there only with the opening anchor on.
+FAIR_COLUMN = "fair"
 
 
 def loss_columns(kind: LossKind) -> tuple[str, ...]:
@@ -85,6 +97,12 @@ def _score(scores: Any, objective: str) -> float | None:
         return None
     v = scores.get(objective)
     return float(v) if isinstance(v, int | float) else None
+
+
+def fair(pair: dict[str, Any]) -> bool:
+    """Whether the pair's prompt is fair: any kind but harmful (a pair without one is not)."""
+    kind = pair.get("kind")
+    return isinstance(kind, str) and kind != "harmful"
 
 
 def modpo_weights(weights: dict[str, float]) -> tuple[float, float]:
@@ -106,7 +124,7 @@ def modpo_row(pair: dict[str, Any], w_k: float, w_other: float, scale: float) ->
     hr = _score(pair.get("rejected_scores"), "helpfulness")
     rw, rl = (scale * hc, scale * hr) if hc is not None and hr is not None else (0.0, 0.0)
     inputs = ModpoInputs(w_k=w_k, w_other=w_other, r_other_w=rw, r_other_l=rl)
-    return Row(str(pair["prompt"]), str(pair["chosen"]), str(pair["rejected"]), inputs)
+    return Row(str(pair["prompt"]), str(pair["chosen"]), str(pair["rejected"]), inputs, fair(pair))
 
 
 def bfpo_row(pair: dict[str, Any], threshold: float) -> Row:
@@ -121,7 +139,7 @@ def bfpo_row(pair: dict[str, Any], threshold: float) -> Row:
         return 1.0 if s is not None and s >= threshold else 0.0
 
     inputs = BfpoInputs(safe_w=safe(winner), safe_l=safe(loser))
-    return Row(str(pair["prompt"]), str(pair[winner]), str(pair[loser]), inputs)
+    return Row(str(pair["prompt"]), str(pair[winner]), str(pair[loser]), inputs, fair(pair))
 
 
 def build_rows(
@@ -137,7 +155,9 @@ def build_rows(
     if training.loss == LossKind.modpo:
         w_k, w_other = modpo_weights(weights)
         return [modpo_row(p, w_k, w_other, training.margin_scale) for p in pairs]
-    return [Row(str(p["prompt"]), str(p["chosen"]), str(p["rejected"])) for p in pairs]
+    return [
+        Row(str(p["prompt"]), str(p["chosen"]), str(p["rejected"]), fair=fair(p)) for p in pairs
+    ]
 
 
 def trl_loss(training: TrainingSpec) -> tuple[list[str], list[float] | None]:
