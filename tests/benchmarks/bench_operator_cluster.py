@@ -278,15 +278,11 @@ def _ended(job: dict[str, Any]) -> bool:
     benchmark's own watch re-lists every 30 s and replays each Job unchanged, and a replay
     taken for the Job's completion counted the job controller's seconds as the operator's
     (the p90 of 4.2 s that earlier versions printed at 50 runs)."""
+    from selfmoa.controller.children import true_condition
+
     st = job.get("status") or {}
-    ended = {"Complete", "Failed"}
-    return bool(
-        int(st.get("succeeded") or 0)
-        or int(st.get("failed") or 0)
-        or any(
-            c.get("type") in ended and c.get("status") == "True" for c in st.get("conditions") or []
-        )
-    )
+    counted = int(st.get("succeeded") or 0) or int(st.get("failed") or 0)
+    return bool(counted) or any(true_condition(job, c) for c in ("Complete", "Failed"))
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -37,18 +37,18 @@ SHORT = "Paris."
 # ------------------------------------------------------------------ the KL and its layout
 
 
+def _kl_by_hand(ref_logits: torch.Tensor, policy_logits: torch.Tensor) -> float:
+    """KL(ref || policy) of one position's logits, in float64."""
+    r, p = ref_logits.double().log_softmax(-1), policy_logits.double().log_softmax(-1)
+    return float((r.exp() * (r - p)).sum())
+
+
 def test_forward_kl_by_hand() -> None:
     torch.manual_seed(0)
     ref, pol = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     anchored = torch.tensor([[True, True, True], [True, False, False]])  # row 1: a short answer
     got = forward_kl(ref, pol, anchored)
-    expected = []
-    for i, k in [(0, 0), (0, 1), (0, 2), (1, 0)]:
-        p = [float(x) for x in ref[i, k].double().softmax(-1)]
-        q = [float(x) for x in pol[i, k].double().softmax(-1)]
-        expected.append(
-            sum(pv * (torch.tensor(pv / qv).log().item()) for pv, qv in zip(p, q, strict=True))
-        )
+    expected = [_kl_by_hand(ref[i, k], pol[i, k]) for i, k in [(0, 0), (0, 1), (0, 2), (1, 0)]]
     assert got.dtype == torch.float32
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
     assert forward_kl(ref, ref, anchored).abs().max() < 1e-6
@@ -142,10 +142,9 @@ def _hand_opening_kl(policy: Any, reference: Any, batch: dict[str, Any], tokens:
         start, n = int(answer.nonzero()[0]), min(int(answer.sum()), tokens)
         lengths.append(n)
         with torch.no_grad():
-            p = policy(input_ids=ids[None]).logits[0].double().log_softmax(-1)
-            r = reference(input_ids=ids[None]).logits[0].double().log_softmax(-1)
-        for pos in range(start - 1, start - 1 + n):
-            kls.append(float((r[pos].exp() * (r[pos] - p[pos])).sum()))
+            p = policy(input_ids=ids[None]).logits[0]
+            r = reference(input_ids=ids[None]).logits[0]
+        kls += [_kl_by_hand(r[pos], p[pos]) for pos in range(start - 1, start - 1 + n)]
     # Several fair rows, some shorter than `tokens`.
     assert len(lengths) > 1 and min(lengths) < tokens == max(lengths), lengths
     return sum(kls) / len(kls)
@@ -252,9 +251,9 @@ def _first_token_kl(adapter: Path, tiny_model: Path, prompts: list[str]) -> floa
     for prompt in prompts:
         ids = torch.tensor([tok(M.prompt_text(tok, prompt), add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
-            p = policy(input_ids=ids).logits[0, -1].double().log_softmax(-1)
-            r = base(input_ids=ids).logits[0, -1].double().log_softmax(-1)
-        kls.append(float((r.exp() * (r - p)).sum()))
+            kls.append(
+                _kl_by_hand(base(input_ids=ids).logits[0, -1], policy(input_ids=ids).logits[0, -1])
+            )
     return sum(kls) / len(kls)
 
 

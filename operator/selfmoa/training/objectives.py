@@ -99,7 +99,7 @@ def _score(scores: Any, objective: str) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-def fair(pair: dict[str, Any]) -> bool:
+def fair_prompt(pair: dict[str, Any]) -> bool:
     """Whether the pair's prompt is fair: any kind but harmful (a pair without one is not)."""
     kind = pair.get("kind")
     return isinstance(kind, str) and kind != "harmful"
@@ -124,7 +124,9 @@ def modpo_row(pair: dict[str, Any], w_k: float, w_other: float, scale: float) ->
     hr = _score(pair.get("rejected_scores"), "helpfulness")
     rw, rl = (scale * hc, scale * hr) if hc is not None and hr is not None else (0.0, 0.0)
     inputs = ModpoInputs(w_k=w_k, w_other=w_other, r_other_w=rw, r_other_l=rl)
-    return Row(str(pair["prompt"]), str(pair["chosen"]), str(pair["rejected"]), inputs, fair(pair))
+    return Row(
+        str(pair["prompt"]), str(pair["chosen"]), str(pair["rejected"]), inputs, fair_prompt(pair)
+    )
 
 
 def bfpo_row(pair: dict[str, Any], threshold: float) -> Row:
@@ -139,7 +141,7 @@ def bfpo_row(pair: dict[str, Any], threshold: float) -> Row:
         return 1.0 if s is not None and s >= threshold else 0.0
 
     inputs = BfpoInputs(safe_w=safe(winner), safe_l=safe(loser))
-    return Row(str(pair["prompt"]), str(pair[winner]), str(pair[loser]), inputs, fair(pair))
+    return Row(str(pair["prompt"]), str(pair[winner]), str(pair[loser]), inputs, fair_prompt(pair))
 
 
 def build_rows(
@@ -156,7 +158,8 @@ def build_rows(
         w_k, w_other = modpo_weights(weights)
         return [modpo_row(p, w_k, w_other, training.margin_scale) for p in pairs]
     return [
-        Row(str(p["prompt"]), str(p["chosen"]), str(p["rejected"]), fair=fair(p)) for p in pairs
+        Row(str(p["prompt"]), str(p["chosen"]), str(p["rejected"]), fair=fair_prompt(p))
+        for p in pairs
     ]
 
 
