@@ -207,9 +207,14 @@ def _load(path: str, *, named: str | None = None) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from selfmoa.engines.capacity import gpu_warnings
+    from selfmoa.engines.capacity import gpu_errors, gpu_warnings
 
     run = _load(args.file)
+    errors = gpu_errors(run.spec)
+    if errors:
+        # One line, as for every other bad field; the rest are the same mistake on other models.
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UsageError(f"spec.{errors[0]}{more}")
     for warning in gpu_warnings(run.spec):
         print(f"selfmoa: warning: {warning}", file=sys.stderr)
     print(

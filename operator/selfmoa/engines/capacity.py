@@ -1,9 +1,11 @@
-"""Will the GPUs a run asks for be used? Warnings `selfmoa validate` prints before anything runs.
+"""Will the GPUs a run asks for be used? What `selfmoa validate` says before anything runs.
 
 Only what can be known offline: a model's `config.json` when the model is a local folder or
 already in the hub's local cache (nothing is downloaded). vLLM splits attention heads evenly
-across a tensor-parallel group, so a size that doesn't divide the model's heads fails at start-up
-on the cluster, minutes and a GPU allocation later; here it is one line.
+across a tensor-parallel group and refuses to start a server whose group size doesn't divide them
+("Total number of attention heads (14) must be divisible by tensor parallel size (4)"): on the
+cluster that is minutes and a GPU allocation later, so here it is an error (`gpu_errors`). A
+setting that is only wasted, not refused, is a warning (`gpu_warnings`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def local_config(model: str, revision: str | None = None) -> dict[str, Any] | No
     return config
 
 
-def gpu_warnings(spec: AlignmentRunSpec) -> list[str]:
-    """One line per requested GPU setting that the model can't use."""
+def gpu_errors(spec: AlignmentRunSpec) -> list[str]:
+    """One line per served model whose readable config vLLM would refuse at this tensor-parallel
+    size (models whose config isn't on this machine give no guess)."""
     out: list[str] = []
     tp = spec.serving.gpus_per_model
     if spec.serving.engine == ServingEngine.vllm and tp > 1:
@@ -54,8 +57,15 @@ def gpu_warnings(spec: AlignmentRunSpec) -> list[str]:
             if isinstance(heads, int) and heads % tp:
                 out.append(
                     f"serving.gpusPerModel: {tp} doesn't divide the {heads} attention heads of "
-                    f"{model}; vLLM will refuse to start it (use a divisor of {heads})"
+                    f"{model}; vLLM refuses to start it (use a divisor of {heads})"
                 )
+    return out
+
+
+def gpu_warnings(spec: AlignmentRunSpec) -> list[str]:
+    """One line per requested GPU setting that is wasted, though nothing refuses it."""
+    out: list[str] = []
+    tp = spec.serving.gpus_per_model
     if spec.serving.engine != ServingEngine.vllm and tp > 1:
         out.append(
             "serving.gpusPerModel: only vLLM servers use it; in-process engines run on one GPU"
