@@ -7,11 +7,15 @@ exist. The node has 2 cores, a few GiB and 4 advertised GPUs, so each example ei
 must stop at once with what the node lacks in the run's status, never a stage failure that
 blames the stage. One copy of qwen-0.5b.yaml is also sized to the node (`trainer.resources`
 only), to show how far it gets and which step needs what only a real GPU cluster has.
+model-cache-seed.yaml also runs on a volume the test provides (the node has no provisioner),
+with its hub names as shipped and the stand-in's files seeded under their keys.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,9 @@ from realcluster import (
 
 EXAMPLES = ROOT / "manifests" / "examples"
 STAND_IN_MODEL = "selfmoa/tiny"
+#: The stand-in's weights as files (config, safetensors, tokenizer): what a seeded volume holds
+#: under a hub model's key in the model-cache test.
+STAND_IN_FILES = ROOT / "operator" / "selfmoa" / "tiny" / "base"
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -176,6 +183,148 @@ def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard
         ), [p["metadata"]["name"] for p in stage_pods]
     finally:
         _delete(node, docs)
+
+
+def _seed_stand_in(root: Path, repo: str) -> Path:
+    """What the example's seed Job (`selfmoa fetch --hub REPO --revision main /cache`) leaves in
+    the volume, through the same `materialize`, with the stand-in's files for the hub's (no hub
+    here). Readable by the worker image's uid 1000, which the seed Job would have owned it as."""
+    from selfmoa.store.model_cache import MODELS, hub_key, materialize
+
+    (root / MODELS).mkdir(parents=True, exist_ok=True)
+
+    def copy(dest: Path, _say: object) -> None:
+        shutil.copytree(STAND_IN_FILES, dest, dirs_exist_ok=True)
+
+    path = materialize(hub_key(repo, "main"), copy, cache_dir=root)
+    for where, dirs, files in os.walk(root):
+        for name in [*dirs, *files, "."]:
+            target = Path(where) / name
+            target.chmod(target.stat().st_mode | 0o555 if target.is_dir() else 0o644)
+    return path
+
+
+def _bucket_keys(s3: dict[str, str]) -> list[str]:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"])
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_the_model_cache_example_reads_its_seeded_models_in_place(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str, tmp_path: Path
+) -> None:
+    """model-cache-seed.yaml on a node whose admin provides its ReadWriteMany volume (a
+    hostPath PersistentVolume bound to the example's claim: this node has no provisioner).
+    The hub names stay as shipped; the volume holds the stand-in's files under their keys, as
+    the seed Job leaves them, since no hub is reachable (the Job itself is not applied). First
+    only the policy is seeded: the run must wait naming the command that seeds the helper
+    judge. Then the helper is seeded, as a rerun of the Job adds it: the servers and evaluate
+    read both from the claim, nothing is downloaded or copied into the store, and the run
+    stops at the step a stand-in can't pass: the rubric judge needs an instruct model's
+    "Score: N"."""
+    docs = [d for d in _docs(EXAMPLES / "model-cache-seed.yaml") if d["kind"] != "Job"]
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    run = next(d for d in docs if d["kind"] == "AlignmentRun")
+    name = run["metadata"]["name"]
+    spec = run["spec"]
+    spec["storage"]["endpoint"] = s3["endpoint"]
+    # Sized to the node (trainer.resources only), as the fitted qwen-0.5b: evaluate beside the
+    # two servers on 2 cores.
+    spec["trainer"]["resources"] = {"cpu": "500m", "memory": "3Gi"}
+    spec["trainer"]["backoffLimit"] = 0
+    policy, helper = spec["policy"]["model"], spec["judges"][1]["model"]
+    volume = tmp_path / "models-volume"
+    volume.mkdir(mode=0o755)
+    pv_name = f"{RUN_NS}-{claim['metadata']['name']}-hostpath"
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": claim["spec"]["resources"]["requests"]["storage"]},
+            "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(volume), "type": "Directory"},
+            "claimRef": {"namespace": RUN_NS, "name": claim["metadata"]["name"]},
+        },
+    }
+    node.kubectl("apply", "-f", "-", input=yaml.safe_dump(pv))
+    _seed_stand_in(volume, policy)
+    t = time.monotonic()
+    _apply(node, docs)
+    try:
+        said = _held(node, name, ("is not in", f"fetch --hub {helper} --revision main"), 10 * 60)
+        MEASURED["model-cache-seed.yaml (helper not seeded) to its hold, s"] = round(
+            time.monotonic() - t, 1
+        )
+        MEASURED[f"{name} (helper not seeded): the run says"] = said[:600]
+        assert not children(node, "jobs", name)  # no stage starts before its servers
+
+        _seed_stand_in(volume, helper)
+        # The helper's server retries its check under the kubelet's back-off (up to 5 min):
+        # a new Pod checks at once.
+        waiting = [
+            p["metadata"]["name"]
+            for p in children(node, "pods", name)
+            if not all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])
+        ]
+        if waiting:
+            node.kubectl("-n", RUN_NS, "delete", "pod", *waiting, "--wait=false")
+        # The servers and stage Pods as they ran (the operator removes servers at the end).
+        seen: dict[str, dict[str, Any]] = {}
+
+        def ended() -> dict[str, Any] | None:
+            for kind in ("deployments", "pods"):
+                for obj in children(node, kind, name):
+                    seen[f"{kind}/{obj['metadata']['name']}"] = obj
+            return final_status(node, name)
+
+        status = wait_until(f"{name} to end", 15 * 60, ended, period=5)
+        MEASURED["model-cache-seed.yaml (seeded) to its end, s"] = round(time.monotonic() - t, 1)
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        MEASURED[f"{name} (seeded): the run says"] = (
+            f"{failed['reason']}: {failed['message'][:600]}"
+        )
+        assert status["phase"] == "Failed", json.dumps(status)[:2000]
+        assert "evaluate" in failed["message"] and "'helper'" in failed["message"], failed
+        assert "unparsable" in failed["message"], failed
+
+        # Read in place: each server names its model's directory in the claim, and every Pod
+        # (servers and stages) mounts the claim read-only.
+        from selfmoa.store.model_cache import hub_key
+
+        args = [
+            " ".join(d["spec"]["template"]["spec"]["containers"][0].get("args", []))
+            for k, d in seen.items()
+            if k.startswith("deployments/")
+        ]
+        for repo in (policy, helper):
+            assert any(f"/model-cache/models/{hub_key(repo, 'main')}" in a for a in args), args
+        pods = {k: p for k, p in seen.items() if k.startswith("pods/")}
+        assert any("job-name" in p["metadata"].get("labels", {}) for p in pods.values()), list(pods)
+        for key, pod in pods.items():
+            mounts = [
+                m
+                for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+                for m in c.get("volumeMounts", [])
+                if m["mountPath"] == "/model-cache"
+            ]
+            assert mounts and all(m.get("readOnly") for m in mounts), key
+        # Nothing downloaded, nothing copied into the run's store: no model key there at all.
+        stored = [k for k in _bucket_keys(s3) if f"/{name}/" in k]
+        assert stored, "the run wrote nothing to its store"
+        assert not [k for k in stored if "/models/" in k], [k for k in stored if "/models/" in k]
+    finally:
+        _delete(node, docs)
+        node.kubectl("delete", "persistentvolume", pv_name, "--ignore-not-found")
 
 
 #: GPU examples that must wait on this node, and what their runs must say while they do.
