@@ -206,7 +206,6 @@ def s3_server(host: str = "127.0.0.1", *, process: bool = False) -> Iterator[dic
 
     `process`: in a process of its own, so a benchmark's threads don't share its interpreter
     lock (in this process, its answers wait for them)."""
-    import boto3
     from kubelet import free_port
     from moto.server import ThreadedMotoServer
 
@@ -225,21 +224,29 @@ def s3_server(host: str = "127.0.0.1", *, process: bool = False) -> Iterator[dic
         server.start()
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
+    s3 = {"endpoint": endpoint, "bucket": BUCKET, **S3_KEYS}
     try:
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-        ).create_bucket(Bucket=BUCKET)
-        yield {"endpoint": endpoint, "bucket": BUCKET, **S3_KEYS}
+        s3_client(s3).create_bucket(Bucket=BUCKET)
+        yield s3
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
         else:
             server.stop()
+
+
+def s3_client(s3: dict[str, str]) -> Any:
+    """A boto3 S3 client of the server `s3_server` gave (its endpoint and keys)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def _answers(url: str) -> bool:

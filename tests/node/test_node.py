@@ -22,6 +22,7 @@ from realcluster import (
     children,
     final_status,
     operator_requests,
+    s3_client,
     small_run,
     wait_until,
 )
@@ -195,13 +196,7 @@ def test_a_served_run_succeeds_with_its_server_and_adapter_agent_in_containers(
     assert containers["vllm"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # Stages asked for the iteration's adapter through the desired set the agent serves (and
     # evaluate waited until the agent reported it loaded: the run could not succeed otherwise).
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=s3["endpoint"], region_name="us-east-1",
-        aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
-    )  # fmt: skip
+    client = s3_client(s3)
     keys = [
         o["Key"]
         for o in client.list_objects_v2(Bucket=s3["bucket"], Prefix=f"runs/{RUN_NS}/{name}/serving/")

@@ -32,6 +32,7 @@ from realcluster import (
     final_status,
     get_run,
     prepare_run_namespace,
+    s3_client,
     wait_until,
 )
 
@@ -205,16 +206,7 @@ def _seed_stand_in(root: Path, repo: str) -> Path:
 
 
 def _bucket_keys(s3: dict[str, str]) -> list[str]:
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3["endpoint"],
-        region_name="us-east-1",
-        aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
-    )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"])
+    pages = s3_client(s3).get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"])
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
