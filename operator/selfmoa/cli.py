@@ -207,12 +207,12 @@ def _load(path: str, *, named: str | None = None) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from selfmoa.engines.capacity import gpu_errors, gpu_warnings
+    from selfmoa.engines.capacity import gpu_errors, gpu_warnings, memory_errors
 
     run = _load(args.file)
-    errors = gpu_errors(run.spec)
+    errors = [*gpu_errors(run.spec), *memory_errors(run.spec)]
     if errors:
-        # One line, as for every other bad field; the rest are the same mistake on other models.
+        # One line, as for every other bad field; the count says there are more.
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UsageError(f"spec.{errors[0]}{more}")
     for warning in gpu_warnings(run.spec):

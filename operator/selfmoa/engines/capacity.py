@@ -5,20 +5,28 @@ already in the hub's local cache (nothing is downloaded). vLLM splits attention 
 across a tensor-parallel group and refuses to start a server whose group size doesn't divide them
 ("Total number of attention heads (14) must be divisible by tensor parallel size (4)"): on the
 cluster that is minutes and a GPU allocation later, so here it is an error (`gpu_errors`). A
-setting that is only wasted, not refused, is a warning (`gpu_warnings`).
+setting that is only wasted, not refused, is a warning (`gpu_warnings`). A stage that loads the
+policy into a CPU's memory (a merging export, or any in-process stage of a run without GPUs)
+needs at least its weights' bytes under `trainer.resources.memory`, or the kernel kills it
+(`memory_errors`, when the weights are on this machine); what a GPU stage needs in host memory
+depends on how the loader streams shards, so it gives no guess.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from selfmoa.api.spec import AlignmentRunSpec, ServingEngine
+from selfmoa.run import stage_table
+from selfmoa.run.stage_models import gpus_for, in_process_models
 
 
-def local_config(model: str, revision: str | None = None) -> dict[str, Any] | None:
-    """The model's config.json if it is on this machine (a folder, or the hub cache)."""
+def local_dir(model: str, revision: str | None = None) -> Path | None:
+    """The folder holding the model's config.json on this machine (a folder, or the hub cache's
+    snapshot), or None."""
     path = Path(model).expanduser() / "config.json"
     if not path.is_file():
         try:
@@ -34,11 +42,84 @@ def local_config(model: str, revision: str | None = None) -> dict[str, Any] | No
         if not isinstance(cached, str):
             return None
         path = Path(cached)
+    return path.parent
+
+
+def local_config(model: str, revision: str | None = None) -> dict[str, Any] | None:
+    """The model's config.json if it is on this machine (a folder, or the hub cache)."""
+    folder = local_dir(model, revision)
+    if folder is None:
+        return None
     try:
-        config: dict[str, Any] = json.loads(path.read_text())
+        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return None
     return config
+
+
+def local_weight_bytes(model: str, revision: str | None = None) -> int | None:
+    """Bytes of the model's weight files on this machine (safetensors, which transformers
+    prefers, else PyTorch .bin), or None when they aren't here."""
+    folder = local_dir(model, revision)
+    if folder is None:
+        return None
+    try:
+        # A hub cache snapshot holds symlinks to blobs: stat follows them.
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+        total = sum(f.stat().st_size for f in files)
+    except OSError:
+        return None
+    return total or None
+
+
+_QUANTITY = re.compile(r"([0-9]*\.?[0-9]*)(?:([KMGTPE]i)|([numkMGTPE])|[eE]([+-]?[0-9.]+))?")
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes quantity (`16Gi`, `500M`, `1e9`) as a number (the spec's pattern has already
+    refused any other form)."""
+    match = _QUANTITY.fullmatch(quantity)
+    if match is None or match.group(1) in ("", "."):
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    number, binary, decimal, exponent = match.groups()
+    value = float(number)
+    if binary:
+        return value * 1024.0 ** _BINARY[binary]
+    if decimal:
+        return value * 10.0 ** _DECIMAL[decimal]
+    return value * 10.0 ** float(exponent) if exponent else value
+
+
+def memory_errors(spec: AlignmentRunSpec) -> list[str]:
+    """One line when a stage that loads the policy into a CPU's memory would get less memory
+    than the policy's weights take on disk (their bytes are a floor: merging or CPU training
+    copies them out of the file, in their stored dtype or wider)."""
+    limit = spec.trainer.resources.memory
+    if limit is None:
+        return []
+    weights = local_weight_bytes(spec.policy.model, spec.policy.revision)
+    if weights is None or weights <= quantity_bytes(limit):
+        return []
+    for stage in stage_table.STAGES:
+        if stage.name == "reset" and not spec.safety_reset.enabled:
+            continue
+        if spec.policy.model not in in_process_models(spec, stage.name):
+            continue
+        # The export merges on the CPU whatever the run's GPUs; other stages only without one.
+        if stage.name == "export" or gpus_for(spec, stage.name) == 0:
+            why = "merges it (output.merge)" if stage.name == "export" else "loads it"
+            return [
+                f"trainer.resources.memory: {limit} is less than the {weights / 2**30:.1f} GiB "
+                f"of {spec.policy.model}'s weights, which stage {stage.name} {why} on a CPU; "
+                f"the kernel would kill the Pod (give it at least {_gib_up(weights)})"
+            ]
+    return []
+
+
+def _gib_up(n: float) -> str:
+    return f"{-(-n // 2**30):.0f}Gi"
 
 
 def gpu_errors(spec: AlignmentRunSpec) -> list[str]:
