@@ -384,13 +384,27 @@ def test_two_process_dpo_matches_single_process(tiny_model: Path, tmp_path: Path
 
 
 KILL_AT_BARRIER = """
-import os, signal, sys
+import os, signal, sys, time
 
 from selfmoa.training import distributed
 
+
+def die_once_rank0_stored():
+    # Rank 1 uploads nothing, so it reaches the barrier while rank 0 may still be storing the
+    # adapter, and torchrun stops rank 0 as soon as it sees rank 1 dead: wait for the files.
+    from selfmoa.store import open_store
+
+    store = open_store(os.environ["KILL_STORE"]).child(os.environ["KILL_PREFIX"])
+    keys = os.environ["KILL_AFTER"].split(",")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(store.exists(k) for k in keys):
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 if os.environ["RANK"] == "1":
     # Rank 1 dies after training, when rank 0 has already uploaded the adapter.
-    distributed.barrier = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    distributed.barrier = die_once_rank0_stored
 
 from selfmoa.cli import main
 
@@ -408,9 +422,16 @@ def test_killed_rank_fails_launch_and_retry_redoes_stage(tiny_model: Path, tmp_p
     script = tmp_path / "kill_rank1.py"
     script.write_text(KILL_AT_BARRIER)
 
+    adapter_config = layout.stage_file(1, "train", "adapter/adapter_config.json")
+    adapter_weights = layout.stage_file(1, "train", "adapter/adapter_model.safetensors")
+    kill = {
+        "KILL_STORE": spec.storage.uri,
+        "KILL_PREFIX": "ns/run",
+        "KILL_AFTER": f"{adapter_config},{adapter_weights}",
+    }
     started = time.monotonic()
     proc = _torchrun(
-        _stage_args(_spec_file(spec, tmp_path), ctx, "train", 1), tmp_path, script=script
+        _stage_args(_spec_file(spec, tmp_path), ctx, "train", 1), tmp_path, env=kill, script=script
     )
     rank0 = [line for line in proc.stderr.splitlines() if "selfmoa: error" in line]
     print(f"\nlaunch exited {proc.returncode} after {time.monotonic() - started:.1f}s; {rank0}")
@@ -420,7 +441,6 @@ def test_killed_rank_fails_launch_and_retry_redoes_stage(tiny_model: Path, tmp_p
     mkey = layout.manifest_key(1, "train")
     assert not ctx.store.exists(mkey)
     # Rank 0 had written its files: only the missing manifest says the stage is not done.
-    adapter_config = layout.stage_file(1, "train", "adapter/adapter_config.json")
     assert ctx.store.exists(adapter_config)
 
     # The Job's retry (here: one process, 16 pairs in batches of 4) finds no manifest and redoes
