@@ -14,7 +14,6 @@ with its hub names as shipped and the stand-in's files seeded under their keys.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -198,10 +197,8 @@ def _seed_stand_in(root: Path, repo: str) -> Path:
         shutil.copytree(STAND_IN_FILES, dest, dirs_exist_ok=True)
 
     path = materialize(hub_key(repo, "main"), copy, cache_dir=root)
-    for where, dirs, files in os.walk(root):
-        for name in [*dirs, *files, "."]:
-            target = Path(where) / name
-            target.chmod(target.stat().st_mode | 0o555 if target.is_dir() else 0o644)
+    for target in [root, *root.rglob("*")]:
+        target.chmod(0o755 if target.is_dir() else 0o644)
     return path
 
 
