@@ -132,7 +132,8 @@ def test_every_stage_that_loads_a_model_in_process_gets_a_gpu_and_the_train_memo
         "pairs": (None, stage_memory),
         "train": ("2", train_memory),
         "evaluate": ("1", train_memory),
-        "export": ("1", train_memory),  # merging loads the policy
+        # Merging loads the policy, on the CPU whatever the GPUs: its memory, no GPU.
+        "export": (None, train_memory),
     }
     assert {s: _gpus_and_memory(local, s) for s in want} == want
     # Served by vLLM: only what no server holds (the capability measure, the merge).
@@ -158,6 +159,25 @@ def test_every_stage_that_loads_a_model_in_process_gets_a_gpu_and_the_train_memo
     # No GPUs in the run, or serving.device cpu: none anywhere but where training asks.
     assert _gpus_and_memory(_spec(trainer={"gpus": 0}), "respond")[0] is None
     assert _gpus_and_memory(_spec(serving={"device": "cpu"}), "respond")[0] is None
+
+
+def test_a_merging_export_gets_memory_for_the_policy_and_no_gpu() -> None:
+    # export.write merges on the CPU whatever the run's GPUs: a GPU would sit idle (and a Pod
+    # asking for one waits for it, or for its queue's GPU quota) for the merge's minutes.
+    config = OperatorConfig()
+    train_memory = config.train_resources.get("limits", {}).get("memory")
+    stage_memory = config.stage_resources.get("limits", {}).get("memory")
+    merge = {"uri": "s3://bkt/out", "merge": True}
+    for serving in ({"engine": "vllm"}, {"engine": "transformers"}):
+        spec = _spec(serving=serving, output=merge)
+        assert _gpus_and_memory(spec, "export") == (None, train_memory), serving
+    # The run's own size still applies to it.
+    sized = _spec(output=merge, trainer={"gpus": 1, "resources": {"cpu": "4", "memory": "40Gi"}})
+    assert _gpus_and_memory(sized, "export") == (None, "40Gi")
+    # An adapter export loads nothing; a run without GPUs keeps the small class.
+    assert _gpus_and_memory(_spec(output={"uri": "s3://bkt/out"}), "export") == (None, stage_memory)
+    cpu_run = _spec(output=merge, trainer={"gpus": 0})
+    assert _gpus_and_memory(cpu_run, "export") == (None, stage_memory)
 
 
 _LLM_JUDGES = [

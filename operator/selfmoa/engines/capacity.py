@@ -101,8 +101,8 @@ def memory_errors(spec: AlignmentRunSpec) -> list[str]:
     for stage in (s.name for s in stage_table.STAGES if s.name in has):
         if spec.policy.model not in in_process_models(spec, stage):
             continue
-        # The export merges on the CPU whatever the run's GPUs; other stages only without one.
-        if stage == "export" or gpus_for(spec, stage) == 0:
+        # Without a GPU (always so for the export, which merges on the CPU).
+        if gpus_for(spec, stage) == 0:
             why = "merges it (output.merge)" if stage == "export" else "loads it"
             return [
                 f"trainer.resources.memory: {limit} is less than the {weights / 2**30:.1f} GiB "

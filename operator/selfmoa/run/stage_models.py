@@ -6,12 +6,14 @@ process; with vLLM or an OpenAI endpoint only those that no server holds are: cl
 embedding judges, the policy for the capability measures of `evaluate` (perplexity on reference
 answers, lm-eval), and the policy the training stages and a merging export load. A stage with
 any of these runs where the training stages run (`trainer.gpus` > 0: one GPU, the train resource
-class), so a 7B policy is never loaded into a CPU Pod sized for a stand-in.
+class), so a 7B policy is never loaded into a CPU Pod sized for a stand-in; a merging export
+merges on the CPU whatever the GPUs, so it gets the train class's memory and no GPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from selfmoa.api.spec import AlignmentRunSpec, Device, JudgeKind, JudgeSpec, ServingEngine
 from selfmoa.run import stage_table
@@ -58,9 +60,23 @@ def _judge_models(judges: Sequence[JudgeSpec], served: bool) -> list[str]:
 
 def gpus_for(spec: AlignmentRunSpec, stage: str) -> int:
     """GPUs the stage's Pod asks for: `trainer.gpus` for the training stages, one for a stage
-    that loads a model in-process when the run has GPUs (and `serving.device` isn't cpu)."""
-    if stage_table.get(stage).trains:
+    that loads a model in-process when the run has GPUs (and `serving.device` isn't cpu), none
+    for a stage that loads its model on the CPU anyway (a merging export)."""
+    definition = stage_table.get(stage)
+    if definition.trains:
         return spec.trainer.gpus
-    if spec.trainer.gpus <= 0 or spec.serving.device == Device.cpu:
+    if definition.cpu_only or spec.trainer.gpus <= 0 or spec.serving.device == Device.cpu:
         return 0
     return 1 if in_process_models(spec, stage) else 0
+
+
+def resource_class(spec: AlignmentRunSpec, stage: str) -> Literal["train", "stage"]:
+    """The operator's resource class for the stage's Pod: `train` for the training stages and
+    those that run where they run (with a GPU, or a merging export of a run with GPUs, which
+    needs the same memory on the CPU); `stage` for the rest."""
+    definition = stage_table.get(stage)
+    if definition.trains or gpus_for(spec, stage) > 0:
+        return "train"
+    if definition.cpu_only and spec.trainer.gpus > 0 and in_process_models(spec, stage):
+        return "train"
+    return "stage"

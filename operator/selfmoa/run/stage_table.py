@@ -42,6 +42,9 @@ class StageDef:
     loads_models: bool = True
     #: Runs only when the run asks for it (the safety reset, the export).
     optional: bool = False
+    #: Loads its model on the CPU whatever the run's GPUs (the export merges in host memory, so
+    #: a model bigger than one GPU merges too): its Pod asks for no GPU, only the memory.
+    cpu_only: bool = False
     #: Summary keys the console shows after the stage, in order.
     shows: tuple[str, ...] = ()
 
@@ -49,10 +52,6 @@ class StageDef:
     def module(self) -> str:
         """The module whose `run(ctx, out)` carries the stage out."""
         return f"selfmoa.stages.{self.name}"
-
-    @property
-    def resource_class(self) -> Literal["train", "stage"]:
-        return "train" if self.trains else "stage"
 
 
 RESET: Final = StageDef(
@@ -122,6 +121,7 @@ EXPORT: Final = StageDef(
     when="end",
     uses_endpoints=False,
     optional=True,
+    cpu_only=True,
     shows=("out", "merged"),
 )
 

@@ -56,8 +56,9 @@ def stage_runner_container(
     # The run's resources are sized for its model: a stage that loads none (pairs, or respond
     # talking to vLLM) keeps the small class, not 8 CPUs and 32Gi held while it reads JSON.
     sized = training or bool(stage_models.in_process_models(spec, call.stage))
+    heavy = stage_models.resource_class(spec, call.stage) == "train"
     resources = merge_resources(
-        config.train_resources if training or gpus else config.stage_resources,
+        config.train_resources if heavy else config.stage_resources,
         {k: v for k, v in spec.trainer.resources.wire().items() if v} if sized else {},
         gpus,
     )
