@@ -37,7 +37,7 @@ API_PORT=6443
 PAUSE_IMAGE=selfmoa/node-pause:local
 CNI_BIN=${SELFMOA_CNI_BIN:-/usr/lib/cni}
 TAG=${SELFMOA_IMAGE_TAG:-dev}
-GPUS=4
+GPUS=8
 
 T0=$SECONDS
 log() { printf '[node %4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }

@@ -3,9 +3,9 @@
 What is swapped, and nothing else: every hub model becomes the tiny model (no hub here; the
 served ones run in the vLLM stand-in), the store's endpoint becomes the node's S3 (the bucket,
 prefix and Secret are the examples' own), and the Secrets their headers tell a user to create
-exist. The node has 2 cores, a few GiB and 4 advertised GPUs, so each example either runs or
+exist. The node has 2 cores, a few GiB and 8 advertised GPUs, so each example either runs or
 must stop at once with what the node lacks in the run's status, never a stage failure that
-blames the stage. One copy of qwen-0.5b.yaml is also sized to the node (`trainer.resources`
+blames the stage. A copy of each qwen example is also sized to the node (`trainer.resources`
 only), to show how far it gets and which step needs what only a real GPU cluster has.
 model-cache-seed.yaml also runs on a volume the test provides (the node has no provisioner),
 with its hub names as shipped and the stand-in's files seeded under their keys.
@@ -148,25 +148,44 @@ def test_qwen_05b_as_shipped_waits_naming_what_the_node_lacks(
         _delete(node, docs)
 
 
-def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard(
-    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str
+#: Each qwen example's copy sized to the node (its name; `trainer.resources`): the evaluate Pod
+#: fits beside the example's servers (qwen-7b-scale's 2 replicas x 2 GPUs hold 4 of the 8).
+FITTED = {
+    "qwen-0.5b.yaml": ("qwen-0-5b-fitted", {"cpu": "1", "memory": "3Gi"}),
+    "qwen-7b-scale.yaml": ("qwen-7b-fitted", {"cpu": "500m", "memory": "3Gi"}),
+}
+
+
+@pytest.mark.parametrize("example", sorted(FITTED))
+def test_a_qwen_example_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard(
+    node: Cluster, chart: Installed, s3: dict[str, str], run_namespace: str, example: str
 ) -> None:
     """The step a stand-in model can't pass: `format: llama-guard` reads Llama Guard's own
     reply ("safe" / "unsafe" + codes). The tiny model writes none, so the guard judge scores
     nothing and the stage refuses to go on under `minCoverage`, naming the judge and why."""
     _hf_token(node)
-    docs = as_on_this_node(EXAMPLES / "qwen-0.5b.yaml", s3)
+    docs = as_on_this_node(EXAMPLES / example, s3)
     run = docs[0]
-    name = run["metadata"]["name"] = "qwen-0-5b-fitted"
-    run["spec"]["trainer"]["resources"] = {"cpu": "1", "memory": "3Gi"}
+    name, resources = FITTED[example]
+    run["metadata"]["name"] = name
+    run["spec"]["trainer"]["resources"] = resources
     run["spec"]["trainer"]["backoffLimit"] = 0  # one attempt: the failure is the same each time
+    serving = run["spec"]["serving"]
+    # Server Pods seen placed on the node, with their GPUs (they are scaled away at the end).
+    servers: dict[str, str | None] = {}
+
+    def ended() -> dict[str, Any] | None:
+        for p in children(node, "pods", name):
+            if "job-name" not in p["metadata"]["labels"] and p["spec"].get("nodeName"):
+                vllm = next(c for c in p["spec"]["containers"] if c["name"] == "vllm")
+                servers[p["metadata"]["name"]] = vllm["resources"]["limits"].get("nvidia.com/gpu")
+        return final_status(node, name)
+
     t = time.monotonic()
     _apply(node, docs)
     try:
-        status = wait_until(f"{name} to end", 20 * 60, lambda: final_status(node, name), period=5)
-        MEASURED["qwen-0.5b.yaml (sized to the node) to its end, s"] = round(
-            time.monotonic() - t, 1
-        )
+        status = wait_until(f"{name} to end", 20 * 60, ended, period=5)
+        MEASURED[f"{example} (sized to the node) to its end, s"] = round(time.monotonic() - t, 1)
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
         MEASURED[f"{name}: the run says"] = f"{failed['reason']}: {failed['message'][:600]}"
         assert status["phase"] == "Failed", json.dumps(status)[:2000]
@@ -181,6 +200,9 @@ def test_qwen_05b_sized_to_the_node_runs_until_its_guard_judge_needs_llama_guard
             and p["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == "1"
             for p in stage_pods
         ), [p["metadata"]["name"] for p in stage_pods]
+        # Every server replica the example asks for was placed, each on its GPUs.
+        assert len(servers) >= serving.get("replicas", 1), servers
+        assert set(servers.values()) == {str(serving["gpusPerModel"])}, servers
     finally:
         _delete(node, docs)
 
@@ -318,10 +340,10 @@ def test_the_model_cache_example_reads_its_seeded_models_in_place(
 
 #: GPU examples that must wait on this node, and what their runs must say while they do.
 WAITING_EXAMPLES = {
-    # 2 replicas x 2 GPUs of the (one, stand-in) server take the node's 4 GPUs; evaluate asks
-    # for 32 CPUs, 256Gi and one GPU more. A server replica or the evaluate Pod, whichever the
-    # node can't take first: both are the truth, in the scheduler's words. The queue labels do
-    # nothing without Kueue.
+    # 2 replicas x 2 GPUs of the (one, stand-in) server take 4 of the node's 8 GPUs; evaluate
+    # asks for 32 CPUs and 256Gi. A server replica or the evaluate Pod, whichever the node can't
+    # take first: both are the truth, in the scheduler's words. The queue labels do nothing
+    # without Kueue.
     "qwen-7b-scale.yaml": "Insufficient",
     # The node has no storage provisioner: the example's ReadWriteMany claim stays Pending, and
     # the run says so (its servers mount the claim) instead of waiting in silence.
