@@ -58,6 +58,14 @@ def _judge_models(judges: Sequence[JudgeSpec], served: bool) -> list[str]:
     ]
 
 
+def _beside_training(spec: AlignmentRunSpec, stage: str) -> bool:
+    """The stage loads a model in-process in a run whose models go on GPUs: it runs where the
+    training stages run (their resource class; a GPU unless it loads on the CPU anyway)."""
+    if spec.trainer.gpus <= 0 or spec.serving.device == Device.cpu:
+        return False
+    return bool(in_process_models(spec, stage))
+
+
 def gpus_for(spec: AlignmentRunSpec, stage: str) -> int:
     """GPUs the stage's Pod asks for: `trainer.gpus` for the training stages, one for a stage
     that loads a model in-process when the run has GPUs (and `serving.device` isn't cpu), none
@@ -65,18 +73,13 @@ def gpus_for(spec: AlignmentRunSpec, stage: str) -> int:
     definition = stage_table.get(stage)
     if definition.trains:
         return spec.trainer.gpus
-    if definition.cpu_only or spec.trainer.gpus <= 0 or spec.serving.device == Device.cpu:
-        return 0
-    return 1 if in_process_models(spec, stage) else 0
+    return 1 if _beside_training(spec, stage) and not definition.cpu_only else 0
 
 
 def resource_class(spec: AlignmentRunSpec, stage: str) -> Literal["train", "stage"]:
     """The operator's resource class for the stage's Pod: `train` for the training stages and
-    those that run where they run (with a GPU, or a merging export of a run with GPUs, which
-    needs the same memory on the CPU); `stage` for the rest."""
-    definition = stage_table.get(stage)
-    if definition.trains or gpus_for(spec, stage) > 0:
-        return "train"
-    if definition.cpu_only and spec.trainer.gpus > 0 and in_process_models(spec, stage):
+    those that run where they run (a merging export of a run with GPUs too: it needs the same
+    memory, on the CPU); `stage` for the rest."""
+    if stage_table.get(stage).trains or _beside_training(spec, stage):
         return "train"
     return "stage"
