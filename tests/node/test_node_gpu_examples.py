@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,22 @@ def _held(
         raise AssertionError(f"{e}; its status: {last[0] if last else '-'}") from None
 
 
+def _ended_watching(
+    node: Cluster, name: str, seen: dict[str, dict[str, Any]]
+) -> Callable[[], dict[str, Any] | None]:
+    """The run's final status (None while it runs), for `wait_until`; each call also keeps the
+    run's Deployments and Pods as last seen in `seen` (`kind/name`): the operator removes its
+    servers when the run ends."""
+
+    def ended() -> dict[str, Any] | None:
+        for kind in ("deployments", "pods"):
+            for obj in children(node, kind, name):
+                seen[f"{kind}/{obj['metadata']['name']}"] = obj
+        return final_status(node, name)
+
+    return ended
+
+
 def _hf_token(node: Cluster) -> None:
     # The examples' header: kubectl create secret generic hf-token --from-literal=HF_TOKEN=...
     node.kubectl("-n", RUN_NS, "delete", "secret", "hf-token", "--ignore-not-found")
@@ -171,20 +188,11 @@ def test_a_qwen_example_sized_to_the_node_runs_until_its_guard_judge_needs_llama
     run["spec"]["trainer"]["resources"] = resources
     run["spec"]["trainer"]["backoffLimit"] = 0  # one attempt: the failure is the same each time
     serving = run["spec"]["serving"]
-    # Server Pods seen placed on the node, with their GPUs (they are scaled away at the end).
-    servers: dict[str, str | None] = {}
-
-    def ended() -> dict[str, Any] | None:
-        for p in children(node, "pods", name):
-            if "job-name" not in p["metadata"]["labels"] and p["spec"].get("nodeName"):
-                vllm = next(c for c in p["spec"]["containers"] if c["name"] == "vllm")
-                servers[p["metadata"]["name"]] = vllm["resources"]["limits"].get("nvidia.com/gpu")
-        return final_status(node, name)
-
+    seen: dict[str, dict[str, Any]] = {}
     t = time.monotonic()
     _apply(node, docs)
     try:
-        status = wait_until(f"{name} to end", 20 * 60, ended, period=5)
+        status = wait_until(f"{name} to end", 20 * 60, _ended_watching(node, name, seen), period=5)
         MEASURED[f"{example} (sized to the node) to its end, s"] = round(time.monotonic() - t, 1)
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
         MEASURED[f"{name}: the run says"] = f"{failed['reason']}: {failed['message'][:600]}"
@@ -201,8 +209,20 @@ def test_a_qwen_example_sized_to_the_node_runs_until_its_guard_judge_needs_llama
             for p in stage_pods
         ), [p["metadata"]["name"] for p in stage_pods]
         # Every server replica the example asks for was placed, each on its GPUs.
-        assert len(servers) >= serving.get("replicas", 1), servers
-        assert set(servers.values()) == {str(serving["gpusPerModel"])}, servers
+        servers = {
+            key: p
+            for key, p in seen.items()
+            if key.startswith("pods/")
+            and "job-name" not in p["metadata"]["labels"]
+            and p["spec"].get("nodeName")
+        }
+        resources_of = {
+            key: next(c for c in p["spec"]["containers"] if c["name"] == "vllm")["resources"]
+            for key, p in servers.items()
+        }
+        assert len(servers) >= serving.get("replicas", 1), list(servers)
+        limits = {r["limits"].get("nvidia.com/gpu") for r in resources_of.values()}
+        assert limits == {str(serving["gpusPerModel"])}, resources_of
     finally:
         _delete(node, docs)
 
@@ -289,16 +309,9 @@ def test_the_model_cache_example_reads_its_seeded_models_in_place(
         ]
         if waiting:
             node.kubectl("-n", RUN_NS, "delete", "pod", *waiting, "--wait=false")
-        # The servers and stage Pods as they ran (the operator removes servers at the end).
+        # The servers and stage Pods as they ran.
         seen: dict[str, dict[str, Any]] = {}
-
-        def ended() -> dict[str, Any] | None:
-            for kind in ("deployments", "pods"):
-                for obj in children(node, kind, name):
-                    seen[f"{kind}/{obj['metadata']['name']}"] = obj
-            return final_status(node, name)
-
-        status = wait_until(f"{name} to end", 15 * 60, ended, period=5)
+        status = wait_until(f"{name} to end", 15 * 60, _ended_watching(node, name, seen), period=5)
         MEASURED["model-cache-seed.yaml (seeded) to its end, s"] = round(time.monotonic() - t, 1)
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
         MEASURED[f"{name} (seeded): the run says"] = (
